@@ -1,0 +1,84 @@
+"""Per-request context: a request id, the body size limit, and one structured log line per request."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import APIError
+
+log = logging.getLogger("local_llm_api.access")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class RequestContextMiddleware:
+    """Pure ASGI so that the log line is written when a stream really ends, not when its headers go out."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        given = headers.get("x-request-id", "")
+        request_id = given if _SAFE_ID.match(given) else uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            length = int(headers.get("content-length") or 0)
+        except ValueError:
+            length = 0
+        try:
+            if length > self.max_body_bytes:
+                await APIError(413, f"Request body too large: {length} bytes; the limit is {self.max_body_bytes}.",
+                               code="request_too_large").response()(scope, receive, send_with_id)
+            else:
+                await self.app(scope, _limited(receive, self.max_body_bytes), send_with_id)
+        finally:
+            usage = state.get("usage")
+            log.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                    "request_id": request_id,
+                    "model": state.get("model"),
+                    "prompt_tokens": usage.prompt_tokens if usage else None,
+                    "completion_tokens": usage.completion_tokens if usage else None,
+                },
+            )
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    """Enforce the limit on chunked bodies too, which carry no Content-Length."""
+    seen = 0
+
+    async def wrapped() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise APIError(413, f"Request body too large; the limit is {limit} bytes.", code="request_too_large")
+        return message
+
+    return wrapped

@@ -1,0 +1,63 @@
+"""The OpenAI routes. The same router is mounted under /v1 (what OpenAI clients call) and /api/v1."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from ..manager import ModelEntry, ModelManager
+from ..serving.chat import create_chat_completion
+from ..serving.completions import create_completion
+from ..serving.embeddings import create_embeddings
+from .auth import require_api_key
+from .errors import ErrorResponse
+from .protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ModelCard,
+    ModelList,
+)
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 503)
+}
+STREAM = {200: {"content": {"text/event-stream": {}}, "description": "JSON, or server-sent events when `stream` is true"}}
+
+router = APIRouter(dependencies=[Depends(require_api_key)], responses=ERRORS)
+
+
+def manager_of(request: Request) -> ModelManager:
+    return request.app.state.manager
+
+
+def card(entry: ModelEntry) -> ModelCard:
+    return ModelCard(id=entry.name, created=entry.created, owned_by="local")
+
+
+@router.post("/chat/completions", response_model=ChatCompletionResponse, responses=STREAM, tags=["openai"])
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response | ChatCompletionResponse:
+    return await create_chat_completion(body, manager_of(request), request.app.state.settings, request)
+
+
+@router.post("/completions", response_model=CompletionResponse, responses=STREAM, tags=["openai"])
+async def completions(body: CompletionRequest, request: Request) -> Response | CompletionResponse:
+    return await create_completion(body, manager_of(request), request.app.state.settings, request)
+
+
+@router.post("/embeddings", tags=["openai"])
+async def embeddings(body: EmbeddingRequest, request: Request) -> EmbeddingResponse:
+    return await create_embeddings(body, manager_of(request), request)
+
+
+@router.get("/models", tags=["openai"])
+async def list_models(request: Request) -> ModelList:
+    return ModelList(data=[card(e) for e in manager_of(request).discover()])
+
+
+@router.get("/models/{model_id:path}", tags=["openai"])
+async def get_model(model_id: str, request: Request) -> ModelCard:
+    return card(manager_of(request).resolve(model_id))

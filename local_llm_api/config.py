@@ -1,0 +1,111 @@
+"""Server settings, read from the environment and `.env` with the project's original variable names."""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BackendChoice(str, Enum):
+    auto = "auto"
+    llama_cpp = "llama-cpp"
+    transformers = "transformers"
+
+
+class LogLevel(str, Enum):
+    debug = "DEBUG"
+    info = "INFO"
+    warning = "WARNING"
+    error = "ERROR"
+
+
+class Settings(BaseSettings):
+    """Every field maps to the upper-case environment variable of the same name (`model_dir` -> `MODEL_DIR`)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False, frozen=True
+    )
+
+    # Where models live and which one answers requests that name none.
+    model_dir: Path = Path("models")
+    default_model: str = ""
+    model_backend: BackendChoice = BackendChoice.auto
+    preload_model: bool = False
+    auto_load: bool = Field(True, description="Load a known but unloaded model when a request names it.")
+    model_load_wait_seconds: float = Field(
+        60.0, ge=0, description="How long a request waits for a model that is loading before it gets 503."
+    )
+
+    # llama.cpp
+    gpu_layers: int = Field(-1, ge=-1, description="-1 offloads every layer when a GPU is present.")
+    context_size: int = Field(4096, ge=0, description="0 uses the model's training context.")
+    threads: int | None = Field(None, ge=1, description="Generation threads; unset lets llama.cpp choose.")
+    batch_size: int = Field(512, ge=1)
+
+    # Transformers (used by the Transformers backend)
+    transformers_default_model: str = ""
+
+    # Sampling defaults, used when a request leaves the parameter out.
+    temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float = Field(0.95, ge=0, le=1)
+    top_k: int = Field(40, ge=0)
+    min_p: float = Field(0.05, ge=0, le=1)
+    repeat_penalty: float = Field(1.1, gt=0)
+    max_tokens: int | None = Field(None, ge=1, description="Default answer length cap; unset = rest of context.")
+
+    # Security
+    api_key_required: bool = False
+    api_key: str = Field("", description="One key or several, comma-separated.")
+
+    # Server and logs
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: LogLevel = LogLevel.info
+    log_file: Path | None = None
+    log_format: str = Field("text", pattern="^(text|json)$")
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_file", mode="before")
+    @classmethod
+    def _empty_log_file_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @cached_property
+    def api_keys(self) -> tuple[str, ...]:
+        return tuple(key.strip() for key in self.api_key.split(",") if key.strip())
+
+    def check(self) -> None:
+        """Cross-field rules that a single field's validator cannot express."""
+        if self.api_key_required and not self.api_keys:
+            raise SettingsError("API_KEY", "API_KEY_REQUIRED is true but API_KEY is empty")
+
+
+class SettingsError(Exception):
+    """A setting is invalid; start-up stops with one line naming it."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"Invalid setting {name}: {problem}")
+        self.name = name
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings; turn the first pydantic error into a `SettingsError` naming the variable."""
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]).upper() if error["loc"] else "?"
+        value = os.environ.get(name, overrides.get(name.lower(), ""))
+        raise SettingsError(name, f"{error['msg']} (got {value!r})") from None
+    settings.check()
+    return settings

@@ -1,0 +1,75 @@
+"""The application: settings, routes, middleware, error handlers and the model manager's lifespan.
+
+`uvicorn local_llm_api.main:app` builds the app from the environment; tests and the CLI call `create_app`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from . import __version__
+from .api import admin, openai
+from .api.errors import APIError, install_error_handlers
+from .api.middleware import RequestContextMiddleware
+from .config import Settings, SettingsError, load_settings
+from .logs import setup_logging
+from .manager import ModelManager
+
+log = logging.getLogger("local_llm_api")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    setup_logging(settings.log_level.value, settings.log_file, settings.log_format)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        manager = ModelManager(settings)
+        app.state.manager = manager
+        preload = asyncio.create_task(_preload(manager)) if settings.preload_model else None
+        log.info("serving models from %s", manager.root)
+        yield
+        if preload is not None:
+            preload.cancel()
+        await manager.close()
+
+    app = FastAPI(
+        title="local-llm-api",
+        version=__version__,
+        summary="Local LLMs (GGUF and Transformers) behind the OpenAI HTTP API.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.started_at = time.time()
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
+    app.include_router(admin.health_router)
+    app.include_router(admin.router)
+    app.include_router(openai.router, prefix="/v1")
+    app.include_router(openai.router, prefix="/api/v1")
+    return app
+
+
+async def _preload(manager: ModelManager) -> None:
+    try:
+        await manager.load(None)
+    except APIError as exc:
+        log.error("preloading the default model failed: %s", exc.body.message)
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`local_llm_api.main:app`, built on first access so that importing this module reads no settings."""
+    if name != "app":
+        raise AttributeError(name)
+    try:
+        return create_app()
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None

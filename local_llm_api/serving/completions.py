@@ -1,0 +1,115 @@
+"""POST /completions: raw prompts (text or token ids, one or several) -> choices, streamed or not."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from ..api.errors import invalid_request
+from ..api.protocol import CompletionChoice, CompletionRequest, CompletionResponse, new_id, now
+from ..backends.base import Backend
+from ..config import Settings
+from ..manager import LoadedModel, ModelManager
+from .generation import ChoiceJob, collect_choices, sse, sse_response, stream_choices, until_disconnected, usage
+from .params import refuse_unsupported_completion_fields, sampling_params, token_budget
+
+
+def prompt_list(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+    """The spec's four prompt forms as a list of prompts, each text or token ids."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt and all(isinstance(p, int) for p in prompt):
+        return [prompt]  # type: ignore[list-item]
+    if not prompt:
+        raise invalid_request("'prompt' must not be an empty list.", "prompt")
+    return list(prompt)  # type: ignore[arg-type]
+
+
+def tokenize_prompt(backend: Backend, prompt: str | list[int], index: int) -> list[int]:
+    if isinstance(prompt, str):
+        tokens = backend.tokenize(prompt, add_special=True)
+    else:
+        vocab = backend.facts.vocab_size
+        bad = next((t for t in prompt if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise invalid_request(f"Token id {bad} is outside the vocabulary (0..{vocab - 1}).", f"prompt[{index}]")
+        tokens = list(prompt)
+    if not tokens:
+        raise invalid_request("The prompt is empty after tokenization.", "prompt")
+    return tokens
+
+
+def echo_text(backend: Backend, prompt: str | list[int]) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return b"".join(backend.token_bytes(t, prompt[:i]) for i, t in enumerate(prompt)).decode("utf-8", "replace")
+
+
+async def create_completion(
+    req: CompletionRequest, manager: ModelManager, settings: Settings, request: Request
+) -> Response | CompletionResponse:
+    refuse_unsupported_completion_fields(req)
+    if req.stream_options is not None and not req.stream:
+        raise invalid_request("'stream_options' is only allowed when 'stream' is true.", "stream_options")
+    prompts = prompt_list(req.prompt)
+    n = req.n or 1
+    stack = AsyncExitStack()
+    model = await stack.enter_async_context(manager.use(req.model))
+    try:
+        backend = model.backend
+        token_prompts = [await asyncio.to_thread(tokenize_prompt, backend, p, i) for i, p in enumerate(prompts)]
+        echoes = [echo_text(backend, p) if req.echo else "" for p in prompts]
+        jobs = []
+        for p, tokens in enumerate(token_prompts):
+            budget = token_budget(len(tokens), req.max_tokens, backend.facts, settings, "max_tokens" if req.max_tokens else "prompt")
+            jobs += [ChoiceJob(p * n + i, tokens, sampling_params(req, settings, backend.facts, budget, i)) for i in range(n)]
+    except BaseException:
+        await stack.aclose()
+        raise
+    prompt_tokens = sum(len(t) for t in token_prompts)
+    request.state.model = model.entry.name
+    echo_of = {job.index: echoes[job.index // n] for job in jobs}
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return sse_response(_stream(model, jobs, echo_of, prompt_tokens, include_usage, request), stack.aclose)
+    async with stack:
+        results = await until_disconnected(request, collect_choices(backend, jobs))
+    request.state.usage = usage(prompt_tokens, sum(r.completion_tokens for r in results))
+    return CompletionResponse(
+        id=new_id("cmpl"),
+        created=now(),
+        model=model.entry.name,
+        choices=[
+            CompletionChoice(index=r.index, text=echo_of[r.index] + r.text, finish_reason=r.finish_reason)  # type: ignore[arg-type]
+            for r in results
+        ],
+        usage=request.state.usage,
+    )
+
+
+async def _stream(
+    model: LoadedModel, jobs: list[ChoiceJob], echo_of: dict[int, str], prompt_tokens: int, include_usage: bool, request: Request
+) -> AsyncIterator[str]:
+    chunk_id, created, name = new_id("cmpl"), now(), model.entry.name
+    exclude = None if include_usage else {"usage"}
+
+    def event(index: int, text: str, finish_reason: str | None = None) -> str:
+        choice = CompletionChoice(index=index, text=text, finish_reason=finish_reason)  # type: ignore[arg-type]
+        return sse(CompletionResponse(id=chunk_id, created=created, model=name, choices=[choice]).model_dump_json(exclude=exclude))
+
+    for index, text in echo_of.items():
+        if text:
+            yield event(index, text)
+    completion_tokens = 0
+    async for index, chunk in stream_choices(model.backend, jobs):
+        if chunk.text or chunk.finish_reason:
+            yield event(index, chunk.text, chunk.finish_reason)
+        if chunk.finish_reason is not None:
+            completion_tokens += chunk.completion_tokens
+    request.state.usage = usage(prompt_tokens, completion_tokens)
+    if include_usage:
+        yield sse(CompletionResponse(id=chunk_id, created=created, model=name, choices=[], usage=request.state.usage))

@@ -1,0 +1,78 @@
+"""POST /embeddings: one pooled, L2-normalised vector per input, as floats or base64."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+
+from fastapi import Request
+
+from ..api.errors import context_length_exceeded, invalid_request
+from ..api.protocol import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
+from ..backends.base import Backend
+from ..manager import ModelManager
+from .generation import usage
+
+MAX_INPUTS = 2048  # the OpenAI API's own limit per request
+
+
+def embedding_inputs(raw: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+    if isinstance(raw, str):
+        items: list[str | list[int]] = [raw]
+    elif raw and all(isinstance(x, int) for x in raw):
+        items = [raw]  # type: ignore[list-item]
+    else:
+        items = list(raw)  # type: ignore[arg-type]
+    if not items:
+        raise invalid_request("'input' must not be empty.", "input")
+    if len(items) > MAX_INPUTS:
+        raise invalid_request(f"At most {MAX_INPUTS} inputs per request; got {len(items)}.", "input")
+    for i, item in enumerate(items):
+        if len(item) == 0:
+            raise invalid_request(f"Input {i} is empty; every input needs at least one token.", "input")
+    return items
+
+
+def tokenize_inputs(backend: Backend, items: list[str | list[int]]) -> list[list[int]]:
+    facts = backend.facts
+    out = []
+    for i, item in enumerate(items):
+        tokens = backend.tokenize(item, add_special=True) if isinstance(item, str) else list(item)
+        if any(not 0 <= t < facts.vocab_size for t in tokens):
+            raise invalid_request(f"Input {i} has token ids outside the vocabulary (0..{facts.vocab_size - 1}).", "input")
+        if len(tokens) > facts.context_size:
+            error = context_length_exceeded(len(tokens), 0, facts.context_size)
+            error.body.param = "input"
+            raise error
+        out.append(tokens)
+    return out
+
+
+def encode(vector: list[float], encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+    return vector
+
+
+async def create_embeddings(req: EmbeddingRequest, manager: ModelManager, request: Request) -> EmbeddingResponse:
+    items = embedding_inputs(req.input)
+    async with manager.use(req.model) as model:
+        backend = model.backend
+        size = backend.facts.embedding_size
+        if req.dimensions is not None and req.dimensions != size:
+            raise invalid_request(
+                f"This model makes {size}-dimensional embeddings and cannot shorten them; "
+                f"leave 'dimensions' out or set it to {size}.",
+                "dimensions",
+            )
+        tokens = await asyncio.to_thread(tokenize_inputs, backend, items)
+        vectors = await backend.run(lambda: backend.embed_tokens(tokens))
+    total = sum(len(t) for t in tokens)
+    request.state.model = model.entry.name
+    request.state.usage = usage(total, 0)
+    return EmbeddingResponse(
+        data=[Embedding(index=i, embedding=encode(v, req.encoding_format)) for i, v in enumerate(vectors)],
+        model=model.entry.name,
+        usage=EmbeddingUsage(prompt_tokens=total, total_tokens=total),
+    )

@@ -1,0 +1,104 @@
+"""Running the choices of one request on a backend, streamed or collected, and the SSE plumbing around it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from ..api.errors import APIError, ErrorBody, ErrorResponse
+from ..api.protocol import Usage
+from ..backends.base import Backend, GenerationChunk, SamplingParams
+
+log = logging.getLogger("local_llm_api.serving")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ChoiceJob:
+    index: int
+    prompt: list[int]
+    params: SamplingParams
+
+
+@dataclass
+class ChoiceResult:
+    index: int
+    text: str
+    finish_reason: str
+    completion_tokens: int
+
+
+async def stream_choices(backend: Backend, jobs: list[ChoiceJob]) -> AsyncIterator[tuple[int, GenerationChunk]]:
+    """The chunks of every choice, one choice after another (each choice is one queued job)."""
+    for job in jobs:
+        async for chunk in backend.generate(job.prompt, job.params):
+            yield job.index, chunk
+
+
+async def collect_choices(backend: Backend, jobs: list[ChoiceJob]) -> list[ChoiceResult]:
+    results = {job.index: ChoiceResult(job.index, "", "stop", 0) for job in jobs}
+    async for index, chunk in stream_choices(backend, jobs):
+        result = results[index]
+        result.text += chunk.text
+        if chunk.finish_reason is not None:
+            result.finish_reason = chunk.finish_reason
+            result.completion_tokens = chunk.completion_tokens
+    return [results[job.index] for job in jobs]
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)
+
+
+async def until_disconnected(request: Request, work: Awaitable[T], poll_seconds: float = 0.25) -> T:
+    """Await non-streamed work, cancelling it (and so freeing the model) if the client hangs up."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll_seconds)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                log.info("client disconnected; cancelling generation")
+                task.cancel()
+                raise asyncio.CancelledError
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+def sse(payload: BaseModel | str) -> str:
+    data = payload if isinstance(payload, str) else payload.model_dump_json(exclude_none=False)
+    return f"data: {data}\n\n"
+
+
+def sse_dict(payload: dict[str, object]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def sse_response(events: AsyncIterator[str], on_close: Callable[[], Awaitable[object]]) -> StreamingResponse:
+    """Stream events; an error mid-stream becomes an SSE error event; `[DONE]` always ends the stream."""
+
+    async def body() -> AsyncIterator[str]:
+        try:
+            async for event in events:
+                yield event
+        except APIError as exc:
+            yield sse(ErrorResponse(error=exc.body))
+        except Exception as exc:  # the HTTP status is already sent; tell the client in-band
+            log.exception("error while streaming")
+            yield sse(ErrorResponse(error=ErrorBody(message=f"Internal error while streaming: {type(exc).__name__}", type="server_error")))
+        finally:
+            await on_close()
+        yield "data: [DONE]\n\n"
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# One command for a new user: install (if needed), put the bundled small model in MODEL_DIR, start the server.
+# Extra arguments go to `local-llm-api serve` (e.g. --port 9000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install.sh
+VENV=${VENV:-.venv}
+MODEL_PATH=$("$VENV/bin/local-llm-api" bundled-model)
+export DEFAULT_MODEL=${DEFAULT_MODEL:-$(basename "$MODEL_PATH")}
+export PRELOAD_MODEL=${PRELOAD_MODEL:-true}
+echo "==> serving on http://${HOST:-127.0.0.1}:${PORT:-8000}/v1 with $DEFAULT_MODEL"
+exec "$VENV/bin/local-llm-api" serve "$@"
