@@ -28,7 +28,12 @@ class Settings(BaseSettings):
     """Every field maps to the upper-case environment variable of the same name (`model_dir` -> `MODEL_DIR`)."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False, frozen=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,  # `VAR=` (common in compose files) means unset, not an invalid empty value
+        extra="ignore",
+        case_sensitive=False,
+        frozen=True,
     )
 
     # Where models live and which one answers requests that name none.

@@ -120,11 +120,16 @@ class ModelManager:
         entry = self.resolve(name)
         if entry.name in self.loaded:
             return self.loaded[entry.name]
+        return await asyncio.shield(self._load_task(entry))
+
+    def _load_task(self, entry: ModelEntry) -> asyncio.Task[LoadedModel]:
+        """The one task loading this model, started if need be; everyone interested awaits it."""
         task = self._loading.get(entry.name)
         if task is None:
             task = asyncio.create_task(self._load(entry))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # waiters may all have timed out
             self._loading[entry.name] = task
-        return await asyncio.shield(task)
+        return task
 
     async def _load(self, entry: ModelEntry) -> LoadedModel:
         started = time.perf_counter()
@@ -194,7 +199,8 @@ class ModelManager:
                 code="model_not_loaded",
             )
         try:
-            return await asyncio.wait_for(self.load(entry.name), timeout=self.settings.model_load_wait_seconds)
+            task = self._load_task(entry)
+            return await asyncio.wait_for(asyncio.shield(task), timeout=self.settings.model_load_wait_seconds)
         except asyncio.TimeoutError:  # not the builtin on Python 3.10
             raise APIError(
                 503,

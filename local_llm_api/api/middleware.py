@@ -22,6 +22,36 @@ class RequestContextMiddleware:
         self.app = app
         self.max_body_bytes = max_body_bytes
 
+    async def _within_limit(self, headers: dict[str, str], receive: Receive) -> Receive | None:
+        """`receive` for the app, or None when the body is over the limit. A declared length is trusted (the
+        server never reads past it); a chunked body is read here, up to the limit, and replayed to the app."""
+        if "content-length" in headers:
+            try:
+                return receive if int(headers["content-length"]) <= self.max_body_bytes else None
+            except ValueError:
+                return None
+        if "chunked" not in headers.get("transfer-encoding", ""):
+            return receive
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return receive  # the client left; let the app see the disconnect
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_body_bytes:
+                return None
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return replay
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -42,15 +72,12 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            length = int(headers.get("content-length") or 0)
-        except ValueError:
-            length = 0
-        try:
-            if length > self.max_body_bytes:
-                await APIError(413, f"Request body too large: {length} bytes; the limit is {self.max_body_bytes}.",
+            body_receive = await self._within_limit(headers, receive)
+            if body_receive is None:
+                await APIError(413, f"Request body too large; the limit is {self.max_body_bytes} bytes.",
                                code="request_too_large").response()(scope, receive, send_with_id)
             else:
-                await self.app(scope, _limited(receive, self.max_body_bytes), send_with_id)
+                await self.app(scope, body_receive, send_with_id)
         finally:
             usage = state.get("usage")
             log.info(
@@ -66,19 +93,3 @@ class RequestContextMiddleware:
                     "completion_tokens": usage.completion_tokens if usage else None,
                 },
             )
-
-
-def _limited(receive: Receive, limit: int) -> Receive:
-    """Enforce the limit on chunked bodies too, which carry no Content-Length."""
-    seen = 0
-
-    async def wrapped() -> Message:
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise APIError(413, f"Request body too large; the limit is {limit} bytes.", code="request_too_large")
-        return message
-
-    return wrapped

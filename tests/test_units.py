@@ -1,0 +1,131 @@
+"""Units with logic of their own: stop strings, UTF-8 streaming, chat templates, model names, settings."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from local_llm_api.api.errors import APIError
+from local_llm_api.config import SettingsError, load_settings
+from local_llm_api.manager import ModelManager
+from local_llm_api.prompting.chat_template import CHATML, LLAMA3, ChatTemplateError, fallback_template, render_chat
+from local_llm_api.prompting.text import StopMatcher, Utf8Stream
+
+from .conftest import MODEL
+
+
+def run_stops(stops: list[str], pieces: list[str]) -> tuple[str, bool]:
+    matcher, out = StopMatcher(stops), ""
+    for piece in pieces:
+        text, hit = matcher.push(piece)
+        out += text
+        if hit:
+            return out, True
+    return out + matcher.flush(), False
+
+
+@pytest.mark.parametrize(
+    ("stops", "pieces", "expected"),
+    [
+        (["END"], ["Hello ", "E", "N", "D", " more"], ("Hello ", True)),
+        (["END"], ["Hello E", "ND"], ("Hello ", True)),
+        (["END"], ["Hello E", "NOUGH"], ("Hello ENOUGH", False)),
+        (["\n\n", "User:"], ["a\n", "b\n", "\nc"], ("a\nb", True)),
+        (["ab", "b"], ["xab"], ("x", True)),
+        ([], ["free", " text"], ("free text", False)),
+        (["é"], ["caf", "é!"], ("caf", True)),
+    ],
+)
+def test_stop_matcher(stops: list[str], pieces: list[str], expected: tuple[str, bool]) -> None:
+    assert run_stops(stops, pieces) == expected
+
+
+def test_stop_matcher_holds_back_only_possible_prefixes() -> None:
+    matcher = StopMatcher(["STOP"])
+    assert matcher.push("abcS") == ("abc", False)
+    assert matcher.push("x") == ("Sx", False)
+
+
+def test_utf8_stream_waits_for_whole_characters() -> None:
+    stream, data = Utf8Stream(), "🐉 용".encode()
+    out = [stream.push(data[i : i + 1]) for i in range(len(data))]
+    assert "".join(out) + stream.flush() == "🐉 용"
+    assert out[0] == out[1] == out[2] == ""  # the dragon's four bytes arrive before it is printed
+
+
+def test_template_renders_like_llama_cpp_python(vocab) -> None:
+    """Our sandboxed rendering of the model's own template matches llama-cpp-python's Jinja2ChatFormatter."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = vocab.metadata["tokenizer.chat_template"]
+    messages = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi!"},
+                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}]
+    ours = render_chat(template, messages, bos_token="<|im_start|>", eos_token="<|im_end|>")
+    theirs = Jinja2ChatFormatter(template, eos_token="<|im_end|>", bos_token="<|im_start|>")(messages=messages).prompt
+    assert ours == theirs
+    assert ours.endswith("<|im_start|>assistant\n")
+
+
+def test_template_sandbox_blocks_python_internals() -> None:
+    evil = "{{ messages.__class__.__mro__[1].__subclasses__() }}"
+    with pytest.raises(Exception):
+        render_chat(evil, [{"role": "user", "content": "x"}], bos_token="", eos_token="")
+
+
+def test_template_raise_exception_becomes_a_template_error() -> None:
+    template = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    with pytest.raises(ChatTemplateError, match="System role not supported"):
+        render_chat(template, [{"role": "system", "content": "x"}], bos_token="", eos_token="")
+
+
+def test_family_fallbacks() -> None:
+    assert fallback_template("Meta-Llama-3-8B-Instruct.Q4_K_M.gguf llama") == LLAMA3
+    assert fallback_template("unknown-model.gguf qwen2") == CHATML
+
+
+def make_dir(tmp_path: Path, *names: str) -> Path:
+    for name in names:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"GGUF")
+    return tmp_path
+
+
+def test_model_names_resolve_by_name_stem_and_unique_prefix(tmp_path: Path) -> None:
+    root = make_dir(tmp_path, "llama3-8b-instruct.Q4_K_M.gguf", "llama3-70b.Q4_0.gguf", "sub/phi-3.gguf")
+    manager = ModelManager(load_settings(model_dir=root))
+    assert manager.resolve("llama3-8b").name == "llama3-8b-instruct.Q4_K_M.gguf"
+    assert manager.resolve("llama3-70b.Q4_0").name == "llama3-70b.Q4_0.gguf"
+    assert manager.resolve("sub/phi-3.gguf").name == "sub/phi-3.gguf"
+    with pytest.raises(APIError) as ambiguous:
+        manager.resolve("llama3")
+    assert ambiguous.value.body.code == "ambiguous_model"
+    with pytest.raises(APIError) as missing:
+        manager.resolve("mistral")
+    assert missing.value.status == 404
+    for bad in ("../x.gguf", "/etc/passwd", "sub/../../x", "a\\b"):
+        with pytest.raises(APIError) as refused:
+            manager.resolve(bad)
+        assert refused.value.status == 400
+
+
+def test_settings_names_and_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("API_KEY", " one , two,")
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    settings = load_settings()
+    assert settings.api_keys == ("one", "two") and settings.log_level.value == "DEBUG"
+    monkeypatch.setenv("CONTEXT_SIZE", "-5")
+    with pytest.raises(SettingsError, match="CONTEXT_SIZE"):
+        load_settings()
+
+
+def test_model_entry_sizes_and_default(tmp_path: Path) -> None:
+    manager = ModelManager(load_settings(model_dir=make_dir(tmp_path, MODEL)))
+    assert manager.default_model_name() == MODEL  # the only model is the default
+    assert asyncio.run(_state(manager)) == "available"
+
+
+async def _state(manager: ModelManager) -> str:
+    return manager.state(manager.resolve(None)).value
