@@ -93,6 +93,11 @@ class Settings(BaseSettings):
         """Cross-field rules that a single field's validator cannot express."""
         if self.api_key_required and not self.api_keys:
             raise SettingsError("API_KEY", "API_KEY_REQUIRED is true but API_KEY is empty")
+        # Refused rather than ignored until the Transformers backend lands.
+        if self.model_backend == BackendChoice.transformers:
+            raise SettingsError("MODEL_BACKEND", "the Transformers backend is not available yet; use auto or llama-cpp")
+        if self.transformers_default_model:
+            raise SettingsError("TRANSFORMERS_DEFAULT_MODEL", "the Transformers backend is not available yet")
 
 
 class SettingsError(Exception):
@@ -103,10 +108,10 @@ class SettingsError(Exception):
         self.name = name
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(env_file: str | Path | None = ".env", **overrides: object) -> Settings:
     """Read settings; turn the first pydantic error into a `SettingsError` naming the variable."""
     try:
-        settings = Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(_env_file=env_file, **overrides)  # type: ignore[arg-type, call-arg]
     except ValidationError as exc:
         error = exc.errors()[0]
         name = str(error["loc"][0]).upper() if error["loc"] else "?"

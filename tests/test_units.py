@@ -129,3 +129,15 @@ def test_model_entry_sizes_and_default(tmp_path: Path) -> None:
 
 async def _state(manager: ModelManager) -> str:
     return manager.state(manager.resolve(None)).value
+
+
+def test_env_example_loads_with_its_defaults() -> None:
+    settings = load_settings(env_file=Path(__file__).parent.parent / ".env.example")
+    assert settings.model_dir == Path("models") and settings.threads is None and settings.log_file is None
+    assert settings.context_size == 4096 and settings.api_keys == ()
+
+
+def test_settings_for_backends_not_built_yet_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL_BACKEND", "transformers")
+    with pytest.raises(SettingsError, match="MODEL_BACKEND"):
+        load_settings()

@@ -81,7 +81,7 @@ class Backend(ABC):
 
     @abstractmethod
     def token_bytes(self, token: int, previous: list[int]) -> bytes:
-        """The bytes a token adds after `previous` (for tokenizers whose pieces depend on context)."""
+        """The bytes a token adds after `previous`, the last few tokens before it (some tokenizers need them)."""
 
     @abstractmethod
     def is_end_of_generation(self, token: int) -> bool: ...
@@ -152,7 +152,8 @@ class Backend(ABC):
                 if self.is_end_of_generation(token):
                     yield GenerationChunk(stops.push(utf8.flush())[0] + stops.flush(), "stop", len(generated))
                     return
-                text = utf8.push(self.token_bytes(token, prompt + generated))
+                # A few tokens of context are enough for tokenizers whose pieces depend on their neighbours.
+                text = utf8.push(self.token_bytes(token, (prompt[-4:] + generated[-4:])[-4:]))
                 generated.append(token)
                 out, hit = stops.push(text)
                 if hit:
