@@ -207,3 +207,26 @@ def test_concurrent_first_requests_share_one_load(tmp_path: Path, model_dir: Pat
         assert srv.log().count(f"loading model {MODEL}") == 1
     finally:
         stop_server(srv)
+
+
+def test_uvicorn_entry_point(tmp_path: Path, model_dir: Path) -> None:
+    """`uvicorn local_llm_api.main:app` builds the app from the environment, as the README says."""
+    from .conftest import free_port
+
+    port = free_port()
+    env = {"PATH": "/usr/bin:/bin", "MODEL_DIR": str(model_dir), "DEFAULT_MODEL": MODEL, "THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "local_llm_api.main:app", "--port", str(port)],
+                               env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                reply = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "Hi", "max_tokens": 2}, timeout=60)
+                break
+            except httpx.ConnectError:
+                assert time.time() < deadline and process.poll() is None
+                time.sleep(0.2)
+        assert reply.status_code == 200, reply.text
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
