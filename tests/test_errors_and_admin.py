@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import MODEL, Server, SpecValidator, sse_events
+from .conftest import MODEL, Server, SpecValidator, running_server
 
 USER = [{"role": "user", "content": "Hi"}]
 
@@ -54,6 +54,8 @@ def assert_error(response: httpx.Response, status: int, spec: SpecValidator | No
         ({"logprobs": True}, "logprobs"),
         ({"audio": {"voice": "alloy", "format": "mp3"}}, "audio"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"stream": True, "stream_options": {"include_usage": "maybe"}}, "stream_options.include_usage"),
+        ({"stop": 5}, "stop"),
     ],
 )
 def test_invalid_chat_requests_are_400_naming_the_parameter(client: httpx.Client, spec: SpecValidator, body: dict, param: str) -> None:
@@ -91,18 +93,13 @@ def test_context_length_exceeded(client: httpx.Client, spec: SpecValidator) -> N
 
 
 def test_request_body_limit(tmp_path: Path, model_dir: Path) -> None:
-    from .conftest import start_server, stop_server
-
-    srv = start_server(tmp_path, model_dir, wait_for_model=False, MAX_REQUEST_BYTES="2048", PRELOAD_MODEL="false")
-    try:
+    with running_server(tmp_path, model_dir, wait_for_model=False, MAX_REQUEST_BYTES="2048", PRELOAD_MODEL="false") as srv:
         with srv.client() as c:
             big = {"messages": [{"role": "user", "content": "x" * 5000}]}
             assert_error(c.post("/v1/chat/completions", json=big), 413, code="request_too_large")
             chunked = c.post("/v1/chat/completions", content=iter([json.dumps(big).encode()]), headers={"content-type": "application/json"})
             assert_error(chunked, 413, code="request_too_large")
             assert c.get("/health").status_code == 200
-    finally:
-        stop_server(srv)
 
 
 # ---------------------------------------------------------------- models and admin
@@ -145,19 +142,14 @@ def test_corrupt_model_gives_a_clear_error_and_the_server_stays_up(client: httpx
 
 
 def test_truncated_gguf_is_refused_by_llama_cpp(tmp_path: Path, model_dir: Path) -> None:
-    from .conftest import start_server, stop_server
-
     local = tmp_path / "models"
     local.mkdir()
     (local / "truncated.gguf").write_bytes((model_dir / MODEL).read_bytes()[:4096])
-    srv = start_server(tmp_path, local, wait_for_model=False, DEFAULT_MODEL="truncated.gguf", PRELOAD_MODEL="false")
-    try:
+    with running_server(tmp_path, local, wait_for_model=False, DEFAULT_MODEL="truncated.gguf", PRELOAD_MODEL="false") as srv:
         with srv.client() as c:
             error = assert_error(c.post("/models/truncated/load"), 400, code="model_load_failed")
             assert "truncated.gguf" in error["message"]
             assert c.get("/health").json()["status"] == "ok"
-    finally:
-        stop_server(srv)
 
 
 @pytest.mark.parametrize("name", ["../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd", "sub/../../x.gguf"])

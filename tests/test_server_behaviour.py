@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import MODEL, NO_END, Server, sse_events, start_server, stop_server
+from .conftest import MODEL, NO_END, Server, running_server, sse_events
 
 USER = [{"role": "user", "content": "Write a long story about a dragon."}]
 LONG = {"messages": USER, "max_tokens": 1500, "logit_bias": NO_END}
@@ -95,9 +95,8 @@ def test_requests_wait_their_turn_fairly(server: Server) -> None:
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Server:
-    srv = start_server(tmp_path_factory.mktemp("keyed"), model_dir, API_KEY_REQUIRED="true", API_KEY="key-one-SECRET, key-two-SECRET")
-    yield srv
-    stop_server(srv)
+    with running_server(tmp_path_factory.mktemp("keyed"), model_dir, API_KEY_REQUIRED="true", API_KEY="key-one-SECRET, key-two-SECRET") as srv:
+        yield srv
 
 
 def test_api_keys(keyed: Server) -> None:
@@ -159,18 +158,14 @@ def test_invalid_settings_stop_start_up_with_one_line(tmp_path: Path, env: dict,
 
 def test_settings_from_dotenv(tmp_path: Path, model_dir: Path) -> None:
     (tmp_path / ".env").write_text("CONTEXT_SIZE=1024\n")
-    srv = start_server(tmp_path, model_dir, CONTEXT_SIZE="")
-    try:
+    with running_server(tmp_path, model_dir, CONTEXT_SIZE="") as srv:
         with srv.client() as c:
             smol = next(m for m in c.get("/models").json()["data"] if m["id"] == MODEL)
             assert smol["context_size"] == 1024
-    finally:
-        stop_server(srv)
 
 
 def test_loading_model_answers_503_then_serves(tmp_path: Path, model_dir: Path) -> None:
-    srv = start_server(tmp_path, model_dir, wait_for_model=False, PRELOAD_MODEL="false", MODEL_LOAD_WAIT_SECONDS="0")
-    try:
+    with running_server(tmp_path, model_dir, wait_for_model=False, PRELOAD_MODEL="false", MODEL_LOAD_WAIT_SECONDS="0") as srv:
         with srv.client() as c:
             first = c.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 2})
             assert first.status_code == 503, first.text
@@ -179,25 +174,19 @@ def test_loading_model_answers_503_then_serves(tmp_path: Path, model_dir: Path) 
             while c.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 2}).status_code != 200:
                 assert time.time() < deadline
                 time.sleep(0.2)
-    finally:
-        stop_server(srv)
 
 
 def test_auto_load_off_asks_for_an_explicit_load(tmp_path: Path, model_dir: Path) -> None:
-    srv = start_server(tmp_path, model_dir, wait_for_model=False, PRELOAD_MODEL="false", AUTO_LOAD="false")
-    try:
+    with running_server(tmp_path, model_dir, wait_for_model=False, PRELOAD_MODEL="false", AUTO_LOAD="false") as srv:
         with srv.client() as c:
             refused = c.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 2})
             assert refused.status_code == 400 and refused.json()["error"]["code"] == "model_not_loaded"
             assert c.post(f"/models/{MODEL}/load").status_code == 200
             assert c.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 2}).status_code == 200
-    finally:
-        stop_server(srv)
 
 
 def test_concurrent_first_requests_share_one_load(tmp_path: Path, model_dir: Path) -> None:
-    srv = start_server(tmp_path, model_dir, wait_for_model=False, PRELOAD_MODEL="false")
-    try:
+    with running_server(tmp_path, model_dir, wait_for_model=False, PRELOAD_MODEL="false") as srv:
         def ask(_: int) -> int:
             with srv.client() as c:
                 return c.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 2}).status_code
@@ -205,8 +194,6 @@ def test_concurrent_first_requests_share_one_load(tmp_path: Path, model_dir: Pat
         with ThreadPoolExecutor(4) as pool:
             assert list(pool.map(ask, range(4))) == [200] * 4
         assert srv.log().count(f"loading model {MODEL}") == 1
-    finally:
-        stop_server(srv)
 
 
 def test_uvicorn_entry_point(tmp_path: Path, model_dir: Path) -> None:

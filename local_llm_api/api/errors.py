@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -86,12 +87,15 @@ _STATUS_TYPES = {
 }
 
 
+_UNION_BRANCH = re.compile(r"^(str|int|float|bool|none|(list|dict|function-\w+|tagged-union)\[.*\]|[A-Z]\w*)$")
+
+
 def _validation_error(exc: RequestValidationError) -> APIError:
     """FastAPI's first validation error, phrased for a person and naming the parameter."""
     first = exc.errors()[0]
     loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
-    # Pydantic adds the union branch name (`str`, `list[str]`...) to the location; keep the field path.
-    param = ".".join(p for p in loc if not p.startswith(("list[", "str", "int", "function-", "tagged-union")))
+    # Pydantic adds union branch names (`str`, `list[int]`, `TextPart`...) to the location; keep the field path.
+    param = ".".join(p for p in loc if not _UNION_BRANCH.match(p))
     if first.get("type") == "json_invalid":
         return APIError(400, f"The request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".strip())
     if first.get("type") == "missing" and not param:
