@@ -50,7 +50,10 @@ class Settings(BaseSettings):
     gpu_layers: int = Field(-1, ge=-1, description="-1 offloads every layer when a GPU is present.")
     context_size: int = Field(4096, ge=0, description="0 uses the model's training context.")
     threads: int | None = Field(None, ge=1, description="Generation threads; unset lets llama.cpp choose.")
-    batch_size: int = Field(512, ge=1)
+    batch_size: int = Field(512, ge=1, description="Most tokens in one decode step.")
+    parallel_slots: int = Field(4, ge=1, le=256, description="Sequences decoded together (continuous batching).")
+    max_queue: int = Field(64, ge=0, description="Requests that may wait for a slot; beyond it, 429.")
+    prefill_chunk: int = Field(64, ge=1, description="Prompt tokens fed per step while other sequences stream.")
 
     # Transformers (used by the Transformers backend)
     transformers_default_model: str = ""

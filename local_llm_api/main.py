@@ -16,6 +16,8 @@ from fastapi import FastAPI
 
 from . import __version__
 from .api import admin, openai
+from .api.metrics import metrics_registry
+from .api.metrics import router as metrics_router
 from .api.errors import APIError, install_error_handlers
 from .api.middleware import RequestContextMiddleware
 from .config import Settings, SettingsError, load_settings
@@ -33,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         manager = ModelManager(settings)
         app.state.manager = manager
+        app.state.metrics = metrics_registry(manager)
         preload = asyncio.create_task(_preload(manager)) if settings.preload_model else None
         log.info("serving models from %s", manager.root)
         yield
@@ -52,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
     app.include_router(admin.health_router)
     app.include_router(admin.router)
+    app.include_router(metrics_router)
     app.include_router(openai.router, prefix="/v1")
     app.include_router(openai.router, prefix="/api/v1")
     return app

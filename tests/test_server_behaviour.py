@@ -54,7 +54,7 @@ def test_non_stream_disconnect_stops_generation(client: httpx.Client, server: Se
     assert time.perf_counter() - started < 5
 
 
-def test_concurrent_requests_are_queued_and_never_interleaved(client: httpx.Client, server: Server) -> None:
+def test_concurrent_requests_are_never_interleaved(client: httpx.Client, server: Server) -> None:
     prompts = [f"Count from {i} to {i + 5}." for i in range(4)]
 
     def ask(prompt: str, stream: bool) -> str:
@@ -72,8 +72,8 @@ def test_concurrent_requests_are_queued_and_never_interleaved(client: httpx.Clie
     assert together == [text for text in alone for _ in (0, 1)]
 
 
-def test_requests_wait_their_turn_fairly(server: Server) -> None:
-    """A short request that arrives behind a long one is served when the long one ends, not starved."""
+def test_short_request_is_not_stuck_behind_a_long_one(server: Server) -> None:
+    """Continuous batching: a short request that arrives during a long one finishes long before it."""
     finished: dict[str, float] = {}
 
     def run(name: str, max_tokens: int, delay: float) -> None:
@@ -82,12 +82,12 @@ def test_requests_wait_their_turn_fairly(server: Server) -> None:
             c.post("/v1/chat/completions", json={"messages": USER, "max_tokens": max_tokens, "logit_bias": NO_END})
         finished[name] = time.perf_counter()
 
-    threads = [threading.Thread(target=run, args=a) for a in (("long", 60, 0), ("short", 2, 0.3))]
+    threads = [threading.Thread(target=run, args=a) for a in (("long", 120, 0), ("short", 2, 0.3))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert finished["long"] <= finished["short"]
+    assert finished["short"] < finished["long"] - 0.5
 
 
 # ---------------------------------------------------------------- API keys

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
 from .. import __version__
+from ..backends.base import EngineStats
 from ..manager import ModelEntry, ModelManager, ModelState
 from ..system import GpuInfo, gpu_info
 from .auth import require_api_key
@@ -31,6 +32,7 @@ class Health(BaseModel):
     version: str
     uptime_seconds: float
     loaded_models: list[str]
+    engines: dict[str, EngineStats]
     system: SystemInfo
     gpu: GpuInfo
 
@@ -83,6 +85,7 @@ async def health(request: Request) -> Health:
         version=__version__,
         uptime_seconds=round(time.time() - request.app.state.started_at, 1),
         loaded_models=list(manager_of(request).loaded),
+        engines={name: model.backend.stats() for name, model in manager_of(request).loaded.items()},
         system=SystemInfo(
             platform=platform.platform(),
             python=platform.python_version(),

@@ -1,24 +1,21 @@
-"""The interface every model backend implements, and the request loop they share.
+"""The interface every model backend implements, and the per-sequence text logic they share.
 
-A backend knows its model: tokenizing, sampling the next tokens, embedding. What to do with those
-tokens (stop strings, length limits, cancellation, queueing) is the same for every backend and lives here.
-Each request is an async stream of `GenerationChunk`s, so a batching engine can replace the serial loop
-without the serving layer noticing.
+A backend turns a prompt into an async stream of `GenerationChunk`s. How it schedules the model (one
+request at a time, or many sequences in one batch) is its own business; what a token means for the
+client's text (UTF-8 pieces, stop strings, length limit, end-of-generation) is the same everywhere and
+lives in `SequenceText`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Literal
+
+from pydantic import BaseModel, Field
 
 from ..prompting.text import StopMatcher, Utf8Stream
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -35,6 +32,11 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     stop: tuple[str, ...] = ()
 
+    @property
+    def wants_repeatable(self) -> bool:
+        """A seed or greedy decoding asks for the same answer to the same request."""
+        return self.seed is not None or self.temperature == 0
+
 
 @dataclass(frozen=True)
 class GenerationChunk:
@@ -47,9 +49,9 @@ class GenerationChunk:
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """What the API reports about a loaded model."""
+    """What the API needs to know about a loaded model."""
 
-    context_size: int
+    context_size: int  # per request
     embedding_size: int
     vocab_size: int
     chat_template: str | None
@@ -57,20 +59,62 @@ class ModelFacts:
     eos_token: str
 
 
+class EngineStats(BaseModel):
+    """A backend's scheduling figures, for /health and /metrics."""
+
+    slots: int
+    running: int
+    queued: int
+    max_queue: int
+    prompt_tokens_total: int = 0
+    cached_prompt_tokens_total: int = 0
+    generated_tokens_total: int = 0
+    requests_total: int = 0
+    tokens_per_second: float = 0.0
+    time_to_first_token_p50: float | None = None
+    # Prometheus histogram of time to first token: cumulative counts per upper bound, and the sum.
+    ttft_buckets: dict[float, int] = Field(default_factory=dict, exclude=True)
+    ttft_sum: float = Field(0.0, exclude=True)
+
+
 class ModelLoadError(Exception):
     """The model file could not be loaded; the message says why, for the client."""
 
 
+class QueueFullError(Exception):
+    """The backend's waiting queue is full; the client should retry later (429)."""
+
+
+class SequenceText:
+    """One sequence's tokens turned into the client's text: UTF-8 pieces, stop strings held back and cut,
+    the length limit, end-of-generation tokens. `feed` returns what to send, if anything."""
+
+    def __init__(self, params: SamplingParams, token_bytes: Callable[[int], bytes], is_end: Callable[[int], bool]) -> None:
+        self._params = params
+        self._token_bytes = token_bytes
+        self._is_end = is_end
+        self._utf8 = Utf8Stream()
+        self._stops = StopMatcher(list(params.stop))
+        self.tokens = 0
+
+    def feed(self, token: int) -> GenerationChunk | None:
+        if self._is_end(token):
+            tail, hit = self._stops.push(self._utf8.flush())
+            return GenerationChunk(tail + ("" if hit else self._stops.flush()), "stop", self.tokens)
+        self.tokens += 1
+        out, hit = self._stops.push(self._utf8.push(self._token_bytes(token)))
+        if hit:
+            return GenerationChunk(out, "stop", self.tokens)
+        if self.tokens >= self._params.max_tokens:
+            tail, hit = self._stops.push(self._utf8.flush())
+            return GenerationChunk(out + tail + ("" if hit else self._stops.flush()), "length", self.tokens)
+        return GenerationChunk(out) if out else None
+
+
 class Backend(ABC):
-    """One loaded model. Blocking model work runs on a single worker thread, one request at a time, in
-    arrival order (FIFO), so that requests are never interleaved and a cancelled one frees the model at once."""
+    """One loaded model."""
 
     kind: str
-
-    def __init__(self) -> None:
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.kind}-worker")
-
-    # ---- what each backend provides
 
     @property
     @abstractmethod
@@ -80,97 +124,23 @@ class Backend(ABC):
     def tokenize(self, text: str, *, add_special: bool) -> list[int]: ...
 
     @abstractmethod
-    def token_bytes(self, token: int, previous: list[int]) -> bytes:
-        """The bytes a token adds after `previous`, the last few tokens before it (some tokenizers need them)."""
+    def token_bytes(self, token: int) -> bytes: ...
 
     @abstractmethod
-    def is_end_of_generation(self, token: int) -> bool: ...
+    def generate(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[GenerationChunk]:
+        """Stream one completion. Closing the iterator early (client gone) stops it within a step."""
 
     @abstractmethod
-    def sample(self, prompt: list[int], params: SamplingParams) -> Iterator[int]:
-        """Yield sampled tokens one by one, without end: the shared loop decides when to stop."""
-
-    @abstractmethod
-    def embed_tokens(self, inputs: list[list[int]]) -> list[list[float]]:
+    async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
         """One pooled, L2-normalised vector per input."""
 
-    def release(self) -> None:
-        """Free the model's memory; called on the worker thread after the last request."""
+    @abstractmethod
+    def check_capacity(self, sequences: int) -> None:
+        """Raise QueueFullError when `sequences` more would overflow the waiting queue."""
 
-    # ---- the shared loop
+    @abstractmethod
+    def stats(self) -> EngineStats: ...
 
-    async def run(self, fn: Callable[[], T]) -> T:
-        """Run blocking model work on this model's worker thread, in arrival order."""
-        return await asyncio.get_running_loop().run_in_executor(self._worker, fn)
-
-    async def generate(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[GenerationChunk]:
-        """Stream one completion. Closing the iterator early (client gone) stops generation within a token."""
-        loop = asyncio.get_running_loop()
-        chunks: asyncio.Queue[GenerationChunk | BaseException] = asyncio.Queue()
-        cancelled = threading.Event()
-
-        def emit(item: GenerationChunk | BaseException) -> None:
-            loop.call_soon_threadsafe(chunks.put_nowait, item)
-
-        def work() -> None:
-            if cancelled.is_set():  # the client left while queued
-                return
-            try:
-                for chunk in self._generate_blocking(prompt, params, cancelled):
-                    emit(chunk)
-            except BaseException as exc:  # surfaced to the awaiting request, never lost in the thread
-                emit(exc)
-
-        job = loop.run_in_executor(self._worker, work)
-        try:
-            while True:
-                item = await chunks.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
-        finally:
-            cancelled.set()
-            if not job.done():
-                job.add_done_callback(lambda f: f.exception())  # nothing left to wait on; keep logs quiet
-
-    def _generate_blocking(
-        self, prompt: list[int], params: SamplingParams, cancelled: threading.Event
-    ) -> Iterator[GenerationChunk]:
-        utf8 = Utf8Stream()
-        stops = StopMatcher(list(params.stop))
-        generated: list[int] = []
-        if params.max_tokens == 0:
-            yield GenerationChunk("", "length", 0)
-            return
-        tokens = self.sample(prompt, params)
-        try:
-            for token in tokens:
-                if cancelled.is_set():
-                    return
-                if self.is_end_of_generation(token):
-                    yield GenerationChunk(stops.push(utf8.flush())[0] + stops.flush(), "stop", len(generated))
-                    return
-                # A few tokens of context are enough for tokenizers whose pieces depend on their neighbours.
-                text = utf8.push(self.token_bytes(token, (prompt[-4:] + generated[-4:])[-4:]))
-                generated.append(token)
-                out, hit = stops.push(text)
-                if hit:
-                    yield GenerationChunk(out, "stop", len(generated))
-                    return
-                if len(generated) >= params.max_tokens:
-                    tail, hit = stops.push(utf8.flush())
-                    yield GenerationChunk(out + tail + ("" if hit else stops.flush()), "length", len(generated))
-                    return
-                if out:
-                    yield GenerationChunk(out)
-        finally:
-            close = getattr(tokens, "close", None)
-            if close is not None:
-                close()
-
+    @abstractmethod
     async def close(self) -> None:
-        """Finish queued work, free the model, stop the worker."""
-        await self.run(self.release)
-        self._worker.shutdown(wait=False)
+        """Stop scheduling and free the model's memory."""

@@ -1,21 +1,24 @@
-"""GGUF models through llama-cpp-python.
+"""GGUF models through llama-cpp-python's low-level API.
 
-Generation uses `Llama.generate`, which also reuses the KV cache of the longest common prompt prefix
-with the previous request. Sampling uses our own llama.cpp sampler chain so that `logit_bias` runs in
-C (llama_sampler_init_logit_bias) before the penalties and the truncation samplers.
+One model in memory, two llama.cpp contexts over it: one for generation, driven by the continuous
+batching engine (`batching.py`) with PARALLEL_SLOTS sequences, and one for embeddings (mean pooling),
+made on the first embedding request.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
 import math
-import random
-from collections.abc import Iterator
-from functools import lru_cache
+import os
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from ..config import Settings
-from .base import Backend, ModelFacts, ModelLoadError, SamplingParams
+from .base import Backend, EngineStats, GenerationChunk, ModelFacts, ModelLoadError, SamplingParams
+from .batching import BatchEngine
 
 GGUF_MAGIC = b"GGUF"
 
@@ -23,6 +26,7 @@ GGUF_MAGIC = b"GGUF"
 def _import_llama_cpp() -> Any:
     try:
         import llama_cpp
+        import llama_cpp._internals  # noqa: F401  (the model, context and sampler wrappers)
     except ImportError as exc:  # the GGUF extra is optional
         raise ModelLoadError(
             "llama-cpp-python is not installed; install the GGUF backend with `pip install local-llm-api[llama-cpp]`"
@@ -41,43 +45,91 @@ def check_gguf_file(path: Path) -> None:
 class LlamaCppBackend(Backend):
     kind = "llama-cpp"
 
-    def __init__(self, path: Path, settings: Settings, *, context_size: int | None = None) -> None:
-        super().__init__()
-        llama_cpp = _import_llama_cpp()
+    def __init__(self, path: Path, settings: Settings) -> None:
+        lib = _import_llama_cpp()
+        internals = lib._internals
         check_gguf_file(path)
-        self._llama_cpp = llama_cpp
-        self._path = path
+        self._lib = lib
+        self._internals = internals
         self._settings = settings
-        n_ctx = settings.context_size if context_size is None else context_size
-        self._common: dict[str, Any] = dict(
-            model_path=str(path),
-            n_gpu_layers=settings.gpu_layers,
-            n_threads=settings.threads,
-            n_threads_batch=settings.threads,
-            verbose=False,
-        )
+        self._threads = settings.threads or max(1, (os.cpu_count() or 2) // 2)
+        model_params = lib.llama_model_default_params()
+        model_params.n_gpu_layers = 0x7FFFFFFF if settings.gpu_layers == -1 else settings.gpu_layers
         try:
-            self._llm = _llama_class()(n_ctx=n_ctx, n_batch=settings.batch_size, **self._common)
+            self._model = internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"llama.cpp could not load '{path.name}': {exc}") from exc
-        self._embedder: Any = None  # a second context in embedding mode, made on the first embedding request
-        meta = self._llm.metadata
+        model = self._model
+        meta = model.metadata()
+        per_sequence = settings.context_size or model.n_ctx_train()
+        slots = settings.parallel_slots
+        try:
+            context = self._context(n_ctx=per_sequence * slots, n_seq_max=slots, batch=settings.batch_size, embeddings=False)
+        except ValueError as exc:
+            model.close()
+            raise ModelLoadError(f"llama.cpp could not make a context for '{path.name}' "
+                                 f"({slots} slots x {per_sequence} tokens): {exc}") from exc
         self._facts = ModelFacts(
-            context_size=self._llm.n_ctx(),
-            embedding_size=self._llm.n_embd(),
-            vocab_size=self._llm.n_vocab(),
+            context_size=per_sequence,
+            embedding_size=model.n_embd(),
+            vocab_size=model.n_vocab(),
             chat_template=meta.get("tokenizer.chat_template"),
-            bos_token=self._token_text(self._llm.token_bos()),
-            eos_token=self._token_text(self._llm.token_eos()),
+            bos_token=self._token_text(model.token_bos()),
+            eos_token=self._token_text(model.token_eos()),
         )
-        self._add_bos = self._llm._model.add_bos_token()
+        self._add_bos = model.add_bos_token()
         self.architecture = meta.get("general.architecture", "")
-        self.display_name = meta.get("general.name", path.stem)
+        self._engine = BatchEngine(
+            llama_cpp=lib,
+            context=context,
+            n_slots=slots,
+            max_queue=settings.max_queue,
+            batch_size=settings.batch_size,
+            prefill_chunk=settings.prefill_chunk,
+            make_sampler=self._sampler,
+            token_bytes=self.token_bytes,
+            is_end=lambda token: bool(lib.llama_vocab_is_eog(model.vocab, token)),
+            name=path.stem,
+        )
+        self._generation_context = context
+        self._embedding_context: Any = None
+        self._embedder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+
+    def _context(self, *, n_ctx: int, n_seq_max: int, batch: int, embeddings: bool) -> Any:
+        params = self._lib.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = params.n_ubatch = batch
+        params.n_seq_max = n_seq_max
+        params.n_threads = params.n_threads_batch = self._threads
+        params.kv_unified = False  # each slot its own KV stream of CONTEXT_SIZE tokens
+        params.embeddings = embeddings
+        if embeddings:
+            params.pooling_type = self._lib.LLAMA_POOLING_TYPE_MEAN
+        return self._internals.LlamaContext(model=self._model, params=params, verbose=False)
 
     def _token_text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        return self._llm._model.token_get_text(token)
+        return self._model.token_get_text(token) if token >= 0 else ""
+
+    def _sampler(self, p: SamplingParams) -> Any:
+        """The sequence's own llama.cpp sampler chain; logit bias first, in C."""
+        chain = self._internals.LlamaSampler()
+        n_vocab = self._facts.vocab_size
+        if p.logit_bias:
+            chain.add_logit_bias(n_vocab, p.logit_bias)
+        chain.add_penalties(n_vocab=n_vocab, penalty_last_n=64, penalty_repeat=p.repeat_penalty,
+                            penalty_freq=p.frequency_penalty, penalty_present=p.presence_penalty)
+        if p.temperature == 0:
+            chain.add_greedy()
+            return chain
+        if p.top_k > 0:
+            chain.add_top_k(p.top_k)
+        chain.add_top_p(p.top_p, 1)
+        chain.add_min_p(p.min_p, 1)
+        chain.add_temp(p.temperature)
+        chain.add_dist(p.seed if p.seed is not None else self._lib.LLAMA_DEFAULT_SEED)
+        return chain
+
+    # ---------------------------------------------------------------- Backend
 
     @property
     def facts(self) -> ModelFacts:
@@ -87,91 +139,55 @@ class LlamaCppBackend(Backend):
         # Chat templates usually write the BOS token themselves; never add it twice.
         bos = self._facts.bos_token
         add_bos = add_special and self._add_bos and not (bos and text.startswith(bos))
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=add_special)
+        return self._model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=add_special)
 
-    def token_bytes(self, token: int, previous: list[int]) -> bytes:
-        return self._llm.detokenize([token], prev_tokens=previous)
+    def token_bytes(self, token: int) -> bytes:
+        buffer = ctypes.create_string_buffer(64)
+        n = self._lib.llama_token_to_piece(self._model.vocab, token, buffer, 64, 0, False)
+        if n < 0:  # a piece longer than the buffer: llama.cpp says how long
+            buffer = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(self._model.vocab, token, buffer, -n, 0, False)
+        return buffer.raw[:n]
 
-    def is_end_of_generation(self, token: int) -> bool:
-        return bool(self._llama_cpp.llama_vocab_is_eog(self._llm._model.vocab, token))
+    def generate(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[GenerationChunk]:
+        return self._engine.generate(prompt, params)
 
-    def sample(self, prompt: list[int], params: SamplingParams) -> Iterator[int]:
-        self._llm.request_params = params
-        self._llm.set_seed(random.getrandbits(32) if params.seed is None else params.seed)
-        if params.seed is not None or params.temperature == 0:
-            # A reused cached prefix was computed in other batch shapes, which changes the logits' last bits and
-            # can flip a sample. Requests that ask to repeat (a seed, or greedy) evaluate their whole prompt.
-            self._llm.reset()
-        return self._llm.generate(prompt)
+    def check_capacity(self, sequences: int) -> None:
+        self._engine.check_capacity(sequences)
 
-    def embed_tokens(self, inputs: list[list[int]]) -> list[list[float]]:
-        if self._embedder is None:
-            # Mean pooling over a context sized to hold any input whole (embeddings need one micro-batch).
-            size = self._facts.context_size
-            self._embedder = self._llama_cpp.Llama(
-                embedding=True,
-                pooling_type=self._llama_cpp.LLAMA_POOLING_TYPE_MEAN,
-                n_ctx=size,
-                n_batch=size,
-                n_ubatch=size,
-                **self._common,
-            )
-        emb = self._embedder
+    def stats(self) -> EngineStats:
+        return self._engine.stats()
+
+    async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        return await asyncio.get_running_loop().run_in_executor(self._embedder, self._embed, inputs)
+
+    def _embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        if self._embedding_context is None:
+            size = self._facts.context_size  # any input that fits the model's context fits one micro-batch
+            self._embedding_context = self._context(n_ctx=size, n_seq_max=1, batch=size, embeddings=True)
+            self._embedding_batch = self._internals.LlamaBatch(n_tokens=size, embd=0, n_seq_max=1, verbose=False)
+        context, batch = self._embedding_context, self._embedding_batch
         vectors = []
         for tokens in inputs:
-            emb._ctx.kv_cache_clear()
-            emb._batch.reset()
-            emb._batch.add_sequence(tokens, 0, True)
-            emb._ctx.decode(emb._batch)
-            pooled = self._llama_cpp.llama_get_embeddings_seq(emb._ctx.ctx, 0)
+            context.kv_cache_clear()
+            batch.reset()
+            batch.add_sequence(tokens, 0, True)
+            context.decode(batch)
+            pooled = self._lib.llama_get_embeddings_seq(context.ctx, 0)
             vectors.append(_normalise(pooled[: self._facts.embedding_size]))
-        emb._ctx.kv_cache_clear()
+        context.kv_cache_clear()
         return vectors
 
-    def release(self) -> None:
-        for llm in (self._llm, self._embedder):
-            if llm is not None:
-                llm.close()
-        self._embedder = None
+    async def close(self) -> None:
+        await asyncio.to_thread(self._engine.close)
+        self._embedder.shutdown(wait=True)
+        if self._embedding_context is not None:
+            self._embedding_batch.close()
+            self._embedding_context.close()
+        self._generation_context.close()
+        self._model.close()
 
 
 def _normalise(vector: list[float]) -> list[float]:
     norm = math.sqrt(sum(v * v for v in vector)) or 1.0
     return [v / norm for v in vector]
-
-
-@lru_cache(maxsize=1)
-def _llama_class() -> type:
-    llama_cpp = _import_llama_cpp()
-    from llama_cpp._internals import LlamaSampler
-
-    class Llama(llama_cpp.Llama):  # type: ignore[misc, name-defined]
-        """`Llama` whose sampler chain comes from the request's `SamplingParams`."""
-
-        request_params: SamplingParams | None = None
-
-        def _init_sampler(self, **_: Any) -> Any:
-            p = self.request_params
-            assert p is not None, "sample() sets the request's parameters first"
-            chain = LlamaSampler()
-            if p.logit_bias:
-                chain.add_logit_bias(self._n_vocab, p.logit_bias)
-            chain.add_penalties(
-                n_vocab=self._n_vocab,
-                penalty_last_n=self.last_n_tokens_size,
-                penalty_repeat=p.repeat_penalty,
-                penalty_freq=p.frequency_penalty,
-                penalty_present=p.presence_penalty,
-            )
-            if p.temperature == 0:
-                chain.add_greedy()
-                return chain
-            if p.top_k > 0:
-                chain.add_top_k(p.top_k)
-            chain.add_top_p(p.top_p, 1)
-            chain.add_min_p(p.min_p, 1)
-            chain.add_temp(p.temperature)
-            chain.add_dist(self._seed)
-            return chain
-
-    return Llama

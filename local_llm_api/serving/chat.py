@@ -27,7 +27,7 @@ from ..api.protocol import (
 from ..config import Settings
 from ..manager import LoadedModel, ModelManager
 from ..prompting.chat_template import ChatTemplateError, fallback_template, render_chat
-from .generation import ChoiceJob, collect_choices, sse, sse_response, stream_choices, until_disconnected, usage
+from .generation import ChoiceJob, collect_choices, ensure_capacity, sse, sse_response, stream_choices, until_disconnected, usage
 from .params import refuse_unsupported_chat_fields, sampling_params, token_budget
 
 
@@ -81,6 +81,7 @@ async def create_chat_completion(
         requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         budget = token_budget(len(prompt), requested, model.backend.facts, settings, "max_tokens" if requested else "messages")
         jobs = [ChoiceJob(i, prompt, sampling_params(req, settings, model.backend.facts, budget, i)) for i in range(req.n or 1)]
+        ensure_capacity(model.backend, jobs)
     except BaseException:
         await stack.aclose()
         raise

@@ -14,7 +14,7 @@ from ..api.protocol import CompletionChoice, CompletionRequest, CompletionRespon
 from ..backends.base import Backend
 from ..config import Settings
 from ..manager import LoadedModel, ModelManager
-from .generation import ChoiceJob, collect_choices, sse, sse_response, stream_choices, until_disconnected, usage
+from .generation import ChoiceJob, collect_choices, ensure_capacity, sse, sse_response, stream_choices, until_disconnected, usage
 from .params import refuse_unsupported_completion_fields, sampling_params, token_budget
 
 
@@ -46,7 +46,7 @@ def tokenize_prompt(backend: Backend, prompt: str | list[int], index: int) -> li
 def echo_text(backend: Backend, prompt: str | list[int]) -> str:
     if isinstance(prompt, str):
         return prompt
-    return b"".join(backend.token_bytes(t, prompt[:i]) for i, t in enumerate(prompt)).decode("utf-8", "replace")
+    return b"".join(backend.token_bytes(t) for t in prompt).decode("utf-8", "replace")
 
 
 async def create_completion(
@@ -67,6 +67,7 @@ async def create_completion(
         for p, tokens in enumerate(token_prompts):
             budget = token_budget(len(tokens), req.max_tokens, backend.facts, settings, "max_tokens" if req.max_tokens else "prompt")
             jobs += [ChoiceJob(p * n + i, tokens, sampling_params(req, settings, backend.facts, budget, i)) for i in range(n)]
+        ensure_capacity(model.backend, jobs)
     except BaseException:
         await stack.aclose()
         raise

@@ -67,7 +67,7 @@ async def create_embeddings(req: EmbeddingRequest, manager: ModelManager, reques
                 "dimensions",
             )
         tokens = await asyncio.to_thread(tokenize_inputs, backend, items)
-        vectors = await backend.run(lambda: backend.embed_tokens(tokens))
+        vectors = await backend.embed(tokens)
     total = sum(len(t) for t in tokens)
     request.state.model = model.entry.name
     request.state.usage = usage(total, 0)

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from ..api.errors import APIError, ErrorBody, ErrorResponse
 from ..api.protocol import Usage
-from ..backends.base import Backend, GenerationChunk, SamplingParams
+from ..backends.base import Backend, GenerationChunk, QueueFullError, SamplingParams
 
 log = logging.getLogger("local_llm_api.serving")
 T = TypeVar("T")
@@ -36,11 +36,39 @@ class ChoiceResult:
     completion_tokens: int
 
 
+def ensure_capacity(backend: Backend, jobs: list[ChoiceJob]) -> None:
+    """Refuse with 429 before anything is streamed when the model's queue cannot take these choices."""
+    try:
+        backend.check_capacity(len(jobs))
+    except QueueFullError as exc:
+        raise APIError(429, f"The server is busy: {exc}. Retry shortly.", type="requests",
+                       code="rate_limit_exceeded", headers={"Retry-After": "1"}) from None
+
+
 async def stream_choices(backend: Backend, jobs: list[ChoiceJob]) -> AsyncIterator[tuple[int, GenerationChunk]]:
-    """The chunks of every choice, one choice after another (each choice is one queued job)."""
-    for job in jobs:
-        async for chunk in backend.generate(job.prompt, job.params):
-            yield job.index, chunk
+    """The chunks of every choice as they come; the choices run side by side in the backend's batch."""
+    merged: asyncio.Queue[tuple[int, GenerationChunk] | BaseException] = asyncio.Queue()
+
+    async def pump(job: ChoiceJob) -> None:
+        try:
+            async for chunk in backend.generate(job.prompt, job.params):
+                merged.put_nowait((job.index, chunk))
+        except Exception as exc:  # handed to the consumer, which raises it
+            merged.put_nowait(exc)
+
+    tasks = [asyncio.ensure_future(pump(job)) for job in jobs]
+    try:
+        remaining = len(jobs)
+        while remaining:
+            item = await merged.get()
+            if isinstance(item, BaseException):
+                raise item
+            if item[1].finish_reason is not None:
+                remaining -= 1
+            yield item
+    finally:
+        for task in tasks:
+            task.cancel()  # a choice still running stops at the engine's next step
 
 
 async def collect_choices(backend: Backend, jobs: list[ChoiceJob]) -> list[ChoiceResult]:

@@ -1,0 +1,130 @@
+"""The continuous batching engine, through the real server: queue limits, prefix cache, chunked prefill,
+no cross-talk between sequences, and the engine's figures in /health and /metrics."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import MODEL, NO_END, Server, running_server, sse_events
+
+STORY = [{"role": "user", "content": "Write a long story about a dragon."}]
+
+
+def engine(client: httpx.Client) -> dict:
+    return client.get("/health").json()["engines"][MODEL]
+
+
+def test_health_reports_the_engine(client: httpx.Client) -> None:
+    stats = engine(client)
+    assert stats["slots"] == 4 and stats["max_queue"] == 64
+    assert {"running", "queued", "tokens_per_second", "time_to_first_token_p50", "generated_tokens_total"} <= set(stats)
+
+
+def test_prefix_cache_serves_the_next_turn(client: httpx.Client) -> None:
+    system = {"role": "system", "content": "You are a careful assistant. " * 40}
+    turns = [system, {"role": "user", "content": "Hello, who are you?"}]
+    first = client.post("/v1/chat/completions", json={"messages": turns, "max_tokens": 8}).json()
+    before = engine(client)["cached_prompt_tokens_total"]
+    turns += [first["choices"][0]["message"], {"role": "user", "content": "Tell me more."}]
+    second = client.post("/v1/chat/completions", json={"messages": turns, "max_tokens": 8}).json()
+    reused = engine(client)["cached_prompt_tokens_total"] - before
+    # Everything up to the first answer is reused; only the new turn is evaluated.
+    assert reused >= first["usage"]["prompt_tokens"], (reused, first["usage"], second["usage"])
+
+
+def test_seeded_output_does_not_depend_on_batch_neighbours(server: Server) -> None:
+    def ask(prompt: str, seed: int) -> str:
+        body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 24, "temperature": 1.0, "seed": seed}
+        with server.client() as c:
+            return c.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+
+    jobs = [("Tell me about the sea.", 1), ("List some fruits.", 2), ("Why is the sky blue?", 3), ("Write a haiku.", 4)]
+    alone = [ask(*job) for job in jobs]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda job: ask(*job), jobs))
+    assert together == alone
+
+
+def test_long_prompt_does_not_freeze_running_streams(server: Server) -> None:
+    """Chunked prefill: a 1500-token prompt arriving mid-stream is fed in small chunks between decode steps."""
+    gaps: list[float] = []
+
+    def stream() -> None:
+        with server.client() as c:
+            body = {"messages": STORY, "max_tokens": 150, "logit_bias": NO_END, "stream": True}
+            with c.stream("POST", "/v1/chat/completions", json=body) as response:
+                last = None
+                for line in response.iter_lines():
+                    now = time.perf_counter()
+                    if line.startswith("data: {") and last is not None:
+                        gaps.append(now - last)
+                    last = now
+
+    streamer = threading.Thread(target=stream)
+    streamer.start()
+    time.sleep(0.5)
+    long_prompt = [{"role": "user", "content": "tell me about apples and pears " * 250}]
+    with server.client() as c:
+        reply = c.post("/v1/chat/completions", json={"messages": long_prompt, "max_tokens": 2})
+    streamer.join()
+    assert reply.status_code == 200 and reply.json()["usage"]["prompt_tokens"] > 1500
+    # Unchunked, the stream would stall for the whole prompt (~8 s here); chunked, a step stays short.
+    assert max(gaps) < 3.0, max(gaps)
+
+
+def test_full_queue_answers_429(tmp_path: Path, model_dir: Path) -> None:
+    with running_server(tmp_path, model_dir, PARALLEL_SLOTS="1", MAX_QUEUE="1") as srv:
+        long = {"messages": STORY, "max_tokens": 400, "logit_bias": NO_END, "stream": True}
+        with srv.client() as a, srv.client() as b, srv.client() as c:
+            with a.stream("POST", "/v1/chat/completions", json=long) as running:
+                lines = running.iter_lines()  # kept: dropping the iterator would close the stream
+                next(lines)  # the slot is taken
+                with b.stream("POST", "/v1/chat/completions", json=long) as waiting:
+                    deadline = time.time() + 10
+                    while engine(c)["queued"] < 1:
+                        assert time.time() < deadline
+                        time.sleep(0.05)
+                    refused = c.post("/v1/chat/completions", json={"messages": STORY, "max_tokens": 2})
+                    assert refused.status_code == 429, refused.text
+                    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+                    assert refused.headers["retry-after"] == "1"
+                    streamed = c.post("/v1/chat/completions", json={"messages": STORY, "max_tokens": 2, "stream": True})
+                    assert streamed.status_code == 429  # refused before any event, not inside the stream
+                    waiting.close()
+                running.close()
+            deadline = time.time() + 10
+            while engine(c)["running"] or engine(c)["queued"]:
+                assert time.time() < deadline, engine(c)
+                time.sleep(0.05)
+            assert c.post("/v1/chat/completions", json={"messages": STORY, "max_tokens": 2}).status_code == 200
+
+
+def test_cancelled_sequence_leaves_the_batch(client: httpx.Client, server: Server) -> None:
+    with server.client() as streaming:
+        body = {"messages": STORY, "max_tokens": 1000, "logit_bias": NO_END, "stream": True}
+        with streaming.stream("POST", "/v1/chat/completions", json=body) as response:
+            for n, _ in enumerate(response.iter_lines()):
+                if n > 4:
+                    break
+    deadline = time.time() + 3
+    while engine(client)["running"]:
+        assert time.time() < deadline, "the cancelled sequence is still decoding"
+        time.sleep(0.02)
+
+
+def test_prometheus_metrics(client: httpx.Client) -> None:
+    client.post("/v1/chat/completions", json={"messages": STORY, "max_tokens": 3})
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    for name in ("llm_queue_length", "llm_running_sequences", "llm_generated_tokens_total", "llm_tokens_per_second",
+                 "llm_time_to_first_token_seconds_bucket", "llm_cached_prompt_tokens_total", "llm_models_loaded"):
+        assert name in text, name
+    assert f'llm_slots{{model="{MODEL}"}} 4.0' in text
