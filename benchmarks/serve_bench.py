@@ -1,12 +1,16 @@
 """Side-by-side serving benchmark: our server, llama-cpp-python's own server, and the library called directly.
 
-Each contender gets the same model, the same threads and the same closed-loop streaming load: C clients,
-each sending its next request as soon as the previous answer ends; every answer is exactly MAX_TOKENS
-tokens (end-of-generation tokens are biased away). Reported: aggregate completion tokens/s, time to first
-token p50/p95, and the server's peak resident memory. Contenders run one after another, never together.
+Throughput: each contender gets the same model, threads and context, and the same closed-loop streaming
+load: C clients, each sending its next request as soon as the previous answer ends; every answer is exactly
+MAX_TOKENS tokens (end-of-generation tokens are biased away). Reported: aggregate completion tokens/s, time to
+first token p50/p95, and the server's peak resident memory. Contenders run one after another, never together.
+
+Prefix cache: a 10-turn chat behind a long system prompt, one client; the time to first token of each turn,
+on our server with PREFIX_CACHE on and off, and on llama-cpp-python's server.
 
     pip install -e ".[bench]"
-    python benchmarks/serve_bench.py --model models/SmolLM2-135M-Instruct.Q4_1.gguf --threads 2
+    python benchmarks/serve_bench.py --model models/SmolLM2-135M-Instruct.Q4_1.gguf --threads 2 \
+        --markdown docs/benchmarks-latest.md --plot docs/benchmarks.png
 """
 
 from __future__ import annotations
@@ -156,43 +160,97 @@ def direct_library(model: Path, threads: int, requests: int, max_tokens: int) ->
     return result
 
 
+SYSTEM = ("You are the support assistant of a hardware store. Answer briefly and politely. " * 40).strip()
+QUESTIONS = ["Do you sell hammers?", "What about nails?", "Which size for a picture frame?", "Do you deliver?",
+             "How long does delivery take?", "Can I return an item?", "Do you have paint?", "Which brush for it?",
+             "Are you open on Sunday?", "Thanks, what is your address?"]
+
+
+async def prefix_chat(base_url: str, model: str) -> list[float]:
+    """Time to first token of each turn of one growing conversation."""
+    messages: list[dict] = [{"role": "system", "content": SYSTEM}]
+    ttfts = []
+    async with httpx.AsyncClient(timeout=600) as client:
+        for question in QUESTIONS:
+            messages.append({"role": "user", "content": question})
+            body = {"model": model, "messages": messages, "max_tokens": 24, "stream": True, "temperature": 0.7}
+            started, first, answer = time.perf_counter(), None, ""
+            async with client.stream("POST", f"{base_url}/v1/chat/completions", json=body) as response:
+                response.raise_for_status()
+                async for line in response.aiter_lines():
+                    if line.startswith("data: {"):
+                        delta = json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                        if delta and first is None:
+                            first = time.perf_counter() - started
+                        answer += delta
+            ttfts.append(first or 0.0)
+            messages.append({"role": "assistant", "content": answer})
+    return ttfts
+
+
+def plot(results: list[Result], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in dict.fromkeys(r.name for r in results):
+        rows = [r for r in results if r.name == name]
+        if len(rows) < 2:
+            left.axhline(rows[0].tokens_per_second, linestyle=":", color="grey", label=f"{name} (c=1)")
+            continue
+        left.plot([r.concurrency for r in rows], [r.tokens_per_second for r in rows], marker="o", label=name)
+        right.plot([r.concurrency for r in rows], [statistics.median(r.ttft) for r in rows], marker="o", label=name)
+    left.set(xlabel="concurrent streaming clients", ylabel="aggregate tokens/s", title="Throughput")
+    left.set_ylim(bottom=0)
+    right.set(xlabel="concurrent streaming clients", ylabel="seconds", title="Time to first token (p50)", yscale="log")
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--context", type=int, default=2048, help="context per request, the same for every contender")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--requests-per-client", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["ours", "llama-cpp-python-server", "direct"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["ours", "llama-cpp-python-server", "direct", "prefix"])
+    parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
+    parser.add_argument("--plot", type=Path, help="write a PNG plot of throughput and TTFT")
     args = parser.parse_args()
     model = args.model.resolve()
+    args.markdown = args.markdown and args.markdown.resolve()
+    args.plot = args.plot and args.plot.resolve()
     base = f"http://127.0.0.1:{args.port}"
+    slots = max(args.concurrency)
+    ours_env = {"MODEL_DIR": str(model.parent), "DEFAULT_MODEL": model.name, "PRELOAD_MODEL": "true",
+                "THREADS": str(args.threads), "CONTEXT_SIZE": str(args.context), "PARALLEL_SLOTS": str(slots),
+                "LOG_LEVEL": "WARNING"}
+    ours = ([sys.executable, "-m", "local_llm_api", "serve", "--port", str(args.port)], ours_env, f"{base}/health")
+    theirs = ([sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--port", str(args.port),
+               "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads), "--n_ctx", str(args.context),
+               "--interrupt_requests", "False"], {}, f"{base}/v1/models")
+    labels = {"ours": f"local-llm-api ({slots} slots)", "llama-cpp-python-server": "llama-cpp-python server"}
     results: list[Result] = []
+    prefix_rows: list[str] = []
+    lines = [f"model {model.name}, {args.threads} threads, context {args.context}, {args.max_tokens}-token answers, "
+             f"{args.requests_per_client} requests per client", ""]
 
-    contenders = {
-        "ours": (
-            [sys.executable, "-m", "local_llm_api", "serve", "--port", str(args.port)],
-            {"MODEL_DIR": str(model.parent), "DEFAULT_MODEL": model.name, "PRELOAD_MODEL": "true",
-             "THREADS": str(args.threads), "CONTEXT_SIZE": "4096", "LOG_LEVEL": "WARNING"},
-            f"{base}/health", model.name, "local-llm-api",
-        ),
-        "llama-cpp-python-server": (
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--port", str(args.port),
-             "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads), "--n_ctx", "4096",
-             "--interrupt_requests", "False"],
-            {}, f"{base}/v1/models", model.name, "llama-cpp-python server",
-        ),
-    }
     with tempfile.TemporaryDirectory() as workdir:
         os.chdir(workdir)  # keep any .env of the checkout out of the servers' settings
-        for key, (command, env, health, model_name, label) in contenders.items():
+        for key, (command, env, health) in {"ours": ours, "llama-cpp-python-server": theirs}.items():
             if key in args.skip:
                 continue
             process = start(command, env, health)
             try:
                 for concurrency in args.concurrency:
-                    result = asyncio.run(closed_loop(base, model_name, concurrency, args.requests_per_client, args.max_tokens, label, process.pid))
+                    result = asyncio.run(closed_loop(base, model.name, concurrency, args.requests_per_client, args.max_tokens, labels[key], process.pid))
                     results.append(result)
                     print(result.row(), flush=True)
             finally:
@@ -202,11 +260,31 @@ def main() -> None:
             result = direct_library(model, args.threads, args.requests_per_client * 2, args.max_tokens)
             results.append(result)
             print(result.row(), flush=True)
+        if "prefix" not in args.skip:
+            cache_off = (ours[0], {**ours_env, "PREFIX_CACHE": "false"}, ours[2])
+            for label, (command, env, health) in {"local-llm-api, prefix cache on": ours,
+                                                  "local-llm-api, prefix cache off": cache_off,
+                                                  "llama-cpp-python server": theirs}.items():
+                process = start(command, env, health)
+                try:
+                    ttfts = asyncio.run(prefix_chat(base, model.name))
+                finally:
+                    process.terminate()
+                    process.wait(timeout=30)
+                row = f"| {label} | {ttfts[0]:.3f} | {statistics.median(ttfts[1:]):.3f} | {ttfts[-1]:.3f} |"
+                prefix_rows.append(row)
+                print(row, flush=True)
 
-    print("\n| contender | concurrency | tokens/s (aggregate) | TTFT p50 (s) | TTFT p95 (s) | peak RSS (MB) |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for result in results:
-        print(result.row())
+    lines += ["| contender | concurrency | tokens/s (aggregate) | TTFT p50 (s) | TTFT p95 (s) | peak RSS (MB) |",
+              "| --- | --- | --- | --- | --- | --- |", *(r.row() for r in results)]
+    if prefix_rows:
+        lines += ["", "10-turn chat behind a long system prompt, time to first token (s):", "",
+                  "| server | turn 1 | turns 2-10 (median) | turn 10 |", "| --- | --- | --- | --- |", *prefix_rows]
+    print("\n" + "\n".join(lines))
+    if args.markdown:
+        args.markdown.write_text("\n".join(lines) + "\n")
+    if args.plot and results:
+        plot(results, args.plot)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     parallel_slots: int = Field(4, ge=1, le=256, description="Sequences decoded together (continuous batching).")
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a slot; beyond it, 429.")
     prefill_chunk: int = Field(64, ge=1, description="Prompt tokens fed per step while other sequences stream.")
+    prefix_cache: bool = Field(True, description="Reuse a slot's KV cache for a prompt that shares its prefix.")
 
     # Transformers (used by the Transformers backend)
     transformers_default_model: str = ""

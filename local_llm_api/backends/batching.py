@@ -71,6 +71,7 @@ class BatchEngine:
         max_queue: int,
         batch_size: int,
         prefill_chunk: int,
+        prefix_cache: bool,
         make_sampler: Callable[[SamplingParams], Any],
         token_bytes: Callable[[int], bytes],
         is_end: Callable[[int], bool],
@@ -81,6 +82,7 @@ class BatchEngine:
         self._batch = llama_cpp.llama_batch_init(batch_size, 0, 1)
         self._batch_size = batch_size
         self._prefill_chunk = prefill_chunk
+        self._prefix_cache = prefix_cache
         self._make_sampler = make_sampler
         self._token_bytes = token_bytes
         self._is_end = is_end
@@ -171,7 +173,8 @@ class BatchEngine:
             # A repeatable request evaluates its whole prompt: a reused prefix was computed in other batch
             # shapes, whose last bits differ and can flip a sample.
             slot = max(free, key=lambda s: (common_prefix(s.cached, prompt), -s.last_used))
-            reuse = 0 if sequence.params.wants_repeatable else min(common_prefix(slot.cached, prompt), len(prompt) - 1)
+            from_scratch = sequence.params.wants_repeatable or not self._prefix_cache
+            reuse = 0 if from_scratch else min(common_prefix(slot.cached, prompt), len(prompt) - 1)
             self._lib.llama_memory_seq_rm(self._context.memory, slot.seq_id, reuse, -1)
             del slot.cached[reuse:]
             sequence.pending = prompt[reuse:]
@@ -239,6 +242,8 @@ class BatchEngine:
                 sequence.pending.append(token)
         self._counters["generated"] += produced
         self._recent.append((now, produced))
+        while now - self._recent[0][0] > 10:  # keep ten seconds, for tokens/s
+            self._recent.popleft()
 
     def _finish(self, slot: Slot, error: BaseException) -> None:
         if slot.sequence is not None:
@@ -262,11 +267,9 @@ class BatchEngine:
     # ---------------------------------------------------------------- figures
 
     def stats(self) -> EngineStats:
-        now = time.perf_counter()
-        while self._recent and now - self._recent[0][0] > 10:
-            self._recent.popleft()
-        window = now - self._recent[0][0] if len(self._recent) > 1 else 0.0
-        recent_tokens = sum(n for _, n in list(self._recent)[1:])
+        recent = list(self._recent)  # a copy: the engine thread appends meanwhile
+        window = time.perf_counter() - recent[0][0] if len(recent) > 1 else 0.0
+        recent_tokens = sum(n for _, n in recent[1:])
         ttfts = sorted(self._ttft_recent)
         cumulative, buckets = 0, {}
         for bound, count in zip((*TTFT_BUCKETS, float("inf")), self._ttft_counts):

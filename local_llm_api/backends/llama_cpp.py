@@ -86,6 +86,7 @@ class LlamaCppBackend(Backend):
             max_queue=settings.max_queue,
             batch_size=settings.batch_size,
             prefill_chunk=settings.prefill_chunk,
+            prefix_cache=settings.prefix_cache,
             make_sampler=self._sampler,
             token_bytes=self.token_bytes,
             is_end=lambda token: bool(lib.llama_vocab_is_eog(model.vocab, token)),
