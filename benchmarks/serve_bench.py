@@ -220,7 +220,9 @@ def main() -> None:
     parser.add_argument("--requests-per-client", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["ours", "llama-cpp-python-server", "direct", "prefix"])
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["ours", "llama-cpp-python-server", "llama.cpp-server", "direct", "prefix"])
+    parser.add_argument("--llama-server", type=Path, help="also measure llama.cpp's C++ server (path to a llama-server binary)")
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     parser.add_argument("--plot", type=Path, help="write a PNG plot of throughput and TTFT")
     args = parser.parse_args()
@@ -236,7 +238,14 @@ def main() -> None:
     theirs = ([sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--port", str(args.port),
                "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads), "--n_ctx", str(args.context),
                "--interrupt_requests", "False"], {}, f"{base}/v1/models")
-    labels = {"ours": f"local-llm-api ({slots} slots)", "llama-cpp-python-server": "llama-cpp-python server"}
+    contenders = {"ours": ours, "llama-cpp-python-server": theirs}
+    labels = {"ours": f"local-llm-api ({slots} slots)", "llama-cpp-python-server": "llama-cpp-python server",
+              "llama.cpp-server": f"llama.cpp server, C++ ({slots} slots)"}
+    if args.llama_server:
+        # -c is the whole KV cache, shared by the -np slots: give each slot the same context as the others.
+        contenders["llama.cpp-server"] = (
+            [str(args.llama_server), "-m", str(model), "--port", str(args.port), "-t", str(args.threads),
+             "-tb", str(args.threads), "-c", str(args.context * slots), "-np", str(slots)], {}, f"{base}/health")
     results: list[Result] = []
     prefix_rows: list[str] = []
     lines = [f"model {model.name}, {args.threads} threads, context {args.context}, {args.max_tokens}-token answers, "
@@ -244,7 +253,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as workdir:
         os.chdir(workdir)  # keep any .env of the checkout out of the servers' settings
-        for key, (command, env, health) in {"ours": ours, "llama-cpp-python-server": theirs}.items():
+        for key, (command, env, health) in contenders.items():
             if key in args.skip:
                 continue
             process = start(command, env, health)

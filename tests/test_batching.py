@@ -3,16 +3,14 @@ no cross-talk between sequences, and the engine's figures in /health and /metric
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import pytest
 
-from .conftest import MODEL, NO_END, Server, running_server, sse_events
+from .conftest import MODEL, NO_END, Server, running_server
 
 STORY = [{"role": "user", "content": "Write a long story about a dragon."}]
 

@@ -125,7 +125,7 @@ def test_embedding_input_forms_agree(client: httpx.Client, vocab) -> None:
 def test_similar_texts_are_closer(client: httpx.Client) -> None:
     data = client.post("/v1/embeddings", json={"input": ["I love cats", "I adore kittens", "Tax law of 1987"]}).json()["data"]
     a, b, c = (d["embedding"] for d in data)
-    assert sum(x * y for x, y in zip(a, b)) > sum(x * y for x, y in zip(a, c))
+    assert sum(x * y for x, y in zip(a, b, strict=True)) > sum(x * y for x, y in zip(a, c, strict=True))
 
 
 def test_base64_embeddings_decode_to_the_floats(client: httpx.Client) -> None:

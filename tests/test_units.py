@@ -68,9 +68,9 @@ def test_template_renders_like_llama_cpp_python(vocab) -> None:
     assert ours.endswith("<|im_start|>assistant\n")
 
 
-def test_template_sandbox_blocks_python_internals() -> None:
-    evil = "{{ messages.__class__.__mro__[1].__subclasses__() }}"
-    with pytest.raises(Exception):
+@pytest.mark.parametrize("evil", ["{{ messages.__class__.__mro__[1].__subclasses__() }}", "{{ messages.append(1) }}"])
+def test_template_sandbox_blocks_python_internals_and_mutation(evil: str) -> None:
+    with pytest.raises(ChatTemplateError):
         render_chat(evil, [{"role": "user", "content": "x"}], bos_token="", eos_token="")
 
 

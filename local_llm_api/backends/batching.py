@@ -54,7 +54,7 @@ class Slot:
 
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if x != y:
             break
         n += 1
@@ -272,7 +272,7 @@ class BatchEngine:
         recent_tokens = sum(n for _, n in recent[1:])
         ttfts = sorted(self._ttft_recent)
         cumulative, buckets = 0, {}
-        for bound, count in zip((*TTFT_BUCKETS, float("inf")), self._ttft_counts):
+        for bound, count in zip((*TTFT_BUCKETS, float("inf")), self._ttft_counts, strict=True):
             cumulative += count
             buckets[bound] = cumulative
         return EngineStats(
