@@ -170,10 +170,11 @@ class BatchEngine:
             if sequence.cancelled:
                 continue
             prompt = sequence.prompt
-            # A repeatable request evaluates its whole prompt: a reused prefix was computed in other batch
-            # shapes, whose last bits differ and can flip a sample.
-            slot = max(free, key=lambda s: (common_prefix(s.cached, prompt), -s.last_used))
+            # A repeatable request evaluates its whole prompt (a reused prefix was computed in other batch
+            # shapes, whose last bits differ and can flip a sample); it takes the least recently used slot,
+            # leaving the caches that others may share.
             from_scratch = sequence.params.wants_repeatable or not self._prefix_cache
+            slot = max(free, key=lambda s: (0 if from_scratch else common_prefix(s.cached, prompt), -s.last_used))
             reuse = 0 if from_scratch else min(common_prefix(slot.cached, prompt), len(prompt) - 1)
             self._lib.llama_memory_seq_rm(self._context.memory, slot.seq_id, reuse, -1)
             del slot.cached[reuse:]
