@@ -45,7 +45,7 @@ async def run(model: Path, threads: int, sequences: int, max_tokens: int) -> Non
     backend = LlamaCppBackend(model, settings)
     prompt = backend.tokenize("<|im_start|>user\nWrite a long story about a dragon.<|im_end|>\n<|im_start|>assistant\n", add_special=True)
     params = SamplingParams(max_tokens=max_tokens, temperature=0.7, top_p=0.95, top_k=40, min_p=0.05,
-                            repeat_penalty=1.1, logit_bias={0: -100, 2: -100, 4: -100})
+                            repeat_penalty=1.0, logit_bias={0: -100, 2: -100, 4: -100})
 
     async def one() -> None:
         async for _ in backend.generate(prompt, params):

@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     top_p: float = Field(0.95, ge=0, le=1)
     top_k: int = Field(40, ge=0)
     min_p: float = Field(0.05, ge=0, le=1)
-    repeat_penalty: float = Field(1.1, gt=0)
+    repeat_penalty: float = Field(1.0, gt=0, description="1.0 (off) like the OpenAI API and llama.cpp's server.")
     max_tokens: int | None = Field(None, ge=1, description="Default answer length cap; unset = rest of context.")
 
     # Security

@@ -117,8 +117,10 @@ class LlamaCppBackend(Backend):
         n_vocab = self._facts.vocab_size
         if p.logit_bias:
             chain.add_logit_bias(n_vocab, p.logit_bias)
-        chain.add_penalties(n_vocab=n_vocab, penalty_last_n=64, penalty_repeat=p.repeat_penalty,
-                            penalty_freq=p.frequency_penalty, penalty_present=p.presence_penalty)
+        if (p.repeat_penalty, p.frequency_penalty, p.presence_penalty) != (1.0, 0.0, 0.0):
+            # Only when asked: the penalty sampler visits the whole vocabulary for every token.
+            chain.add_penalties(n_vocab=n_vocab, penalty_last_n=64, penalty_repeat=p.repeat_penalty,
+                                penalty_freq=p.frequency_penalty, penalty_present=p.presence_penalty)
         if p.temperature == 0:
             chain.add_greedy()
             return chain
