@@ -71,8 +71,6 @@ async def create_chat_completion(
     req: ChatCompletionRequest, manager: ModelManager, settings: Settings, request: Request
 ) -> Response | ChatCompletionResponse:
     refuse_unsupported_chat_fields(req)
-    if req.stream_options is not None and not req.stream:
-        raise invalid_request("'stream_options' is only allowed when 'stream' is true.", "stream_options")
     stack = AsyncExitStack()
     model = await stack.enter_async_context(manager.use(req.model))
     try:

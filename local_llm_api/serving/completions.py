@@ -53,8 +53,6 @@ async def create_completion(
     req: CompletionRequest, manager: ModelManager, settings: Settings, request: Request
 ) -> Response | CompletionResponse:
     refuse_unsupported_completion_fields(req)
-    if req.stream_options is not None and not req.stream:
-        raise invalid_request("'stream_options' is only allowed when 'stream' is true.", "stream_options")
     prompts = prompt_list(req.prompt)
     n = req.n or 1
     stack = AsyncExitStack()

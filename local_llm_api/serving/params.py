@@ -11,7 +11,13 @@ from ..backends.base import ModelFacts, SamplingParams
 from ..config import Settings
 
 
+def refuse_stream_options_without_stream(req: SamplingFields) -> None:
+    if req.stream_options is not None and not req.stream:
+        raise invalid_request("'stream_options' is only allowed when 'stream' is true.", "stream_options")
+
+
 def refuse_unsupported_chat_fields(req: ChatCompletionRequest) -> None:
+    refuse_stream_options_without_stream(req)
     if req.logprobs or req.top_logprobs:
         raise unsupported("logprobs" if req.logprobs else "top_logprobs", "(log probabilities) is not supported yet")
     if req.response_format is not None and req.response_format.get("type") != "text":
@@ -28,6 +34,7 @@ def refuse_unsupported_chat_fields(req: ChatCompletionRequest) -> None:
 
 
 def refuse_unsupported_completion_fields(req: CompletionRequest) -> None:
+    refuse_stream_options_without_stream(req)
     if req.suffix:
         raise unsupported("suffix", "(fill-in-the-middle) is not supported by this server")
     if req.logprobs:
