@@ -54,7 +54,16 @@ def _serve(args: argparse.Namespace) -> None:
         if value is not None
     }
     settings = load_settings(**overrides)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, access_log=False, log_level="warning")
+    # On SIGTERM uvicorn stops accepting, lets open requests (streams too) finish within the grace period,
+    # then cancels what is left and runs the app's shutdown, which frees the models.
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+    )
 
 
 def _bundled(args: argparse.Namespace) -> None:

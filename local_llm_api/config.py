@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     log_file: Path | None = None
     log_format: str = Field("text", pattern="^(text|json)$")
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    shutdown_grace_seconds: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long running generations may finish before the server exits."
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -13,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import MODEL, NO_END, Server, running_server, sse_events
+from .conftest import MODEL, NO_END, Server, running_server, sse_events, start_server
 
 USER = [{"role": "user", "content": "Write a long story about a dragon."}]
 LONG = {"messages": USER, "max_tokens": 1500, "logit_bias": NO_END}
@@ -217,3 +218,36 @@ def test_uvicorn_entry_point(tmp_path: Path, model_dir: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_sigterm_lets_running_streams_finish(tmp_path: Path, model_dir: Path) -> None:
+    srv = start_server(tmp_path, model_dir)
+    body = {"messages": USER, "max_tokens": 60, "logit_bias": NO_END, "stream": True}
+    with srv.client() as c, c.stream("POST", "/v1/chat/completions", json=body) as response:
+        lines = response.iter_lines()
+        next(lines)
+        srv.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        with pytest.raises(httpx.ConnectError):  # no new connections once shutting down
+            httpx.get(f"{srv.url}/health", timeout=2)
+        events = [line[6:] for line in lines if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["choices"][0]["finish_reason"] == "length"
+    # uvicorn re-raises the SIGTERM it caught once shutdown is done, so the exit status names the signal.
+    assert srv.process.wait(timeout=20) in (0, -signal.SIGTERM)
+    assert f"unloaded model {MODEL}" in srv.log()  # the app's shutdown ran and freed the model
+
+
+def test_sigterm_grace_period_ends_long_streams(tmp_path: Path, model_dir: Path) -> None:
+    srv = start_server(tmp_path, model_dir, SHUTDOWN_GRACE_SECONDS="1")
+    body = {"messages": USER, "max_tokens": 1500, "logit_bias": NO_END, "stream": True}
+    with srv.client() as c, c.stream("POST", "/v1/chat/completions", json=body) as response:
+        lines = response.iter_lines()
+        next(lines)
+        started = time.perf_counter()
+        srv.process.send_signal(signal.SIGTERM)
+        with pytest.raises(httpx.HTTPError):  # the stream is cut when the grace period ends
+            for _ in lines:
+                pass
+    srv.process.wait(timeout=20)
+    assert time.perf_counter() - started < 10  # 1500 tokens would take ~30 s
