@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 import math
 import os
 from collections.abc import AsyncIterator
@@ -27,10 +28,13 @@ def _import_llama_cpp() -> Any:
     try:
         import llama_cpp
         import llama_cpp._internals  # noqa: F401  (the model, context and sampler wrappers)
+        from llama_cpp._logger import set_verbose
     except ImportError as exc:  # the GGUF extra is optional
         raise ModelLoadError(
             "llama-cpp-python is not installed; install the GGUF backend with `pip install local-llm-api[llama-cpp]`"
         ) from exc
+    # llama.cpp's own log lines (graph sizes, buffers...) only at LOG_LEVEL=DEBUG; errors always.
+    set_verbose(logging.getLogger("local_llm_api").isEnabledFor(logging.DEBUG))
     return llama_cpp
 
 
