@@ -54,7 +54,7 @@ class ModelFacts:
     context_size: int  # per request
     embedding_size: int
     vocab_size: int
-    chat_template: str | None
+    chat_template: str  # the model's own, or the family fallback when it carries none
     bos_token: str
     eos_token: str
 

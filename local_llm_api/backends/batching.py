@@ -185,25 +185,27 @@ class BatchEngine:
 
     def _drop_cancelled(self) -> None:
         for slot in self._running():
-            if slot.sequence is not None and slot.sequence.cancelled:
+            if slot.sequence.cancelled:  # type: ignore[union-attr]  (running slots have one)
                 self._free(slot)
 
     def _fill_batch(self) -> list[tuple[Slot, int, bool]]:
         """Fill the batch; return (slot, tokens fed, wants logits) per sequence in it."""
         batch, fed, n = self._batch, [], 0
-        decoding = [s for s in self._running() if s.sequence and s.sequence.first_token_at is not None]
-        reading = sorted((s for s in self._running() if s.sequence and s.sequence.first_token_at is None),
-                         key=lambda s: s.sequence.arrived)  # type: ignore[union-attr]
+        running = self._running()
+        # Streaming sequences first (one token each), then prompts in arrival order.
+        running.sort(key=lambda s: (s.sequence.first_token_at is None, s.sequence.arrived))  # type: ignore[union-attr]
         # While others stream, a long prompt goes in small chunks so that their next token is not held up.
-        prefill_budget = self._prefill_chunk if decoding else self._batch_size
-        for slot in decoding + reading:
+        streaming = any(s.sequence.first_token_at is not None for s in running)  # type: ignore[union-attr]
+        prefill_budget = self._prefill_chunk if streaming else self._batch_size
+        for slot in running:
             sequence = slot.sequence
             assert sequence is not None
-            room = self._batch_size - n if slot in decoding else min(self._batch_size - n, prefill_budget)
+            reading_prompt = sequence.first_token_at is None
+            room = min(self._batch_size - n, prefill_budget) if reading_prompt else self._batch_size - n
             take = sequence.pending[:room]
             if not take:
                 continue
-            if slot not in decoding:
+            if reading_prompt:
                 prefill_budget -= len(take)
             done = len(take) == len(sequence.pending)
             for i, token in enumerate(take):

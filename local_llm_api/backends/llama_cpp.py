@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
+from ..prompting.chat_template import fallback_template
 from .base import Backend, EngineStats, GenerationChunk, ModelFacts, ModelLoadError, SamplingParams
 from .batching import BatchEngine
 
@@ -55,7 +56,6 @@ class LlamaCppBackend(Backend):
         check_gguf_file(path)
         self._lib = lib
         self._internals = internals
-        self._settings = settings
         self._threads = settings.threads or max(1, (os.cpu_count() or 2) // 2)
         model_params = lib.llama_model_default_params()
         model_params.n_gpu_layers = 0x7FFFFFFF if settings.gpu_layers == -1 else settings.gpu_layers
@@ -77,12 +77,13 @@ class LlamaCppBackend(Backend):
             context_size=per_sequence,
             embedding_size=model.n_embd(),
             vocab_size=model.n_vocab(),
-            chat_template=meta.get("tokenizer.chat_template"),
+            # The model's own template; a family guess from its name and architecture only when it has none.
+            chat_template=meta.get("tokenizer.chat_template")
+            or fallback_template(f"{path.name} {meta.get('general.architecture', '')}"),
             bos_token=self._token_text(model.token_bos()),
             eos_token=self._token_text(model.token_eos()),
         )
         self._add_bos = model.add_bos_token()
-        self.architecture = meta.get("general.architecture", "")
         self._engine = BatchEngine(
             llama_cpp=lib,
             context=context,

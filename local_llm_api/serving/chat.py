@@ -26,7 +26,7 @@ from ..api.protocol import (
 )
 from ..config import Settings
 from ..manager import LoadedModel, ModelManager
-from ..prompting.chat_template import ChatTemplateError, fallback_template, render_chat
+from ..prompting.chat_template import ChatTemplateError, render_chat
 from .generation import ChoiceJob, collect_choices, ensure_capacity, sse, sse_response, stream_choices, until_disconnected, usage
 from .params import refuse_unsupported_chat_fields, sampling_params, token_budget
 
@@ -59,9 +59,8 @@ def template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
 def chat_prompt(model: LoadedModel, messages: list[ChatMessage]) -> list[int]:
     backend = model.backend
     facts = backend.facts
-    template = facts.chat_template or fallback_template(f"{model.entry.name} {getattr(backend, 'architecture', '')}")
     try:
-        text = render_chat(template, template_messages(messages), bos_token=facts.bos_token, eos_token=facts.eos_token)
+        text = render_chat(facts.chat_template, template_messages(messages), bos_token=facts.bos_token, eos_token=facts.eos_token)
     except ChatTemplateError as exc:
         raise invalid_request(f"The model's chat template rejected these messages: {exc}", "messages") from None
     return backend.tokenize(text, add_special=True)
