@@ -14,41 +14,29 @@ Each slot is one llama.cpp sequence with its own KV stream of CONTEXT_SIZE token
 
 from __future__ import annotations
 
-import asyncio
-import bisect
 import logging
-import threading
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import EngineStats, GenerationChunk, QueueFullError, SamplingParams, SequenceText
+from .base import GenerationChunk, SamplingParams, SequenceText
+from .engine import Engine, Sequence
 
 log = logging.getLogger("local_llm_api.batching")
 
-TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
 
 @dataclass(eq=False)
-class Sequence:
-    prompt: list[int]
-    params: SamplingParams
-    text: SequenceText
-    emit: Callable[[GenerationChunk | BaseException], None]
-    sampler: Any  # llama_cpp._internals.LlamaSampler
-    arrived: float = field(default_factory=time.perf_counter)
+class LlamaSequence(Sequence):
+    sampler: Any = None  # llama_cpp._internals.LlamaSampler, the sequence's own chain
     pending: list[int] = field(default_factory=list)  # tokens to feed next: prompt rest, then the last sample
-    cancelled: bool = False  # set by the request's task; read by the engine thread each step
-    first_token_at: float | None = None
 
 
 @dataclass(eq=False)
 class Slot:
     seq_id: int
     cached: list[int] = field(default_factory=list)  # the tokens whose KV this slot holds, positions 0..n-1
-    sequence: Sequence | None = None
+    sequence: LlamaSequence | None = None
     last_used: float = 0.0
 
 
@@ -61,7 +49,7 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-class BatchEngine:
+class BatchEngine(Engine):
     def __init__(
         self,
         *,
@@ -77,6 +65,7 @@ class BatchEngine:
         is_end: Callable[[int], bool],
         name: str,
     ) -> None:
+        super().__init__(n_slots=n_slots, max_queue=max_queue, token_bytes=token_bytes, is_end=is_end, name=name)
         self._lib = llama_cpp
         self._context = context
         self._batch = llama_cpp.llama_batch_init(batch_size, 0, 1)
@@ -84,78 +73,31 @@ class BatchEngine:
         self._prefill_chunk = prefill_chunk
         self._prefix_cache = prefix_cache
         self._make_sampler = make_sampler
-        self._token_bytes = token_bytes
-        self._is_end = is_end
         self.slots = [Slot(i) for i in range(n_slots)]
-        self.max_queue = max_queue
-        self._waiting: deque[Sequence] = deque()
-        self._wake = threading.Condition()
-        self._stopping = False
-        self._counters = {"prompt": 0, "cached": 0, "generated": 0, "requests": 0}
-        self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) of recent steps, for tokens/s
-        self._ttft_counts = [0] * (len(TTFT_BUCKETS) + 1)
-        self._ttft_sum = 0.0
-        self._ttft_recent: deque[float] = deque(maxlen=100)
-        self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
-        self._thread.start()
+        self.start()
 
-    # ---------------------------------------------------------------- the request side (event loop)
+    def _new_sequence(self, prompt: list[int], params: SamplingParams, text: SequenceText,
+                      emit: Callable[[GenerationChunk | BaseException], None]) -> Sequence:
+        return LlamaSequence(prompt, params, text, emit, sampler=self._make_sampler(params))
 
-    def check_capacity(self, sequences: int) -> None:
-        if len(self._waiting) + sequences > self.max_queue:
-            raise QueueFullError(f"{len(self._waiting)} requests are waiting (MAX_QUEUE={self.max_queue})")
-
-    async def generate(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[GenerationChunk]:
-        loop = asyncio.get_running_loop()
-        chunks: asyncio.Queue[GenerationChunk | BaseException] = asyncio.Queue()
-        sequence = Sequence(
-            prompt=prompt,
-            params=params,
-            text=SequenceText(params, self._token_bytes, self._is_end),
-            emit=lambda item: loop.call_soon_threadsafe(chunks.put_nowait, item),
-            sampler=self._make_sampler(params),
-        )
-        with self._wake:
-            self._waiting.append(sequence)
-            self._wake.notify()
-        try:
-            while True:
-                item = await chunks.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
-        finally:
-            sequence.cancelled = True  # no-op when finished; otherwise the engine drops it next step
-
-    def close(self) -> None:
-        with self._wake:
-            self._stopping = True
-            self._wake.notify()
-        self._thread.join()
+    def _release(self) -> None:
         self._lib.llama_batch_free(self._batch)
 
-    # ---------------------------------------------------------------- the engine thread
+    def _running_count(self) -> int:
+        return len(self._running())
 
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                while not self._stopping and not self._waiting and not self._running():
-                    self._wake.wait()
-                if self._stopping:
-                    return
-                self._admit()
-            self._drop_cancelled()
-            fed = self._fill_batch()
-            if not fed:
-                continue
-            try:
-                self._decode(fed)
-            except Exception as exc:  # the error reaches the requests in the batch; the engine keeps going
-                log.exception("decode failed")
-                for slot, _, _ in fed:
-                    self._finish(slot, exc)
+    def _step(self) -> None:
+        self._admit()
+        self._drop_cancelled()
+        fed = self._fill_batch()
+        if not fed:
+            return
+        try:
+            self._decode(fed)
+        except Exception as exc:  # the error reaches the requests in the batch; the engine keeps going
+            log.exception("decode failed")
+            for slot, _, _ in fed:
+                self._finish(slot, exc)
 
     def _running(self) -> list[Slot]:
         return [s for s in self.slots if s.sequence is not None]
@@ -166,9 +108,10 @@ class BatchEngine:
             free = [s for s in self.slots if s.sequence is None]
             if not free:
                 return
-            sequence = self._waiting.popleft()
-            if sequence.cancelled:
-                continue
+            sequence = self._pop_waiting()
+            if sequence is None:
+                return
+            assert isinstance(sequence, LlamaSequence)
             prompt = sequence.prompt
             # A repeatable request evaluates its whole prompt (a reused prefix was computed in other batch
             # shapes, whose last bits differ and can flip a sample); it takes the least recently used slot,
@@ -232,21 +175,12 @@ class BatchEngine:
             if not wants_token or sequence is None:
                 continue
             token = self._lib.llama_sampler_sample(sequence.sampler.sampler, self._context.ctx, index)
-            if sequence.first_token_at is None:
-                sequence.first_token_at = now
-                self._record_ttft(now - sequence.arrived)
             produced += 1
-            chunk = sequence.text.feed(token)
-            if chunk is not None:
-                sequence.emit(chunk)
-            if chunk is not None and chunk.finish_reason is not None:
+            if self._deliver(sequence, token, now):
                 self._free(slot)
             else:
                 sequence.pending.append(token)
-        self._counters["generated"] += produced
-        self._recent.append((now, produced))
-        while now - self._recent[0][0] > 10:  # keep ten seconds, for tokens/s
-            self._recent.popleft()
+        self._record_step(now, produced)
 
     def _finish(self, slot: Slot, error: BaseException) -> None:
         if slot.sequence is not None:
@@ -261,34 +195,3 @@ class BatchEngine:
             slot.sequence.sampler.close()
         slot.sequence = None
         slot.last_used = time.perf_counter()
-
-    def _record_ttft(self, seconds: float) -> None:
-        self._ttft_counts[bisect.bisect_left(TTFT_BUCKETS, seconds)] += 1
-        self._ttft_sum += seconds
-        self._ttft_recent.append(seconds)
-
-    # ---------------------------------------------------------------- figures
-
-    def stats(self) -> EngineStats:
-        recent = list(self._recent)  # a copy: the engine thread appends meanwhile
-        window = time.perf_counter() - recent[0][0] if len(recent) > 1 else 0.0
-        recent_tokens = sum(n for _, n in recent[1:])
-        ttfts = sorted(self._ttft_recent)
-        cumulative, buckets = 0, {}
-        for bound, count in zip((*TTFT_BUCKETS, float("inf")), self._ttft_counts, strict=True):
-            cumulative += count
-            buckets[bound] = cumulative
-        return EngineStats(
-            slots=len(self.slots),
-            running=len(self._running()),
-            queued=len(self._waiting),
-            max_queue=self.max_queue,
-            prompt_tokens_total=self._counters["prompt"],
-            cached_prompt_tokens_total=self._counters["cached"],
-            generated_tokens_total=self._counters["generated"],
-            requests_total=self._counters["requests"],
-            tokens_per_second=round(recent_tokens / window, 1) if window > 0 else 0.0,
-            time_to_first_token_p50=ttfts[len(ttfts) // 2] if ttfts else None,
-            ttft_buckets=buckets,
-            ttft_sum=self._ttft_sum,
-        )

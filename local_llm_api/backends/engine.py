@@ -1,0 +1,179 @@
+"""What every batching engine shares: a scheduling thread per model, the bridge from the engine thread
+to each request's async stream, the waiting queue's bound, and the figures for /health and /metrics.
+
+A concrete engine (`batching.py` for llama.cpp, `torch_batching.py` for Transformers) says how to make
+its sequences and how to take one scheduling step over them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from .base import EngineStats, GenerationChunk, QueueFullError, SamplingParams, SequenceText
+
+log = logging.getLogger("local_llm_api.engine")
+
+TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One choice of one request, as the engine thread sees it."""
+
+    prompt: list[int]
+    params: SamplingParams
+    text: SequenceText
+    emit: Callable[[GenerationChunk | BaseException], None]
+    arrived: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False  # set by the request's task; read by the engine thread each step
+    first_token_at: float | None = None
+
+
+class Engine(ABC):
+    def __init__(self, *, n_slots: int, max_queue: int, token_bytes: Callable[[int], bytes],
+                 is_end: Callable[[int], bool], name: str) -> None:
+        self.n_slots = n_slots
+        self.max_queue = max_queue
+        self._token_bytes = token_bytes
+        self._is_end = is_end
+        self._name = name
+        self._waiting: deque[Sequence] = deque()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._counters = {"prompt": 0, "cached": 0, "generated": 0, "requests": 0}
+        self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) of recent steps, for tokens/s
+        self._ttft_counts = [0] * (len(TTFT_BUCKETS) + 1)
+        self._ttft_sum = 0.0
+        self._ttft_recent: deque[float] = deque(maxlen=100)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"engine-{self._name}", daemon=True)
+        self._thread.start()
+
+    # ---------------------------------------------------------------- what a concrete engine says
+
+    @abstractmethod
+    def _new_sequence(self, prompt: list[int], params: SamplingParams, text: SequenceText,
+                      emit: Callable[[GenerationChunk | BaseException], None]) -> Sequence: ...
+
+    @abstractmethod
+    def _running_count(self) -> int: ...
+
+    @abstractmethod
+    def _step(self) -> None:
+        """Admit waiting sequences (under `self._wake`'s lock only when it takes from `_waiting`), drop
+        cancelled ones, and run one model step; called while there is work."""
+
+    def _release(self) -> None:
+        """Free what the engine holds once its thread has stopped."""
+
+    # ---------------------------------------------------------------- the request side (event loop)
+
+    def check_capacity(self, sequences: int) -> None:
+        if len(self._waiting) + sequences > self.max_queue:
+            raise QueueFullError(f"{len(self._waiting)} requests are waiting (MAX_QUEUE={self.max_queue})")
+
+    async def generate(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[GenerationChunk]:
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[GenerationChunk | BaseException] = asyncio.Queue()
+        sequence = self._new_sequence(
+            prompt, params, SequenceText(params, self._token_bytes, self._is_end),
+            lambda item: loop.call_soon_threadsafe(chunks.put_nowait, item),
+        )
+        with self._wake:
+            self._waiting.append(sequence)
+            self._wake.notify()
+        try:
+            while True:
+                item = await chunks.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            sequence.cancelled = True  # no-op when finished; otherwise the engine drops it next step
+
+    def close(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+        self._release()
+
+    # ---------------------------------------------------------------- the engine thread
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping and not self._waiting and not self._running_count():
+                    self._wake.wait()
+                if self._stopping:
+                    return
+            self._step()
+
+    def _pop_waiting(self) -> Sequence | None:
+        """The next waiting sequence that is still wanted, in arrival order."""
+        with self._wake:
+            while self._waiting:
+                sequence = self._waiting.popleft()
+                if not sequence.cancelled:
+                    return sequence
+        return None
+
+    def _deliver(self, sequence: Sequence, token: int, now: float) -> bool:
+        """Hand a sampled token to its sequence's text; True when the sequence is finished."""
+        if sequence.first_token_at is None:
+            sequence.first_token_at = now
+            self._record_ttft(now - sequence.arrived)
+        chunk = sequence.text.feed(token)
+        if chunk is not None:
+            sequence.emit(chunk)
+        return chunk is not None and chunk.finish_reason is not None
+
+    def _record_step(self, now: float, produced: int) -> None:
+        self._counters["generated"] += produced
+        self._recent.append((now, produced))
+        while now - self._recent[0][0] > 10:  # keep ten seconds, for tokens/s
+            self._recent.popleft()
+
+    def _record_ttft(self, seconds: float) -> None:
+        self._ttft_counts[bisect.bisect_left(TTFT_BUCKETS, seconds)] += 1
+        self._ttft_sum += seconds
+        self._ttft_recent.append(seconds)
+
+    # ---------------------------------------------------------------- figures
+
+    def stats(self) -> EngineStats:
+        recent = list(self._recent)  # a copy: the engine thread appends meanwhile
+        window = time.perf_counter() - recent[0][0] if len(recent) > 1 else 0.0
+        recent_tokens = sum(n for _, n in recent[1:])
+        ttfts = sorted(self._ttft_recent)
+        cumulative, buckets = 0, {}
+        for bound, count in zip((*TTFT_BUCKETS, float("inf")), self._ttft_counts, strict=True):
+            cumulative += count
+            buckets[bound] = cumulative
+        return EngineStats(
+            slots=self.n_slots,
+            running=self._running_count(),
+            queued=len(self._waiting),
+            max_queue=self.max_queue,
+            prompt_tokens_total=self._counters["prompt"],
+            cached_prompt_tokens_total=self._counters["cached"],
+            generated_tokens_total=self._counters["generated"],
+            requests_total=self._counters["requests"],
+            tokens_per_second=round(recent_tokens / window, 1) if window > 0 else 0.0,
+            time_to_first_token_p50=ttfts[len(ttfts) // 2] if ttfts else None,
+            ttft_buckets=buckets,
+            ttft_sum=self._ttft_sum,
+        )
