@@ -45,6 +45,7 @@ def _serve(args: argparse.Namespace) -> None:
             "model_dir": args.model_dir,
             "default_model": args.default_model,
             "model_backend": args.backend,
+            "models_config": args.models_config,
             "gpu_layers": args.gpu_layers,
             "context_size": args.context_size,
             "threads": args.threads,
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--model-dir")
     serve.add_argument("--default-model")
     serve.add_argument("--backend", choices=["auto", "llama-cpp", "transformers"])
+    serve.add_argument("--models-config", help="a YAML file declaring models")
     serve.add_argument("--gpu-layers", type=int)
     serve.add_argument("--context-size", type=int)
     serve.add_argument("--threads", type=int)

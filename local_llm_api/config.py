@@ -7,7 +7,7 @@ from enum import Enum
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import ByteSize, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,6 +15,7 @@ class BackendChoice(str, Enum):
     auto = "auto"
     llama_cpp = "llama-cpp"
     transformers = "transformers"
+    sentence_transformers = "sentence-transformers"
 
 
 class LogLevel(str, Enum):
@@ -56,8 +57,21 @@ class Settings(BaseSettings):
     prefill_chunk: int = Field(64, ge=1, description="Prompt tokens fed per step while other sequences stream.")
     prefix_cache: bool = Field(True, description="Reuse a slot's KV cache for a prompt that shares its prefix.")
 
-    # Transformers (used by the Transformers backend)
-    transformers_default_model: str = ""
+    # Transformers
+    transformers_default_model: str = Field(
+        "", description="A model folder or Hugging Face repo id served by Transformers (and the default model "
+        "when DEFAULT_MODEL is unset)."
+    )
+    transformers_device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto: CUDA when present.")
+    transformers_dtype: str = Field(
+        "auto", pattern="^(auto|float32|float16|bfloat16)$", description="auto: bfloat16/float16 on CUDA, float32 on CPU."
+    )
+
+    # Several models at once
+    models_config: Path | None = Field(None, description="A YAML file declaring models (see README).")
+    max_loaded_models: int = Field(0, ge=0, description="Most models loaded at once; 0 = no limit.")
+    memory_budget: ByteSize = Field(ByteSize(0), description="Most model bytes loaded at once (e.g. 8GB); 0 = no limit.")
+    keep_alive: float = Field(0, ge=0, description="Unload a model idle this many seconds; 0 keeps models loaded.")
 
     # Sampling defaults, used when a request leaves the parameter out.
     temperature: float = Field(0.7, ge=0, le=2)
@@ -87,7 +101,7 @@ class Settings(BaseSettings):
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("log_file", mode="before")
+    @field_validator("log_file", "models_config", mode="before")
     @classmethod
     def _empty_log_file_is_none(cls, value: object) -> object:
         return None if value == "" else value
@@ -100,11 +114,8 @@ class Settings(BaseSettings):
         """Cross-field rules that a single field's validator cannot express."""
         if self.api_key_required and not self.api_keys:
             raise SettingsError("API_KEY", "API_KEY_REQUIRED is true but API_KEY is empty")
-        # Refused rather than ignored until the Transformers backend lands.
-        if self.model_backend == BackendChoice.transformers:
-            raise SettingsError("MODEL_BACKEND", "the Transformers backend is not available yet; use auto or llama-cpp")
-        if self.transformers_default_model:
-            raise SettingsError("TRANSFORMERS_DEFAULT_MODEL", "the Transformers backend is not available yet")
+        if self.model_backend == BackendChoice.sentence_transformers:
+            raise SettingsError("MODEL_BACKEND", "choose auto, llama-cpp or transformers (embedding folders are found by themselves)")
 
 
 class SettingsError(Exception):

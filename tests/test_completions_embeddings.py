@@ -7,10 +7,24 @@ import json
 import math
 import struct
 
+from collections.abc import Iterator
+
 import httpx
 import pytest
 
-from .conftest import MODEL, NO_END, SpecValidator, sse_events
+from .conftest import NO_END, Served, SpecValidator, sse_events
+
+@pytest.fixture
+def served(backend_server: Served) -> Served:
+    return backend_server
+
+
+@pytest.fixture
+def client(backend_server: Served) -> Iterator[httpx.Client]:
+    """Every test here runs against both backends: the GGUF model and its Transformers copy."""
+    with backend_server.server.client() as c:
+        yield c
+
 
 
 def complete(client: httpx.Client, **body: object) -> httpx.Response:
@@ -19,12 +33,12 @@ def complete(client: httpx.Client, **body: object) -> httpx.Response:
 
 
 @pytest.mark.parametrize("path", ["/v1/completions", "/api/v1/completions"])
-def test_completion_follows_the_spec(client: httpx.Client, spec: SpecValidator, path: str) -> None:
+def test_completion_follows_the_spec(client: httpx.Client, spec: SpecValidator, path: str, served: Served) -> None:
     response = client.post(path, json={"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0})
     assert response.status_code == 200, response.text
     body = response.json()
     spec.validate(body, "CreateCompletionResponse")
-    assert body["object"] == "text_completion" and body["model"] == MODEL
+    assert body["object"] == "text_completion" and body["model"] == served.model
     assert body["choices"][0]["text"]
     assert body["usage"]["prompt_tokens"] == 4  # "Once upon a time": four tokens, no BOS for SmolLM2
 
@@ -98,8 +112,8 @@ def norm(vector: list[float]) -> float:
 
 
 @pytest.mark.parametrize("path", ["/v1/embeddings", "/api/v1/embeddings"])
-def test_embeddings_follow_the_spec(client: httpx.Client, spec: SpecValidator, path: str) -> None:
-    response = client.post(path, json={"input": ["The cat sat.", "A dog ran."], "model": MODEL})
+def test_embeddings_follow_the_spec(client: httpx.Client, spec: SpecValidator, path: str, served: Served) -> None:
+    response = client.post(path, json={"input": ["The cat sat.", "A dog ran."], "model": served.model})
     assert response.status_code == 200, response.text
     body = response.json()
     spec.validate(body, "CreateEmbeddingResponse")

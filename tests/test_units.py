@@ -9,7 +9,9 @@ import pytest
 
 from local_llm_api.api.errors import APIError
 from local_llm_api.config import SettingsError, load_settings
-from local_llm_api.manager import ModelManager
+from local_llm_api.catalog import Catalog, ModelEntry
+from local_llm_api.config import BackendChoice
+from local_llm_api.manager import LoadedModel, ModelManager
 from local_llm_api.prompting.chat_template import CHATML, LLAMA3, ChatTemplateError, fallback_template, render_chat
 from local_llm_api.prompting.text import StopMatcher, Utf8Stream
 
@@ -137,7 +139,77 @@ def test_env_example_loads_with_its_defaults() -> None:
     assert settings.context_size == 4096 and settings.api_keys == ()
 
 
-def test_settings_for_backends_not_built_yet_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MODEL_BACKEND", "transformers")
-    with pytest.raises(SettingsError, match="MODEL_BACKEND"):
-        load_settings()
+def test_catalog_tells_backends_apart_and_follows_model_backend(tmp_path: Path) -> None:
+    (tmp_path / "a.gguf").write_bytes(b"GGUF")
+    (tmp_path / "lm").mkdir()
+    (tmp_path / "lm" / "config.json").write_text("{}")
+    (tmp_path / "lm" / "inside.gguf").write_bytes(b"GGUF")  # part of the folder, not a model of its own
+    (tmp_path / "st" / "1_Pooling").mkdir(parents=True)
+    (tmp_path / "st" / "config.json").write_text("{}")
+    (tmp_path / "st" / "modules.json").write_text("[]")
+    (tmp_path / ".cache" / "x").mkdir(parents=True)
+    (tmp_path / ".cache" / "x" / "config.json").write_text("{}")
+    (tmp_path / "notes").mkdir()
+
+    def kinds(**settings: object) -> dict[str, str]:
+        catalog = Catalog.from_settings(load_settings(None, model_dir=tmp_path, **settings))
+        return {e.name: e.backend.value for e in catalog.entries()}
+
+    assert kinds() == {"a.gguf": "llama-cpp", "lm": "transformers", "st": "sentence-transformers"}
+    assert kinds(model_backend="llama-cpp") == {"a.gguf": "llama-cpp"}
+    assert kinds(model_backend="transformers")["a.gguf"] == "transformers"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("models: [", "not valid YAML"),
+        ("models:\n  - name: x\n", "exactly one of 'path' and 'repo'"),
+        ("models:\n  - name: x\n    path: a\n    colour: red\n", "colour"),
+        ("models:\n  - {name: x, path: a}\n  - {name: x, repo: o/r}\n", "twice"),
+    ],
+)
+def test_models_config_errors_name_the_problem(tmp_path: Path, text: str, problem: str) -> None:
+    config = tmp_path / "models.yaml"
+    config.write_text(text)
+    with pytest.raises(SettingsError, match="MODELS_CONFIG") as raised:
+        Catalog.from_settings(load_settings(None, models_config=config))
+    assert problem in str(raised.value)
+
+
+class FakeBackend:
+    closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def _manager_with(tmp_path: Path, sizes: dict[str, int], **settings: object) -> ModelManager:
+    manager = ModelManager(load_settings(None, model_dir=tmp_path, **settings))
+    for age, (name, size) in enumerate(sizes.items()):
+        entry = ModelEntry(name, BackendChoice.llama_cpp, tmp_path / name, None, size, 0)
+        manager.loaded[name] = LoadedModel(entry, FakeBackend(), last_used=float(age))  # type: ignore[arg-type]
+    return manager
+
+
+def test_making_room_unloads_least_recently_used_idle_models(tmp_path: Path) -> None:
+    new = ModelEntry("new", BackendChoice.llama_cpp, tmp_path / "new", None, 300, 0)
+
+    async def run(manager: ModelManager) -> list[str]:
+        await manager._make_room(new)
+        return sorted(manager.loaded)
+
+    by_memory = _manager_with(tmp_path, {"old": 400, "mid": 400, "recent": 100}, memory_budget="1000")
+    by_memory.loaded["old"].in_flight = 1  # serving: never unloaded, though least recently used
+    assert asyncio.run(run(by_memory)) == ["old", "recent"]
+    by_count = _manager_with(tmp_path, {"old": 1, "mid": 1, "recent": 1}, max_loaded_models=2)
+    assert asyncio.run(run(by_count)) == ["recent"]
+    busy = _manager_with(tmp_path, {"a": 1}, max_loaded_models=1)
+    busy.loaded["a"].in_flight = 1
+    with pytest.raises(APIError) as raised:
+        asyncio.run(run(busy))
+    assert raised.value.status == 503 and raised.value.body.code == "model_capacity"
+    too_big = _manager_with(tmp_path, {}, memory_budget="100")
+    with pytest.raises(APIError) as raised:
+        asyncio.run(run(too_big))
+    assert raised.value.status == 400 and raised.value.body.code == "model_too_large"

@@ -12,7 +12,8 @@ from pydantic import BaseModel
 
 from .. import __version__
 from ..backends.base import EngineStats
-from ..manager import ModelEntry, ModelManager, ModelState
+from ..catalog import ModelEntry
+from ..manager import ModelManager, ModelState
 from ..system import GpuInfo, gpu_info
 from .auth import require_api_key
 from .errors import ErrorResponse
@@ -42,8 +43,11 @@ class ModelInfo(BaseModel):
     state: ModelState
     backend: str
     path: str
+    repo: str | None = None
     size_bytes: int
+    capabilities: list[str]
     context_size: int | None
+    keep_alive_seconds: float
     active_requests: int = 0
     loaded_at: float | None = None
     error: str | None = None
@@ -68,8 +72,11 @@ def info(manager: ModelManager, entry: ModelEntry) -> ModelInfo:
         id=entry.name,
         state=manager.state(entry),
         backend=entry.backend.value,
-        path=entry.name,
+        path=entry.name if entry.path is None or manager.catalog.inside_root(entry.path) else str(entry.path),
+        repo=entry.repo,
         size_bytes=entry.size_bytes,
+        capabilities=list(entry.capabilities),
+        keep_alive_seconds=manager.keep_alive_of(entry),
         context_size=loaded.backend.facts.context_size if loaded else (manager.settings.context_size or None),
         active_requests=loaded.in_flight if loaded else 0,
         loaded_at=loaded.loaded_at if loaded else None,

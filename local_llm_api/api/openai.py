@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from ..manager import ModelEntry, ModelManager
+from ..catalog import ModelEntry
+from ..manager import ModelManager
 from ..serving.chat import create_chat_completion
 from ..serving.completions import create_completion
 from ..serving.embeddings import create_embeddings
@@ -34,8 +35,16 @@ def manager_of(request: Request) -> ModelManager:
     return request.app.state.manager
 
 
-def card(entry: ModelEntry) -> ModelCard:
-    return ModelCard(id=entry.name, created=entry.created, owned_by="local")
+def card(manager: ModelManager, entry: ModelEntry) -> ModelCard:
+    return ModelCard(
+        id=entry.name,
+        created=entry.created,
+        owned_by="local",
+        backend=entry.backend.value,
+        state=manager.state(entry).value,
+        size_bytes=entry.size_bytes,
+        capabilities=list(entry.capabilities),
+    )
 
 
 @router.post("/chat/completions", response_model=ChatCompletionResponse, responses=STREAM, tags=["openai"])
@@ -55,9 +64,11 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> EmbeddingRespo
 
 @router.get("/models", tags=["openai"])
 async def list_models(request: Request) -> ModelList:
-    return ModelList(data=[card(e) for e in manager_of(request).discover()])
+    manager = manager_of(request)
+    return ModelList(data=[card(manager, e) for e in manager.discover()])
 
 
 @router.get("/models/{model_id:path}", tags=["openai"])
 async def get_model(model_id: str, request: Request) -> ModelCard:
-    return card(manager_of(request).resolve(model_id))
+    manager = manager_of(request)
+    return card(manager, manager.resolve(model_id))

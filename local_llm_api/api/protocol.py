@@ -251,6 +251,11 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    # Beyond the OpenAI object (clients ignore extra fields): what serves it and what it can do.
+    backend: str
+    state: str
+    size_bytes: int
+    capabilities: list[str]
 
 
 class ModelList(BaseModel):

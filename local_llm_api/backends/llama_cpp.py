@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ..catalog import ModelEntry
 from ..config import Settings
 from ..prompting.chat_template import fallback_template
 from .base import Backend, EngineStats, GenerationChunk, ModelFacts, ModelLoadError, SamplingParams
@@ -50,22 +51,26 @@ def check_gguf_file(path: Path) -> None:
 class LlamaCppBackend(Backend):
     kind = "llama-cpp"
 
-    def __init__(self, path: Path, settings: Settings) -> None:
+    def __init__(self, entry: ModelEntry, settings: Settings) -> None:
         lib = _import_llama_cpp()
         internals = lib._internals
+        assert entry.path is not None
+        path = entry.path
+        spec = entry.spec
         check_gguf_file(path)
         self._lib = lib
         self._internals = internals
         self._threads = settings.threads or max(1, (os.cpu_count() or 2) // 2)
         model_params = lib.llama_model_default_params()
-        model_params.n_gpu_layers = 0x7FFFFFFF if settings.gpu_layers == -1 else settings.gpu_layers
+        gpu_layers = spec.gpu_layers if spec and spec.gpu_layers is not None else settings.gpu_layers
+        model_params.n_gpu_layers = 0x7FFFFFFF if gpu_layers == -1 else gpu_layers
         try:
             self._model = internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"llama.cpp could not load '{path.name}': {exc}") from exc
         model = self._model
         meta = model.metadata()
-        per_sequence = settings.context_size or model.n_ctx_train()
+        per_sequence = (spec.context_size if spec else None) or settings.context_size or model.n_ctx_train()
         slots = settings.parallel_slots
         try:
             context = self._context(n_ctx=per_sequence * slots, n_seq_max=slots, batch=settings.batch_size, embeddings=False)
@@ -78,7 +83,8 @@ class LlamaCppBackend(Backend):
             embedding_size=model.n_embd(),
             vocab_size=model.n_vocab(),
             # The model's own template; a family guess from its name and architecture only when it has none.
-            chat_template=meta.get("tokenizer.chat_template")
+            chat_template=(spec.chat_template if spec else None)
+            or meta.get("tokenizer.chat_template")
             or fallback_template(f"{path.name} {meta.get('general.architecture', '')}"),
             bos_token=self._token_text(model.token_bos()),
             eos_token=self._token_text(model.token_eos()),

@@ -71,7 +71,7 @@ async def create_chat_completion(
 ) -> Response | ChatCompletionResponse:
     refuse_unsupported_chat_fields(req)
     stack = AsyncExitStack()
-    model = await stack.enter_async_context(manager.use(req.model))
+    model = await stack.enter_async_context(manager.use(req.model, "chat"))
     try:
         # Tokenizing only reads the vocabulary: it need not queue behind running generations.
         prompt = await asyncio.to_thread(chat_prompt, model, req.messages)

@@ -56,7 +56,7 @@ async def create_completion(
     prompts = prompt_list(req.prompt)
     n = req.n or 1
     stack = AsyncExitStack()
-    model = await stack.enter_async_context(manager.use(req.model))
+    model = await stack.enter_async_context(manager.use(req.model, "completion"))
     try:
         backend = model.backend
         token_prompts = [await asyncio.to_thread(tokenize_prompt, backend, p, i) for i, p in enumerate(prompts)]

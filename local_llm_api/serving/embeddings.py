@@ -57,7 +57,7 @@ def encode(vector: list[float], encoding_format: str) -> list[float] | str:
 
 async def create_embeddings(req: EmbeddingRequest, manager: ModelManager, request: Request) -> EmbeddingResponse:
     items = embedding_inputs(req.input)
-    async with manager.use(req.model) as model:
+    async with manager.use(req.model, "embedding") as model:
         backend = model.backend
         size = backend.facts.embedding_size
         if req.dimensions is not None and req.dimensions != size:

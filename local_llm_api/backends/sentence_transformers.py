@@ -1,0 +1,104 @@
+"""Embedding models in the sentence-transformers layout, run by the sentence-transformers library itself:
+`modules.json` decides the modules (transformer, pooling as its config says, normalisation or not)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ..catalog import ModelEntry
+from ..config import Settings
+from .base import Backend, EngineStats, GenerationChunk, ModelFacts, ModelLoadError, SamplingParams
+from .transformers_lm import choose_device, import_torch, local_source
+
+BATCH = 32  # inputs per forward pass
+
+
+class SentenceTransformersBackend(Backend):
+    kind = "sentence-transformers"
+
+    def __init__(self, entry: ModelEntry, settings: Settings) -> None:
+        torch = import_torch()
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise ModelLoadError("sentence-transformers is not installed: `pip install local-llm-api[transformers]`") from exc
+        folder, gguf_file = local_source(entry)
+        if gguf_file:
+            raise ModelLoadError(f"'{entry.name}' is a GGUF file, not a sentence-transformers folder")
+        device, dtype = choose_device(torch, settings)
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        trust = bool(entry.spec and entry.spec.trust_remote_code)
+        try:
+            self._model = SentenceTransformer(str(folder), device=str(device), trust_remote_code=trust,
+                                              model_kwargs={"dtype": dtype})
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise ModelLoadError(f"sentence-transformers could not load '{entry.name}': {exc}") from exc
+        self._torch = torch
+        self._device = device
+        tokenizer = self._model.tokenizer
+        self._facts = ModelFacts(
+            context_size=self._model.max_seq_length,
+            embedding_size=getattr(self._model, "get_embedding_dimension", self._model.get_sentence_embedding_dimension)() or 0,
+            vocab_size=len(tokenizer),
+            chat_template="",
+            bos_token="",
+            eos_token="",
+        )
+        self._pad = tokenizer.pad_token_id or 0
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+        self._counters = {"requests": 0, "prompt": 0}
+
+    @property
+    def facts(self) -> ModelFacts:
+        return self._facts
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        return list(self._model.tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+    def token_bytes(self, token: int) -> bytes:
+        return self._model.tokenizer.decode([token]).encode("utf-8")
+
+    def generate(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[GenerationChunk]:
+        raise NotImplementedError("an embedding model does not generate text")  # the API refuses before this
+
+    def check_capacity(self, sequences: int) -> None:
+        return None
+
+    def stats(self) -> EngineStats:
+        return EngineStats(slots=1, running=0, queued=0, max_queue=0, requests_total=self._counters["requests"],
+                           prompt_tokens_total=self._counters["prompt"])
+
+    async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        return await asyncio.get_running_loop().run_in_executor(self._worker, self._embed, inputs)
+
+    def _embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        """The library's own modules on token ids: its forward takes the features its tokenizer would make."""
+        torch = self._torch
+        vectors: list[list[float]] = []
+        with torch.inference_mode():
+            for start in range(0, len(inputs), BATCH):
+                batch = inputs[start : start + BATCH]
+                longest = max(len(tokens) for tokens in batch)
+                ids = torch.full((len(batch), longest), self._pad, dtype=torch.long)
+                mask = torch.zeros((len(batch), longest), dtype=torch.long)
+                for row, tokens in enumerate(batch):
+                    ids[row, : len(tokens)] = torch.tensor(tokens)
+                    mask[row, : len(tokens)] = 1
+                features: dict[str, Any] = {"input_ids": ids.to(self._device), "attention_mask": mask.to(self._device)}
+                if "token_type_ids" in self._model.tokenizer.model_input_names:
+                    features["token_type_ids"] = torch.zeros_like(features["input_ids"])
+                out = self._model(features)["sentence_embedding"]
+                vectors.extend(out.float().cpu().tolist())
+        self._counters["requests"] += 1
+        self._counters["prompt"] += sum(len(t) for t in inputs)
+        return vectors
+
+    async def close(self) -> None:
+        self._worker.shutdown(wait=True)
+        del self._model
+        if self._device.type == "cuda":
+            self._torch.cuda.empty_cache()

@@ -1,0 +1,212 @@
+"""Dynamic batching for Transformers models: the running sequences share one padded KV cache and one
+forward pass per step.
+
+One engine thread per model. Each step it
+1. admits waiting sequences (FIFO) while fewer than PARALLEL_SLOTS are in play,
+2. feeds one prompt chunk (PREFILL_CHUNK tokens while others stream, the whole prompt otherwise) of the
+   oldest sequence still reading its prompt, in a cache of its own; when the prompt is done, samples its
+   first token and merges its cache into the batch (left-padded to the batch's length),
+3. decodes one token of every running sequence in one forward pass (attention mask for the padding,
+   each row its own positions), and samples each row with the sequence's own sampler.
+Finished and cancelled rows leave the batch at once; padding columns no row needs are cut away.
+
+Merging caches needs plain `DynamicLayer`s (full attention); a model with other cache layers (sliding
+window, quantised, ...) runs its sequences one at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .base import GenerationChunk, SamplingParams, SequenceText
+from .engine import Engine, Sequence
+from .torch_sampling import TokenSampler
+
+log = logging.getLogger("local_llm_api.torch_batching")
+
+
+@dataclass(eq=False)
+class TorchSequence(Sequence):
+    sampler: TokenSampler | None = None
+    cache: Any = None  # its own DynamicCache while it reads its prompt
+    fed: int = 0  # prompt tokens in the cache so far
+    next_token: int = 0  # the last sample, fed at the next step
+    history: list[int] = field(default_factory=list)  # prompt and answer, for the repetition penalties
+
+
+class TorchBatchEngine(Engine):
+    def __init__(
+        self,
+        *,
+        model: Any,
+        n_slots: int,
+        max_queue: int,
+        prefill_chunk: int,
+        make_sampler: Callable[[SamplingParams], TokenSampler],
+        token_bytes: Callable[[int], bytes],
+        is_end: Callable[[int], bool],
+        name: str,
+    ) -> None:
+        super().__init__(n_slots=n_slots, max_queue=max_queue, token_bytes=token_bytes, is_end=is_end, name=name)
+        self._model = model
+        self._device = model.device
+        self._prefill_chunk = prefill_chunk
+        self._make_sampler = make_sampler
+        self._rows: list[TorchSequence] = []  # decoding, in the order of the batch cache's rows
+        self._reading: list[TorchSequence] = []  # admitted, still reading their prompt
+        self._cache: Any = None
+        self._mask: torch.Tensor | None = None  # (rows, cache length): 0 marks left padding
+        self.start()
+
+    def _new_sequence(self, prompt: list[int], params: SamplingParams, text: SequenceText,
+                      emit: Callable[[GenerationChunk | BaseException], None]) -> Sequence:
+        return TorchSequence(prompt, params, text, emit, sampler=self._make_sampler(params), history=list(prompt))
+
+    def _running_count(self) -> int:
+        return len(self._rows) + len(self._reading)
+
+    def _release(self) -> None:
+        self._cache = self._mask = None
+        self._rows.clear()
+        self._reading.clear()
+
+    # ---------------------------------------------------------------- one step
+
+    @torch.inference_mode()
+    def _step(self) -> None:
+        while self._running_count() < self.n_slots and self._waiting:
+            sequence = self._pop_waiting()
+            if sequence is None:
+                break
+            assert isinstance(sequence, TorchSequence)
+            self._reading.append(sequence)
+            self._counters["prompt"] += len(sequence.prompt)
+        self._reading = [s for s in self._reading if not s.cancelled]
+        self._keep_rows([s for s in self._rows if not s.cancelled])
+        try:
+            if self._reading:
+                self._read_prompt(self._reading[0])
+            if self._rows:
+                self._decode()
+        except Exception as exc:  # the error reaches the requests in play; the engine keeps going
+            log.exception("forward pass failed")
+            for sequence in self._rows + self._reading:
+                sequence.emit(exc)
+            self._release()
+
+    def _read_prompt(self, sequence: TorchSequence) -> None:
+        from transformers import DynamicCache
+
+        if sequence.cache is None:
+            sequence.cache = DynamicCache(config=self._model.config)
+        room = self._prefill_chunk if self._rows else len(sequence.prompt)
+        chunk = sequence.prompt[sequence.fed : sequence.fed + room]
+        out = self._model(
+            input_ids=torch.tensor([chunk], device=self._device),
+            position_ids=torch.arange(sequence.fed, sequence.fed + len(chunk), device=self._device)[None],
+            past_key_values=sequence.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        sequence.fed += len(chunk)
+        if sequence.fed < len(sequence.prompt):
+            return
+        self._reading.remove(sequence)
+        now = time.perf_counter()
+        token = self._sample(sequence, out.logits[0, -1])
+        self._record_step(now, 1)
+        if self._deliver(sequence, token, now):
+            self._counters["requests"] += 1
+            return
+        sequence.next_token = token
+        self._join_batch(sequence)
+
+    def _decode(self) -> None:
+        rows = self._rows
+        assert self._mask is not None
+        self._mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], dim=1)
+        out = self._model(
+            input_ids=torch.tensor([[s.next_token] for s in rows], device=self._device),
+            attention_mask=self._mask,
+            position_ids=torch.tensor([[len(s.history) - 1] for s in rows], device=self._device),
+            past_key_values=self._cache,
+            use_cache=True,
+        )
+        logits = out.logits[:, -1]
+        now = time.perf_counter()
+        staying = []
+        for row, sequence in enumerate(rows):
+            token = self._sample(sequence, logits[row])
+            if self._deliver(sequence, token, now):
+                self._counters["requests"] += 1
+            else:
+                sequence.next_token = token
+                staying.append(sequence)
+        self._record_step(now, len(rows))
+        self._keep_rows(staying)
+
+    def _sample(self, sequence: TorchSequence, logits: torch.Tensor) -> int:
+        assert sequence.sampler is not None
+        token = sequence.sampler.sample(logits, sequence.history)
+        sequence.history.append(token)
+        return token
+
+    # ---------------------------------------------------------------- the batch cache
+
+    def _join_batch(self, sequence: TorchSequence) -> None:
+        own, sequence.cache = sequence.cache, None
+        own_mask = torch.ones((1, len(sequence.history) - 1), dtype=torch.long, device=self._device)
+        if self._cache is None or not self._rows:
+            self._cache, self._mask, self._rows = own, own_mask, [sequence]
+            return
+        assert self._mask is not None
+        length = max(self._mask.shape[1], own_mask.shape[1])
+        for batch_layer, own_layer in zip(self._cache.layers, own.layers, strict=True):
+            batch_layer.keys = torch.cat([_left_pad(batch_layer.keys, length), _left_pad(own_layer.keys, length)])
+            batch_layer.values = torch.cat([_left_pad(batch_layer.values, length), _left_pad(own_layer.values, length)])
+        self._mask = torch.cat([_left_pad_mask(self._mask, length), _left_pad_mask(own_mask, length)])
+        self._rows.append(sequence)
+
+    def _keep_rows(self, keep: list[TorchSequence]) -> None:
+        """Drop the rows not in `keep` (same order), and the padding columns no remaining row needs."""
+        if len(keep) == len(self._rows):
+            return
+        if not keep:
+            self._cache = self._mask = None
+            self._rows = []
+            return
+        assert self._mask is not None
+        index = torch.tensor([self._rows.index(s) for s in keep], device=self._device)
+        mask = self._mask[index]
+        start = int((mask.sum(dim=0) > 0).nonzero()[0])  # the first column some row attends to
+        for layer in self._cache.layers:
+            layer.keys = layer.keys[index, :, start:]
+            layer.values = layer.values[index, :, start:]
+        self._mask = mask[:, start:]
+        self._rows = keep
+
+
+def can_batch(model: Any) -> bool:
+    """Whether this model's cache is made of plain full-attention layers that can be padded and merged."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache = DynamicCache(config=model.config)
+    return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def _left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    """Pad (batch, heads, seq, dim) on the left of the sequence axis to `length`."""
+    missing = length - tensor.shape[-2]
+    return torch.nn.functional.pad(tensor, (0, 0, missing, 0)) if missing else tensor
+
+
+def _left_pad_mask(mask: torch.Tensor, length: int) -> torch.Tensor:
+    missing = length - mask.shape[1]
+    return torch.nn.functional.pad(mask, (missing, 0)) if missing else mask

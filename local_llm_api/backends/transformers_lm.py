@@ -1,0 +1,215 @@
+"""Hugging Face Transformers causal language models: a model folder (safetensors preferred), a Hub repo
+id through huggingface_hub's cache, or a GGUF file read by Transformers (dequantised).
+
+Generation runs in the dynamic batching engine (`torch_batching.py`); embeddings are the mean of the
+last hidden states, L2-normalised, like the GGUF backend's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ..catalog import ModelEntry
+from ..config import Settings
+from ..prompting.chat_template import fallback_template
+from .base import Backend, EngineStats, GenerationChunk, ModelFacts, ModelLoadError, SamplingParams
+from .hub import fetch
+
+log = logging.getLogger("local_llm_api.transformers")
+
+BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def import_torch() -> Any:
+    try:
+        import torch
+        import transformers  # noqa: F401
+    except ImportError as exc:  # the Transformers extra is optional
+        raise ModelLoadError(
+            "torch and transformers are not installed; install the Transformers backend with "
+            "`pip install local-llm-api[transformers]`"
+        ) from exc
+    return torch
+
+
+def choose_device(torch: Any, settings: Settings) -> tuple[Any, Any]:
+    """TRANSFORMERS_DEVICE and TRANSFORMERS_DTYPE, with `auto` meaning CUDA (bf16, else fp16) when present."""
+    name = settings.transformers_device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    elif name.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"TRANSFORMERS_DEVICE={name} but torch sees no CUDA device")
+    device = torch.device(name)
+    dtype_name = settings.transformers_dtype
+    if dtype_name == "auto":
+        if device.type == "cuda":
+            dtype_name = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        else:
+            dtype_name = "float32"  # half precision on CPU is slower, not faster
+    return device, getattr(torch, dtype_name)
+
+
+def local_source(entry: ModelEntry) -> tuple[Path, str | None]:
+    """(folder, gguf file name or None) for an entry, downloading a repo first."""
+    spec = entry.spec
+    if entry.path is not None and entry.path.exists():
+        path = entry.path
+    elif entry.repo is not None:
+        path = fetch(entry.repo, spec.revision if spec else None, spec.file if spec else None)
+    else:
+        raise ModelLoadError(f"'{entry.path}' does not exist")
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelLoadError(f"'{path.name}' is neither a model folder nor a GGUF file")
+        return path.parent, path.name
+    return path, None
+
+
+class TransformersBackend(Backend):
+    kind = "transformers"
+
+    def __init__(self, entry: ModelEntry, settings: Settings) -> None:
+        torch = import_torch()
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+        from .torch_batching import TorchBatchEngine, can_batch
+        from .torch_sampling import TokenSampler
+
+        self._torch = torch
+        spec = entry.spec
+        folder, gguf_file = local_source(entry)
+        trust = bool(spec and spec.trust_remote_code)
+        self._device, dtype = choose_device(torch, settings)
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=trust)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=dtype, trust_remote_code=trust)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise ModelLoadError(f"Transformers could not load '{entry.name}': {exc}") from exc
+        self._model = model.to(self._device).eval()
+        config = model.config
+        tokenizer = self._tokenizer
+        longest = getattr(config, "max_position_embeddings", None) or 2048
+        wanted = (spec.context_size if spec and spec.context_size else None) or settings.context_size or longest
+        template = (spec.chat_template if spec else None) or tokenizer.chat_template
+        if isinstance(template, dict):  # several named templates: the default one
+            template = template.get("default") or next(iter(template.values()))
+        self._facts = ModelFacts(
+            context_size=min(wanted, longest),
+            embedding_size=config.hidden_size,
+            vocab_size=len(tokenizer),
+            chat_template=template or fallback_template(f"{entry.name} {getattr(config, 'model_type', '')}"),
+            bos_token=tokenizer.bos_token or "",
+            eos_token=tokenizer.eos_token or "",
+        )
+        try:
+            generation_config = GenerationConfig.from_pretrained(folder)
+        except OSError:
+            generation_config = model.generation_config
+        self._end_ids = _ids(generation_config.eos_token_id) | _ids(tokenizer.eos_token_id)
+        self._token_bytes = token_bytes_function(tokenizer)
+        slots = settings.parallel_slots if can_batch(model) else 1
+        if slots < settings.parallel_slots:
+            log.info("%s: its cache layers cannot be merged, so its sequences run one at a time", entry.name)
+        vocab = model.get_output_embeddings().weight.shape[0]
+        self._engine = TorchBatchEngine(
+            model=self._model,
+            n_slots=slots,
+            max_queue=settings.max_queue,
+            prefill_chunk=settings.prefill_chunk,
+            make_sampler=lambda params: TokenSampler(params, vocab, self._device),
+            token_bytes=self._token_bytes,
+            is_end=lambda token: token in self._end_ids,
+            name=entry.stem.replace("/", "--"),
+        )
+        self._embedder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+
+    @property
+    def facts(self) -> ModelFacts:
+        return self._facts
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        bos = self._facts.bos_token
+        add = add_special and not (bos and text.startswith(bos))  # chat templates often write BOS themselves
+        return list(self._tokenizer(text, add_special_tokens=add, split_special_tokens=not add_special)["input_ids"])
+
+    def token_bytes(self, token: int) -> bytes:
+        return self._token_bytes(token)
+
+    def generate(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[GenerationChunk]:
+        return self._engine.generate(prompt, params)
+
+    def check_capacity(self, sequences: int) -> None:
+        self._engine.check_capacity(sequences)
+
+    def stats(self) -> EngineStats:
+        return self._engine.stats()
+
+    async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        return await asyncio.get_running_loop().run_in_executor(self._embedder, self._embed, inputs)
+
+    def _embed(self, inputs: list[list[int]]) -> list[list[float]]:
+        torch = self._torch
+        vectors = []
+        with torch.inference_mode():
+            for tokens in inputs:
+                hidden = self._model.base_model(input_ids=torch.tensor([tokens], device=self._device)).last_hidden_state
+                pooled = torch.nn.functional.normalize(hidden[0].float().mean(dim=0), dim=0)
+                vectors.append(pooled.tolist())
+        return vectors
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._engine.close)
+        self._embedder.shutdown(wait=True)
+        del self._model
+        if self._device.type == "cuda":
+            self._torch.cuda.empty_cache()
+
+
+def _ids(value: int | list[int] | None) -> set[int]:
+    if value is None:
+        return set()
+    return {value} if isinstance(value, int) else set(value)
+
+
+def token_bytes_function(tokenizer: Any) -> Callable[[int], bytes]:
+    """The raw bytes of a token, so that a character split over tokens is only sent once whole.
+
+    Byte-level BPE vocabularies (GPT-2, Llama 3, Qwen, SmolLM) spell bytes as printable characters;
+    SentencePiece ones write spaces as U+2581 and odd bytes as <0xNN>. Special tokens print nothing,
+    as in llama.cpp.
+    """
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    special = set(tokenizer.all_special_ids)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    decoder = json.loads(backend.to_str()).get("decoder") if backend is not None else None
+    byte_level = "ByteLevel" in json.dumps(decoder)
+    byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
+
+    @lru_cache(maxsize=None)
+    def token_bytes(token: int) -> bytes:
+        if token in special:
+            return b""
+        piece = tokenizer.convert_ids_to_tokens(token)
+        if piece is None:
+            return b""
+        if byte_level:
+            if all(char in byte_of for char in piece):
+                return bytes(byte_of[char] for char in piece)
+            return piece.encode("utf-8")  # an added token, stored as plain text
+        match = BYTE_TOKEN.fullmatch(piece)
+        if match:
+            return bytes([int(match.group(1), 16)])
+        return piece.replace("\u2581", " ").encode("utf-8")
+
+    return token_bytes
