@@ -101,11 +101,11 @@ async def one_request(client: httpx.AsyncClient, url: str, body: dict) -> tuple[
     return tokens, first if first is not None else time.perf_counter() - started
 
 
-async def closed_loop(base_url: str, model: str, concurrency: int, requests_per_client: int, max_tokens: int, name: str, pid: int) -> Result:
-    body = {
-        "model": model, "messages": PROMPT, "max_tokens": max_tokens, "stream": True, "temperature": 0.7,
-        "logit_bias": {str(t): -100 for t in NO_END_TOKENS},
-    }
+async def closed_loop(base_url: str, model: str, concurrency: int, requests_per_client: int, max_tokens: int, name: str,
+                      pid: int, logit_bias: bool = True) -> Result:
+    body: dict[str, object] = {"model": model, "messages": PROMPT, "max_tokens": max_tokens, "stream": True, "temperature": 0.7}
+    if logit_bias:  # some servers refuse it (transformers serve answers 500)
+        body["logit_bias"] = {str(t): -100 for t in NO_END_TOKENS}
     result = Result(name, concurrency)
 
     async def client_loop(client: httpx.AsyncClient) -> None:

@@ -228,3 +228,17 @@ def test_hugging_face_repo_ids_from_the_local_cache(tmp_path: Path, hf_model_dir
         message = response.json()["error"]["message"]
         assert "example/SmolLM2-copy" in message and "cache" in message
         assert client.get("/health").json()["status"] == "ok"
+
+
+def test_transformers_disconnect_stops_generation(mixed: Server) -> None:
+    body = {"model": HF_SMOLLM2, "messages": HELLO, "max_tokens": 500, "logit_bias": NO_END, "stream": True}
+    with mixed.client() as client:
+        with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            for n, _ in enumerate(response.iter_lines()):
+                if n > 6:
+                    break  # leave mid-answer: 500 tokens would take most of a minute here
+        deadline = time.time() + 5
+        while client.get("/health").json()["engines"][HF_SMOLLM2]["running"]:
+            assert time.time() < deadline, "the sequence stayed in the batch after the client left"
+            time.sleep(0.1)
+        assert models_by_id(client)[HF_SMOLLM2]["active_requests"] == 0

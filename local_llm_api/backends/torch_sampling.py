@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 
 import torch
-from transformers import LogitsProcessorList, MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers import LogitsProcessorList, MinPLogitsWarper, TemperatureLogitsWarper, TopPLogitsWarper
 
 from .base import SamplingParams
 
@@ -25,8 +25,6 @@ class TokenSampler:
         self._penalised = (params.repeat_penalty, params.frequency_penalty, params.presence_penalty) != (1.0, 0.0, 0.0)
         self._greedy = params.temperature == 0 or params.top_k == 1 or params.top_p == 0
         warpers = []
-        if params.top_k > 0:
-            warpers.append(TopKLogitsWarper(params.top_k))
         if params.top_p < 1:
             warpers.append(TopPLogitsWarper(params.top_p))
         if params.min_p > 0:
@@ -45,9 +43,14 @@ class TokenSampler:
             scores = self._penalise(scores, history[-PENALTY_WINDOW:])
         if self._greedy:
             return int(scores.argmax())
+        # Top-k first, as a cut to k candidates: the other warpers then sort k values, not the vocabulary.
+        candidates = None
+        if 0 < self._params.top_k < scores.shape[-1]:
+            scores, candidates = scores.topk(self._params.top_k, dim=-1)
         scores = self._warpers(None, scores)  # type: ignore[arg-type]  (these warpers ignore input_ids)
         probabilities = torch.softmax(scores, dim=-1)
-        return int(torch.multinomial(probabilities[0], 1, generator=self._generator))
+        choice = int(torch.multinomial(probabilities[0], 1, generator=self._generator))
+        return int(candidates[0, choice]) if candidates is not None else choice
 
     def _penalise(self, scores: torch.Tensor, recent: list[int]) -> torch.Tensor:
         p = self._params
