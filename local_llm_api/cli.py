@@ -72,6 +72,19 @@ def _bundled(args: argparse.Namespace) -> None:
     print(copy_bundled_model(model_dir))
 
 
+def _pull(args: argparse.Namespace) -> None:
+    from .pull import PullError, download, plan
+
+    model_dir = Path(args.model_dir) if args.model_dir else load_settings().model_dir
+    try:
+        status = plan(args.repo, args.file, args.revision)
+        print(f"pulling {args.repo} -> {model_dir / status.name}", file=sys.stderr)
+        print(download(status, model_dir, args.revision, show_progress=True))
+    except PullError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="local-llm-api", description="Local LLMs behind the OpenAI HTTP API.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -93,6 +106,13 @@ def main(argv: list[str] | None = None) -> None:
     bundled = commands.add_parser("bundled-model", help="copy the bundled SmolLM2-135M-Instruct GGUF into MODEL_DIR")
     bundled.add_argument("--model-dir")
     bundled.set_defaults(run=_bundled)
+
+    pull = commands.add_parser("pull", help="download a model from the Hugging Face Hub into MODEL_DIR (resumable)")
+    pull.add_argument("repo", help="a Hugging Face repo id, e.g. HuggingFaceTB/SmolLM2-135M-Instruct")
+    pull.add_argument("--file", help="the .gguf file of a GGUF repo (default: its only one, or the whole model folder)")
+    pull.add_argument("--revision", help="branch, tag or commit (default: main)")
+    pull.add_argument("--model-dir")
+    pull.set_defaults(run=_pull)
 
     args = parser.parse_args(argv)
     try:

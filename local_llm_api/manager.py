@@ -23,6 +23,7 @@ from .api.errors import APIError, invalid_request, model_not_found
 from .backends.base import Backend, ModelLoadError
 from .catalog import Capability, Catalog, ModelEntry
 from .config import BackendChoice, Settings
+from .pull import PullError, PullStatus, download, plan
 
 log = logging.getLogger("local_llm_api.manager")
 
@@ -30,6 +31,7 @@ KEEP_ALIVE_CHECK_SECONDS = 1.0
 
 
 class ModelState(str, Enum):
+    downloading = "downloading"
     available = "available"
     loading = "loading"
     loaded = "loaded"
@@ -56,6 +58,8 @@ class ModelManager:
         self._idle = asyncio.Condition()
         self._room = asyncio.Lock()  # one load at a time decides what to unload
         self._keep_alive_task: asyncio.Task[None] | None = None
+        self.pulls: dict[str, PullStatus] = {}  # by the name the pulled model will have
+        self._pull_tasks: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- discovery
 
@@ -88,6 +92,8 @@ class ModelManager:
         return entries[0].name if len(entries) == 1 else ""
 
     def state(self, entry: ModelEntry) -> ModelState:
+        if self.downloading(entry.name):
+            return ModelState.downloading
         if entry.name in self.loaded:
             return ModelState.loaded
         if entry.name in self._loading:
@@ -100,6 +106,7 @@ class ModelManager:
 
     async def load(self, name: str | None) -> LoadedModel:
         entry = self.resolve(name)
+        self._refuse_while_downloading(entry)
         if entry.name in self.loaded:
             return self.loaded[entry.name]
         return await asyncio.shield(self._load_task(entry))
@@ -225,6 +232,7 @@ class ModelManager:
     async def use(self, name: str | None, capability: Capability) -> AsyncIterator[LoadedModel]:
         """The loaded model for one request, loading it first when allowed; counted as busy meanwhile."""
         entry = self.resolve(name)
+        self._refuse_while_downloading(entry)
         if capability not in entry.capabilities:
             raise invalid_request(
                 f"Model '{entry.name}' is an embedding model; it serves {', '.join(entry.capabilities)} requests only.",
@@ -245,6 +253,39 @@ class ModelManager:
             model.last_used = time.time()
             async with self._idle:
                 self._idle.notify_all()
+
+    # ---------------------------------------------------------------- pulling from the Hub
+
+    def downloading(self, name: str) -> bool:
+        pull = self.pulls.get(name)
+        return pull is not None and pull.state == "downloading"
+
+    def _refuse_while_downloading(self, entry: ModelEntry) -> None:
+        if self.downloading(entry.name):
+            raise APIError(503, f"Model '{entry.name}' is still downloading; see GET /models for progress.",
+                           type="server_error", param="model", code="model_downloading", headers={"Retry-After": "10"})
+
+    async def pull(self, repo: str, file: str | None, revision: str | None) -> PullStatus:
+        """Start downloading a Hub model into MODEL_DIR (one download per target); progress in `pulls`."""
+        try:
+            status = await asyncio.to_thread(plan, repo, file, revision)
+        except PullError as exc:
+            raise APIError(400, str(exc), param="repo", code="pull_failed") from None
+        if self.downloading(status.name):
+            return self.pulls[status.name]
+        self.pulls[status.name] = status
+
+        async def run() -> None:
+            try:
+                await asyncio.to_thread(download, status, self.settings.model_dir, revision)
+                log.info("pulled %s into %s", repo, status.name)
+            except PullError as exc:
+                log.error("%s", exc)
+
+        task = asyncio.create_task(run())
+        self._pull_tasks.add(task)
+        task.add_done_callback(self._pull_tasks.discard)
+        return status
 
     async def _wait_for_load(self, entry: ModelEntry) -> LoadedModel:
         loading = entry.name in self._loading

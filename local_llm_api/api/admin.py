@@ -8,12 +8,13 @@ import time
 
 import psutil
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
 from ..backends.base import EngineStats
 from ..catalog import ModelEntry
 from ..manager import ModelManager, ModelState
+from ..pull import PullStatus
 from ..system import GpuInfo, gpu_info
 from .auth import require_api_key
 from .errors import ErrorResponse
@@ -38,6 +39,17 @@ class Health(BaseModel):
     gpu: GpuInfo
 
 
+class DownloadInfo(BaseModel):
+    """A pull from the Hugging Face Hub: `completed` of `total` bytes (a GGUF file) or files (a folder)."""
+
+    repo: str
+    state: str
+    completed: int
+    total: int | None
+    unit: str
+    error: str | None = None
+
+
 class ModelInfo(BaseModel):
     id: str
     state: ModelState
@@ -51,6 +63,15 @@ class ModelInfo(BaseModel):
     active_requests: int = 0
     loaded_at: float | None = None
     error: str | None = None
+    download: DownloadInfo | None = None
+
+
+class PullRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    repo: str = Field(min_length=3, pattern=r"^[\w.-]+/[\w.-]+$", description="Hugging Face repo id, e.g. org/name")
+    file: str | None = Field(None, description="The .gguf file of a GGUF repo; left out: the only one, or the whole folder")
+    revision: str | None = None
 
 
 class ModelInfoList(BaseModel):
@@ -64,6 +85,20 @@ router = APIRouter(dependencies=[Depends(require_api_key)], tags=["admin"], resp
 
 def manager_of(request: Request) -> ModelManager:
     return request.app.state.manager
+
+
+def download_info(pull: PullStatus | None) -> DownloadInfo | None:
+    if pull is None:
+        return None
+    return DownloadInfo(repo=pull.repo, state=pull.state, completed=pull.completed, total=pull.total, unit=pull.unit,
+                        error=pull.error)
+
+
+def pending(pull: PullStatus) -> ModelInfo:
+    """A model still downloading (or failed to), before discovery finds it in MODEL_DIR."""
+    return ModelInfo(id=pull.name, state=ModelState.downloading if pull.state == "downloading" else ModelState.failed,
+                     backend="auto", repo=pull.repo, path=pull.name, size_bytes=0, capabilities=[], context_size=None,
+                     keep_alive_seconds=0, error=pull.error, download=download_info(pull))
 
 
 def info(manager: ModelManager, entry: ModelEntry) -> ModelInfo:
@@ -81,6 +116,7 @@ def info(manager: ModelManager, entry: ModelEntry) -> ModelInfo:
         active_requests=loaded.in_flight if loaded else 0,
         loaded_at=loaded.loaded_at if loaded else None,
         error=manager.failures.get(entry.name),
+        download=download_info(manager.pulls.get(entry.name)),
     )
 
 
@@ -108,7 +144,16 @@ async def health(request: Request) -> Health:
 @router.get("/models")
 async def models(request: Request) -> ModelInfoList:
     manager = manager_of(request)
-    return ModelInfoList(data=[info(manager, e) for e in manager.discover()])
+    listed = [info(manager, e) for e in manager.discover()]
+    names = {m.id for m in listed}
+    return ModelInfoList(data=listed + [pending(p) for name, p in manager.pulls.items() if name not in names])
+
+
+@router.post("/models/pull", status_code=202)
+async def pull_model(body: PullRequest, request: Request) -> ModelInfo:
+    """Download a model from the Hugging Face Hub into MODEL_DIR; follow its progress in GET /models."""
+    pull = await manager_of(request).pull(body.repo, body.file, body.revision)
+    return pending(pull)
 
 
 @router.post("/models/{name:path}/load")
