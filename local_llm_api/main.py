@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from . import __version__
-from .api import admin, openai
+from .api import admin, openai, web
 from .api.metrics import metrics_registry
 from .api.metrics import router as metrics_router
 from .api.errors import APIError, install_error_handlers
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.started_at = time.time()
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
+    app.include_router(web.router)
     app.include_router(admin.health_router)
     app.include_router(admin.router)
     app.include_router(metrics_router)
