@@ -1,5 +1,6 @@
-# CPU image. The build stage compiles llama-cpp-python; the final stage has no compiler.
+# CPU image with both backends. The build stage compiles llama-cpp-python; the final stage has no compiler.
 # GGML_NATIVE=OFF: the image must run on CPUs other than the one that built it.
+# EXTRAS=llama-cpp leaves the Transformers backend (and torch, ~700 MB) out.
 ARG PYTHON_VERSION=3.11
 
 FROM python:${PYTHON_VERSION}-slim AS build
@@ -9,8 +10,10 @@ RUN apt-get update \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY local_llm_api ./local_llm_api
-ENV CMAKE_ARGS="-DGGML_NATIVE=OFF"
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[llama-cpp]"
+ARG EXTRAS=llama-cpp,transformers
+# torch's CPU build (PyPI's default Linux wheel carries CUDA libraries this image does not use).
+ENV CMAKE_ARGS="-DGGML_NATIVE=OFF" PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[${EXTRAS}]"
 
 FROM python:${PYTHON_VERSION}-slim
 # libgomp1: llama.cpp's OpenMP runtime.

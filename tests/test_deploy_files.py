@@ -25,11 +25,16 @@ def test_dockerfiles_pass_hadolint(dockerfile: str) -> None:
 
 def test_compose_files() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    api, nginx = compose["services"]["api"], compose["services"]["nginx"]
+    services = compose["services"]
+    api, nginx = services["api"], services["nginx"]
     assert {"./models:/models", "./logs:/logs"} <= set(api["volumes"])
+    assert "profiles" not in api and "profiles" not in nginx  # CPU by default
     mounted = [v.split(":")[0] for v in nginx["volumes"]]
     assert all((ROOT / path).exists() for path in mounted)
     assert "server api:8000;" in (ROOT / "deploy" / "nginx.conf").read_text()  # the compose service name
-    cuda = yaml.safe_load((ROOT / "docker-compose.cuda.yml").read_text())["services"]["api"]
+    cuda = services["api-cuda"]
+    assert cuda["profiles"] == ["cuda"] and services["nginx-cuda"]["profiles"] == ["cuda"]
     assert (ROOT / cuda["build"]["dockerfile"]).exists()
     assert cuda["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    assert cuda["networks"]["default"]["aliases"] == ["api"] and cuda["volumes"] == api["volumes"]
+    assert cuda["environment"]["GPU_LAYERS"] and cuda["environment"]["API_KEY"] == api["environment"]["API_KEY"]
