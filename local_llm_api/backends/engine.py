@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from .base import EngineStats, GenerationChunk, QueueFullError, SamplingParams, SequenceText
+from .base import Backend, EngineStats, GenerationChunk, QueueFullError, SamplingParams, SequenceText
 
 log = logging.getLogger("local_llm_api.engine")
 
@@ -73,7 +73,7 @@ class Engine(ABC):
         """Admit waiting sequences (under `self._wake`'s lock only when it takes from `_waiting`), drop
         cancelled ones, and run one model step; called while there is work."""
 
-    def _release(self) -> None:
+    def _release(self) -> None:  # noqa: B027  (optional hook: engines with nothing to free skip it)
         """Free what the engine holds once its thread has stopped."""
 
     # ---------------------------------------------------------------- the request side (event loop)
@@ -177,3 +177,18 @@ class Engine(ABC):
             ttft_buckets=buckets,
             ttft_sum=self._ttft_sum,
         )
+
+
+class EngineBackend(Backend, ABC):
+    """A backend whose generation runs in an `Engine` (set as `self._engine` by the constructor)."""
+
+    _engine: Engine
+
+    def generate(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[GenerationChunk]:
+        return self._engine.generate(prompt, params)
+
+    def check_capacity(self, sequences: int) -> None:
+        self._engine.check_capacity(sequences)
+
+    def stats(self) -> EngineStats:
+        return self._engine.stats()

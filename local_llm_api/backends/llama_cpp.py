@@ -12,7 +12,6 @@ import ctypes
 import logging
 import math
 import os
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ from typing import Any
 from ..catalog import ModelEntry
 from ..config import Settings
 from ..prompting.chat_template import fallback_template
-from .base import Backend, EngineStats, GenerationChunk, ModelFacts, ModelLoadError, SamplingParams
+from .base import ModelFacts, ModelLoadError, SamplingParams
+from .engine import EngineBackend
 from .batching import BatchEngine
 
 GGUF_MAGIC = b"GGUF"
@@ -48,7 +48,7 @@ def check_gguf_file(path: Path) -> None:
         raise ModelLoadError(f"'{path.name}' is not a GGUF file (it does not start with the GGUF magic bytes)")
 
 
-class LlamaCppBackend(Backend):
+class LlamaCppBackend(EngineBackend):
     kind = "llama-cpp"
 
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
@@ -162,15 +162,6 @@ class LlamaCppBackend(Backend):
             buffer = ctypes.create_string_buffer(-n)
             n = self._lib.llama_token_to_piece(self._model.vocab, token, buffer, -n, 0, False)
         return buffer.raw[:n]
-
-    def generate(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[GenerationChunk]:
-        return self._engine.generate(prompt, params)
-
-    def check_capacity(self, sequences: int) -> None:
-        self._engine.check_capacity(sequences)
-
-    def stats(self) -> EngineStats:
-        return self._engine.stats()
 
     async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
         return await asyncio.get_running_loop().run_in_executor(self._embedder, self._embed, inputs)

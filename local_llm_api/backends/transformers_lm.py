@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
@@ -20,7 +20,8 @@ from typing import Any
 from ..catalog import ModelEntry
 from ..config import Settings
 from ..prompting.chat_template import fallback_template
-from .base import Backend, EngineStats, GenerationChunk, ModelFacts, ModelLoadError, SamplingParams
+from .base import ModelFacts, ModelLoadError
+from .engine import EngineBackend
 from .hub import fetch
 
 log = logging.getLogger("local_llm_api.transformers")
@@ -73,7 +74,7 @@ def local_source(entry: ModelEntry) -> tuple[Path, str | None]:
     return path, None
 
 
-class TransformersBackend(Backend):
+class TransformersBackend(EngineBackend):
     kind = "transformers"
 
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
@@ -144,15 +145,6 @@ class TransformersBackend(Backend):
 
     def token_bytes(self, token: int) -> bytes:
         return self._token_bytes(token)
-
-    def generate(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[GenerationChunk]:
-        return self._engine.generate(prompt, params)
-
-    def check_capacity(self, sequences: int) -> None:
-        self._engine.check_capacity(sequences)
-
-    def stats(self) -> EngineStats:
-        return self._engine.stats()
 
     async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
         return await asyncio.get_running_loop().run_in_executor(self._embedder, self._embed, inputs)

@@ -1,4 +1,4 @@
-"""POST /v1/completions and /v1/embeddings against the real server and model."""
+"""POST /v1/completions and /v1/embeddings against the real server, on both backends."""
 
 from __future__ import annotations
 
@@ -7,24 +7,10 @@ import json
 import math
 import struct
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 
-from .conftest import NO_END, Served, SpecValidator, sse_events
-
-@pytest.fixture
-def served(backend_server: Served) -> Served:
-    return backend_server
-
-
-@pytest.fixture
-def client(backend_server: Served) -> Iterator[httpx.Client]:
-    """Every test here runs against both backends: the GGUF model and its Transformers copy."""
-    with backend_server.server.client() as c:
-        yield c
-
+from ..conftest import NO_END, Served, SpecValidator, sse_events
 
 
 def complete(client: httpx.Client, **body: object) -> httpx.Response:

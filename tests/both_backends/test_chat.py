@@ -1,26 +1,13 @@
-"""POST /v1/chat/completions against the real server and model, bodies checked against the OpenAI spec."""
+"""POST /v1/chat/completions against the real server on both backends, bodies checked against the OpenAI spec."""
 
 from __future__ import annotations
 
 import json
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 
-from .conftest import NO_END, Served, SpecValidator, sse_events
-
-@pytest.fixture
-def served(backend_server: Served) -> Served:
-    return backend_server
-
-
-@pytest.fixture
-def client(backend_server: Served) -> Iterator[httpx.Client]:
-    """Every test here runs against both backends: the GGUF model and its Transformers copy."""
-    with backend_server.server.client() as c:
-        yield c
+from ..conftest import NO_END, Served, SpecValidator, sse_events
 
 
 HELLO = [{"role": "user", "content": "Name three colours."}]
