@@ -8,6 +8,7 @@ llama.cpp's; a folder with `modules.json` is a sentence-transformers embedding m
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -147,25 +148,32 @@ class Catalog:
         return ModelEntry(spec.name, backend, path, spec.repo, 0, 0, spec)
 
     def _discovered(self) -> list[ModelEntry]:
+        """Walk MODEL_DIR (on every look-up, so it stays cheap): hidden folders such as download caches and
+        the insides of model folders are not entered."""
         if not self.root.is_dir():
             return []
         entries: list[ModelEntry] = []
-        model_folders: list[Path] = []
-        for path in sorted(self.root.rglob("*")):
-            if any(path.is_relative_to(folder) for folder in model_folders):
-                continue  # the files of a model folder are not models of their own
-            if any(part.startswith(".") for part in path.relative_to(self.root).parts):
-                continue  # hidden: download caches, partial files
-            if not self.inside_root(path):
-                continue  # symlinks that lead out of MODEL_DIR are not ours to serve
-            if path.is_dir() and detect_backend(path) is not None:
-                model_folders.append(path)
-            backend = self._backend_for(path, BackendChoice.auto)
-            if backend is None:
-                continue
-            name = path.relative_to(self.root).as_posix()
-            entries.append(ModelEntry(name, backend, path, None, size_on_disk(path), int(path.stat().st_mtime)))
-        return entries
+        for folder, subfolders, files in os.walk(self.root):
+            here = Path(folder)
+            candidates = [here / f for f in files if not f.startswith(".")]
+            keep = []
+            for name in sorted(subfolders):
+                sub = here / name
+                if name.startswith("."):
+                    continue
+                if detect_backend(sub) is not None:
+                    candidates.append(sub)  # a model folder: a model, not more folders to search
+                else:
+                    keep.append(name)
+            subfolders[:] = keep
+            for path in candidates:
+                if not self.inside_root(path):
+                    continue  # symlinks that lead out of MODEL_DIR are not ours to serve
+                backend = self._backend_for(path, BackendChoice.auto)
+                if backend is not None:
+                    name = path.relative_to(self.root).as_posix()
+                    entries.append(ModelEntry(name, backend, path, None, size_on_disk(path), int(path.stat().st_mtime)))
+        return sorted(entries, key=lambda e: e.name)
 
     def _backend_for(self, path: Path, declared: BackendChoice) -> BackendChoice | None:
         detected = detect_backend(path)
