@@ -8,8 +8,7 @@ MODEL_DIR/<repo name>. Either way discovery finds it at once. Progress is kept i
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,7 +29,6 @@ class PullStatus:
     total: int | None = None
     unit: Literal["bytes", "files"] = "bytes"
     error: str | None = None
-    started: float = field(default_factory=time.time)
 
 
 def plan(repo: str, file: str | None = None, revision: str | None = None) -> PullStatus:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from local_llm_api.cli import BUNDLED_FILE, bundled_model_path
+from local_llm_api.cli import bundled_model_path
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "local-llm-api" / "test-models"
 HF_SMOLLM2 = "SmolLM2-135M-Instruct"
@@ -81,5 +81,3 @@ def _link(source: Path, target: Path) -> None:
     except OSError:
         shutil.copyfile(source, target)
 
-
-__all__ = ["BUNDLED_FILE", "HF_SMOLLM2", "MINILM", "minilm_folder", "place_tree", "smollm2_transformers_folder"]

@@ -11,7 +11,7 @@ from typing import Any
 from ..catalog import ModelEntry
 from ..config import Settings
 from .base import Backend, EngineStats, GenerationChunk, ModelFacts, ModelLoadError, SamplingParams
-from .transformers_lm import choose_device, import_torch, local_source
+from .transformers_lm import local_source, prepare_torch
 
 BATCH = 32  # inputs per forward pass
 
@@ -20,7 +20,7 @@ class SentenceTransformersBackend(Backend):
     kind = "sentence-transformers"
 
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
-        torch = import_torch()
+        torch, device, dtype = prepare_torch(settings)
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as exc:
@@ -28,9 +28,6 @@ class SentenceTransformersBackend(Backend):
         folder, gguf_file = local_source(entry)
         if gguf_file:
             raise ModelLoadError(f"'{entry.name}' is a GGUF file, not a sentence-transformers folder")
-        device, dtype = choose_device(torch, settings)
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
         trust = bool(entry.spec and entry.spec.trust_remote_code)
         try:
             self._model = SentenceTransformer(str(folder), device=str(device), trust_remote_code=trust,

@@ -41,8 +41,12 @@ def import_torch() -> Any:
     return torch
 
 
-def choose_device(torch: Any, settings: Settings) -> tuple[Any, Any]:
-    """TRANSFORMERS_DEVICE and TRANSFORMERS_DTYPE, with `auto` meaning CUDA (bf16, else fp16) when present."""
+def prepare_torch(settings: Settings) -> tuple[Any, Any, Any]:
+    """(torch, device, dtype) for a model: THREADS applied, TRANSFORMERS_DEVICE and TRANSFORMERS_DTYPE with
+    `auto` meaning CUDA (bf16, else fp16) when present, CPU in fp32 otherwise."""
+    torch = import_torch()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     name = settings.transformers_device
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -55,7 +59,7 @@ def choose_device(torch: Any, settings: Settings) -> tuple[Any, Any]:
             dtype_name = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         else:
             dtype_name = "float32"  # half precision on CPU is slower, not faster
-    return device, getattr(torch, dtype_name)
+    return torch, device, getattr(torch, dtype_name)
 
 
 def local_source(entry: ModelEntry) -> tuple[Path, str | None]:
@@ -78,7 +82,7 @@ class TransformersBackend(EngineBackend):
     kind = "transformers"
 
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
-        torch = import_torch()
+        torch, self._device, dtype = prepare_torch(settings)
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
         from .torch_batching import TorchBatchEngine, can_batch
@@ -88,9 +92,6 @@ class TransformersBackend(EngineBackend):
         spec = entry.spec
         folder, gguf_file = local_source(entry)
         trust = bool(spec and spec.trust_remote_code)
-        self._device, dtype = choose_device(torch, settings)
-        if settings.threads:
-            torch.set_num_threads(settings.threads)
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=trust)
             model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=dtype, trust_remote_code=trust)
