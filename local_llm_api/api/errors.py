@@ -87,7 +87,7 @@ _STATUS_TYPES = {
 }
 
 
-_UNION_BRANCH = re.compile(r"^(str|int|float|bool|none|(list|dict|function-\w+|tagged-union)\[.*\]|[A-Z]\w*)$")
+_UNION_BRANCH = re.compile(r"^(str|int|float|bool|none|(list|dict|function-\w+|tagged-union|literal)\[.*\]|[A-Z]\w*)$")
 
 
 def _validation_error(exc: RequestValidationError) -> APIError:

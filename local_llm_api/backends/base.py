@@ -16,6 +16,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from ..prompting.text import StopMatcher, Utf8Stream
+from ..structured.constraint import ConstraintFactory
+from ..structured.logprobs import TokenLogprob
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,8 @@ class SamplingParams:
     seed: int | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
     stop: tuple[str, ...] = ()
+    grammar: str | None = None  # an llguidance grammar the output must match (structured output, forced tools)
+    logprobs: int | None = None  # None: no log probabilities; n: the drawn token's and the n most likely ones
 
     @property
     def wants_repeatable(self) -> bool:
@@ -45,6 +49,7 @@ class GenerationChunk:
     text: str
     finish_reason: Literal["stop", "length"] | None = None
     completion_tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens behind this text, when asked for
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,8 @@ class QueueFullError(Exception):
 
 class SequenceText:
     """One sequence's tokens turned into the client's text: UTF-8 pieces, stop strings held back and cut,
-    the length limit, end-of-generation tokens. `feed` returns what to send, if anything."""
+    the length limit, end-of-generation tokens. `feed` returns what to send, if anything; log
+    probabilities travel with the text of their tokens."""
 
     def __init__(self, params: SamplingParams, token_bytes: Callable[[int], bytes], is_end: Callable[[int], bool]) -> None:
         self._params = params
@@ -95,26 +101,38 @@ class SequenceText:
         self._is_end = is_end
         self._utf8 = Utf8Stream()
         self._stops = StopMatcher(list(params.stop))
+        self._logprobs: list[TokenLogprob] = []
         self.tokens = 0
 
-    def feed(self, token: int) -> GenerationChunk | None:
+    def feed(self, token: int, logprob: TokenLogprob | None = None) -> GenerationChunk | None:
         if self._is_end(token):
-            tail, hit = self._stops.push(self._utf8.flush())
-            return GenerationChunk(tail + ("" if hit else self._stops.flush()), "stop", self.tokens)
+            return self.end()
         self.tokens += 1
+        if logprob is not None:
+            self._logprobs.append(logprob)
         out, hit = self._stops.push(self._utf8.push(self._token_bytes(token)))
         if hit:
-            return GenerationChunk(out, "stop", self.tokens)
+            return self._chunk(out, "stop")
         if self.tokens >= self._params.max_tokens:
             tail, hit = self._stops.push(self._utf8.flush())
-            return GenerationChunk(out + tail + ("" if hit else self._stops.flush()), "length", self.tokens)
-        return GenerationChunk(out) if out else None
+            return self._chunk(out + tail + ("" if hit else self._stops.flush()), "length")
+        return self._chunk(out) if out else None
+
+    def end(self) -> GenerationChunk:
+        """The sequence ends here (an end-of-generation token, or its grammar is complete)."""
+        tail, hit = self._stops.push(self._utf8.flush())
+        return self._chunk(tail + ("" if hit else self._stops.flush()), "stop")
+
+    def _chunk(self, text: str, finish_reason: Literal["stop", "length"] | None = None) -> GenerationChunk:
+        logprobs, self._logprobs = tuple(self._logprobs), []
+        return GenerationChunk(text, finish_reason, self.tokens if finish_reason else 0, logprobs)
 
 
 class Backend(ABC):
     """One loaded model."""
 
     kind: str
+    constraints: ConstraintFactory | None = None  # grammars for this model's tokens; None: it does not generate
 
     @property
     @abstractmethod

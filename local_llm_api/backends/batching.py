@@ -20,6 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from ..structured.constraint import ConstraintFactory
 from .base import GenerationChunk, SamplingParams, SequenceText
 from .engine import Engine, Sequence
 
@@ -64,8 +67,12 @@ class BatchEngine(Engine):
         token_bytes: Callable[[int], bytes],
         is_end: Callable[[int], bool],
         name: str,
+        n_vocab: int,
+        constraints: ConstraintFactory | None = None,
     ) -> None:
-        super().__init__(n_slots=n_slots, max_queue=max_queue, token_bytes=token_bytes, is_end=is_end, name=name)
+        super().__init__(n_slots=n_slots, max_queue=max_queue, token_bytes=token_bytes, is_end=is_end, name=name,
+                         constraints=constraints)
+        self._n_vocab = n_vocab
         self._lib = llama_cpp
         self._context = context
         self._batch = llama_cpp.llama_batch_init(batch_size, 0, 1)
@@ -174,9 +181,14 @@ class BatchEngine(Engine):
             sequence = slot.sequence
             if not wants_token or sequence is None:
                 continue
+            logprobs = None
+            if sequence.shapes_logits:
+                # The sampler reads the context's logits row: shaping it in place is what it then samples from.
+                row = np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self._context.ctx, index), shape=(self._n_vocab,))
+                logprobs = self._shape_logits(sequence, row)
             token = self._lib.llama_sampler_sample(sequence.sampler.sampler, self._context.ctx, index)
             produced += 1
-            if self._deliver(sequence, token, now):
+            if self._deliver(sequence, token, now, self._logprob_of(sequence, logprobs, token)):
                 self._free(slot)
             else:
                 sequence.pending.append(token)

@@ -17,6 +17,10 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from ..structured.constraint import ConstraintFactory, TokenConstraint
+from ..structured.logprobs import TokenLogprob, log_softmax, token_logprob
 from .base import Backend, EngineStats, GenerationChunk, QueueFullError, SamplingParams, SequenceText
 
 log = logging.getLogger("local_llm_api.engine")
@@ -35,16 +39,23 @@ class Sequence:
     arrived: float = field(default_factory=time.perf_counter)
     cancelled: bool = False  # set by the request's task; read by the engine thread each step
     first_token_at: float | None = None
+    constraint: TokenConstraint | None = None  # the grammar its output must match, if any
+
+    @property
+    def shapes_logits(self) -> bool:
+        """Whether its logits need `Engine._shape_logits` before sampling."""
+        return self.constraint is not None or self.params.logprobs is not None
 
 
 class Engine(ABC):
     def __init__(self, *, n_slots: int, max_queue: int, token_bytes: Callable[[int], bytes],
-                 is_end: Callable[[int], bool], name: str) -> None:
+                 is_end: Callable[[int], bool], name: str, constraints: ConstraintFactory | None = None) -> None:
         self.n_slots = n_slots
         self.max_queue = max_queue
         self._token_bytes = token_bytes
         self._is_end = is_end
         self._name = name
+        self._constraints = constraints
         self._waiting: deque[Sequence] = deque()
         self._wake = threading.Condition()
         self._stopping = False
@@ -89,6 +100,10 @@ class Engine(ABC):
             prompt, params, SequenceText(params, self._token_bytes, self._is_end),
             lambda item: loop.call_soon_threadsafe(chunks.put_nowait, item),
         )
+        if params.grammar is not None:
+            assert self._constraints is not None
+            # Compiling a large schema can take milliseconds to a second: off the event loop.
+            sequence.constraint = await asyncio.to_thread(self._constraints.new, params.grammar)
         with self._wake:
             self._waiting.append(sequence)
             self._wake.notify()
@@ -131,12 +146,34 @@ class Engine(ABC):
                     return sequence
         return None
 
-    def _deliver(self, sequence: Sequence, token: int, now: float) -> bool:
-        """Hand a sampled token to its sequence's text; True when the sequence is finished."""
+    @staticmethod
+    def _shape_logits(sequence: Sequence, logits: np.ndarray) -> np.ndarray | None:
+        """Before sampling, in place: the model's log probabilities when asked for (returned), then the
+        grammar's mask, so that the sampler can only draw tokens the grammar allows."""
+        logprobs = log_softmax(logits) if sequence.params.logprobs is not None else None
+        if sequence.constraint is not None:
+            sequence.constraint.mask(logits)
+        return logprobs
+
+    @staticmethod
+    def _logprob_of(sequence: Sequence, logprobs: np.ndarray | None, token: int) -> TokenLogprob | None:
+        if logprobs is None or sequence.params.logprobs is None:
+            return None
+        return token_logprob(logprobs, token, sequence.params.logprobs)
+
+    def _deliver(self, sequence: Sequence, token: int, now: float, logprob: TokenLogprob | None = None) -> bool:
+        """Hand a sampled token to its sequence's text (and grammar); True when the sequence is finished."""
         if sequence.first_token_at is None:
             sequence.first_token_at = now
             self._record_ttft(now - sequence.arrived)
-        chunk = sequence.text.feed(token)
+        chunk = sequence.text.feed(token, logprob)
+        constraint = sequence.constraint
+        if constraint is not None and (chunk is None or chunk.finish_reason is None):
+            constraint.accept(token)
+            if constraint.complete:  # nothing but end-of-generation could follow: end now, a step early
+                tail = sequence.text.end()
+                text = (chunk.text if chunk else "") + tail.text
+                chunk = GenerationChunk(text, "stop", tail.completion_tokens, (chunk.logprobs if chunk else ()) + tail.logprobs)
         if chunk is not None:
             sequence.emit(chunk)
         return chunk is not None and chunk.finish_reason is not None

@@ -19,6 +19,7 @@ from typing import Any
 from ..catalog import ModelEntry
 from ..config import Settings
 from ..prompting.chat_template import fallback_template
+from ..structured.constraint import ConstraintFactory
 from .base import ModelFacts, ModelLoadError, SamplingParams
 from .engine import EngineBackend
 from .batching import BatchEngine
@@ -90,6 +91,7 @@ class LlamaCppBackend(EngineBackend):
             eos_token=self._token_text(model.token_eos()),
         )
         self._add_bos = model.add_bos_token()
+        self.constraints = ConstraintFactory(lambda: _lltokenizer(model))
         self._engine = BatchEngine(
             llama_cpp=lib,
             context=context,
@@ -102,6 +104,8 @@ class LlamaCppBackend(EngineBackend):
             token_bytes=self.token_bytes,
             is_end=lambda token: bool(lib.llama_vocab_is_eog(model.vocab, token)),
             name=path.stem,
+            n_vocab=self._facts.vocab_size,
+            constraints=self.constraints,
         )
         self._generation_context = context
         self._embedding_context: Any = None
@@ -191,6 +195,12 @@ class LlamaCppBackend(EngineBackend):
             self._embedding_context.close()
         self._generation_context.close()
         self._model.close()
+
+
+def _lltokenizer(model: Any) -> Any:
+    from llguidance.llamacpp import lltokenizer_from_vocab
+
+    return lltokenizer_from_vocab(model.vocab)
 
 
 def _normalise(vector: list[float]) -> list[float]:

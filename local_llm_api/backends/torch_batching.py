@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from ..structured.constraint import ConstraintFactory
+from ..structured.logprobs import TokenLogprob
 from .base import GenerationChunk, SamplingParams, SequenceText
 from .engine import Engine, Sequence
 from .torch_sampling import TokenSampler
@@ -52,8 +54,10 @@ class TorchBatchEngine(Engine):
         token_bytes: Callable[[int], bytes],
         is_end: Callable[[int], bool],
         name: str,
+        constraints: ConstraintFactory | None = None,
     ) -> None:
-        super().__init__(n_slots=n_slots, max_queue=max_queue, token_bytes=token_bytes, is_end=is_end, name=name)
+        super().__init__(n_slots=n_slots, max_queue=max_queue, token_bytes=token_bytes, is_end=is_end, name=name,
+                         constraints=constraints)
         self._model = model
         self._device = model.device
         self._prefill_chunk = prefill_chunk
@@ -119,9 +123,9 @@ class TorchBatchEngine(Engine):
             return
         self._reading.remove(sequence)
         now = time.perf_counter()
-        token = self._sample(sequence, out.logits[0, -1])
+        token, logprob = self._sample(sequence, out.logits[0, -1])
         self._record_step(now, 1)
-        if self._deliver(sequence, token, now):
+        if self._deliver(sequence, token, now, logprob):
             self._counters["requests"] += 1
             return
         sequence.next_token = token
@@ -142,8 +146,8 @@ class TorchBatchEngine(Engine):
         now = time.perf_counter()
         staying = []
         for row, sequence in enumerate(rows):
-            token = self._sample(sequence, logits[row])
-            if self._deliver(sequence, token, now):
+            token, logprob = self._sample(sequence, logits[row])
+            if self._deliver(sequence, token, now, logprob):
                 self._counters["requests"] += 1
             else:
                 sequence.next_token = token
@@ -151,11 +155,17 @@ class TorchBatchEngine(Engine):
         self._record_step(now, len(rows))
         self._keep_rows(staying)
 
-    def _sample(self, sequence: TorchSequence, logits: torch.Tensor) -> int:
+    def _sample(self, sequence: TorchSequence, logits: torch.Tensor) -> tuple[int, TokenLogprob | None]:
         assert sequence.sampler is not None
+        logprobs = None
+        if sequence.shapes_logits:
+            # Log probabilities and the grammar mask work on a CPU float32 row (a view on CPU, else a copy).
+            row = logits.float().cpu()
+            logprobs = self._shape_logits(sequence, row.numpy())
+            logits = row.to(logits.device)
         token = sequence.sampler.sample(logits, sequence.history)
         sequence.history.append(token)
-        return token
+        return token, self._logprob_of(sequence, logprobs, token)
 
     # ---------------------------------------------------------------- the batch cache
 

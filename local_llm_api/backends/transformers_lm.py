@@ -20,6 +20,7 @@ from typing import Any
 from ..catalog import ModelEntry
 from ..config import Settings
 from ..prompting.chat_template import fallback_template
+from ..structured.constraint import ConstraintFactory
 from .base import ModelFacts, ModelLoadError
 from .engine import EngineBackend
 from .hub import fetch
@@ -123,6 +124,7 @@ class TransformersBackend(EngineBackend):
         if slots < settings.parallel_slots:
             log.info("%s: its cache layers cannot be merged, so its sequences run one at a time", entry.name)
         vocab = model.get_output_embeddings().weight.shape[0]
+        self.constraints = ConstraintFactory(lambda: _lltokenizer(tokenizer, vocab, sorted(self._end_ids)))
         self._engine = TorchBatchEngine(
             model=self._model,
             n_slots=slots,
@@ -132,6 +134,7 @@ class TransformersBackend(EngineBackend):
             token_bytes=self._token_bytes,
             is_end=lambda token: token in self._end_ids,
             name=entry.stem.replace("/", "--"),
+            constraints=self.constraints,
         )
         self._embedder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
 
@@ -166,6 +169,12 @@ class TransformersBackend(EngineBackend):
         del self._model
         if self._device.type == "cuda":
             self._torch.cuda.empty_cache()
+
+
+def _lltokenizer(tokenizer: Any, vocab: int, end_ids: list[int]) -> Any:
+    from llguidance.hf import from_tokenizer
+
+    return from_tokenizer(tokenizer, n_vocab=vocab, eos_token=end_ids or None)
 
 
 def _ids(value: int | list[int] | None) -> set[int]:

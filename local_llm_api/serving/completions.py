@@ -10,11 +10,12 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from ..api.errors import invalid_request
-from ..api.protocol import CompletionChoice, CompletionRequest, CompletionResponse, new_id, now
+from ..api.protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, new_id, now
 from ..backends.base import Backend
 from ..config import Settings
 from ..manager import LoadedModel, ModelManager
 from .generation import ChoiceJob, collect_choices, ensure_capacity, sse, sse_response, stream_choices, until_disconnected, usage
+from .logprobs import completion_logprobs
 from .params import refuse_unsupported_completion_fields, sampling_params, token_budget
 
 
@@ -64,7 +65,8 @@ async def create_completion(
         jobs = []
         for p, tokens in enumerate(token_prompts):
             budget = token_budget(len(tokens), req.max_tokens, backend.facts, settings, "max_tokens" if req.max_tokens else "prompt")
-            jobs += [ChoiceJob(p * n + i, tokens, sampling_params(req, settings, backend.facts, budget, i)) for i in range(n)]
+            jobs += [ChoiceJob(p * n + i, tokens, sampling_params(req, settings, backend.facts, budget, i, logprobs=req.logprobs))
+                     for i in range(n)]
         ensure_capacity(model.backend, jobs)
     except BaseException:
         await stack.aclose()
@@ -74,39 +76,42 @@ async def create_completion(
     echo_of = {job.index: echoes[job.index // n] for job in jobs}
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return sse_response(_stream(model, jobs, echo_of, prompt_tokens, include_usage, request), stack.aclose)
+        return sse_response(_stream(model, jobs, echo_of, prompt_tokens, include_usage, req.logprobs, request), stack.aclose)
     async with stack:
         results = await until_disconnected(request, collect_choices(backend, jobs))
     request.state.usage = usage(prompt_tokens, sum(r.completion_tokens for r in results))
-    return CompletionResponse(
-        id=new_id("cmpl"),
-        created=now(),
-        model=model.entry.name,
-        choices=[
-            CompletionChoice(index=r.index, text=echo_of[r.index] + r.text, finish_reason=r.finish_reason)  # type: ignore[arg-type]
-            for r in results
-        ],
-        usage=request.state.usage,
-    )
+    choices = []
+    for r in results:
+        logprobs = None
+        if req.logprobs is not None:
+            logprobs, _ = completion_logprobs(backend, r.logprobs, len(echo_of[r.index]), req.logprobs)
+        choices.append(CompletionChoice(index=r.index, text=echo_of[r.index] + r.text, finish_reason=r.finish_reason,  # type: ignore[arg-type]
+                                        logprobs=logprobs))
+    return CompletionResponse(id=new_id("cmpl"), created=now(), model=model.entry.name, choices=choices, usage=request.state.usage)
 
 
 async def _stream(
-    model: LoadedModel, jobs: list[ChoiceJob], echo_of: dict[int, str], prompt_tokens: int, include_usage: bool, request: Request
+    model: LoadedModel, jobs: list[ChoiceJob], echo_of: dict[int, str], prompt_tokens: int, include_usage: bool,
+    top_n: int | None, request: Request,
 ) -> AsyncIterator[str]:
     chunk_id, created, name = new_id("cmpl"), now(), model.entry.name
     exclude = None if include_usage else {"usage"}
 
-    def event(index: int, text: str, finish_reason: str | None = None) -> str:
-        choice = CompletionChoice(index=index, text=text, finish_reason=finish_reason)  # type: ignore[arg-type]
+    def event(index: int, text: str, finish_reason: str | None = None, logprobs: CompletionLogprobs | None = None) -> str:
+        choice = CompletionChoice(index=index, text=text, finish_reason=finish_reason, logprobs=logprobs)  # type: ignore[arg-type]
         return sse(CompletionResponse(id=chunk_id, created=created, model=name, choices=[choice]).model_dump_json(exclude=exclude))
 
     for index, text in echo_of.items():
         if text:
             yield event(index, text)
+    offsets = {index: len(text) for index, text in echo_of.items()}  # where each choice's next token starts
     completion_tokens = 0
     async for index, chunk in stream_choices(model.backend, jobs):
-        if chunk.text or chunk.finish_reason:
-            yield event(index, chunk.text, chunk.finish_reason)
+        logprobs = None
+        if top_n is not None and chunk.logprobs:
+            logprobs, offsets[index] = completion_logprobs(model.backend, chunk.logprobs, offsets[index], top_n)
+        if chunk.text or chunk.finish_reason or logprobs:
+            yield event(index, chunk.text, chunk.finish_reason, logprobs)
         if chunk.finish_reason is not None:
             completion_tokens += chunk.completion_tokens
     request.state.usage = usage(prompt_tokens, completion_tokens)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from fastapi import Request
@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from ..api.errors import APIError, ErrorBody, ErrorResponse
 from ..api.protocol import Usage
 from ..backends.base import Backend, GenerationChunk, QueueFullError, SamplingParams
+from ..structured.logprobs import TokenLogprob
 
 log = logging.getLogger("local_llm_api.serving")
 T = TypeVar("T")
@@ -33,6 +34,7 @@ class ChoiceResult:
     text: str
     finish_reason: str
     completion_tokens: int
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 def ensure_capacity(backend: Backend, jobs: list[ChoiceJob]) -> None:
@@ -75,6 +77,7 @@ async def collect_choices(backend: Backend, jobs: list[ChoiceJob]) -> list[Choic
     async for index, chunk in stream_choices(backend, jobs):
         result = results[index]
         result.text += chunk.text
+        result.logprobs += chunk.logprobs
         if chunk.finish_reason is not None:
             result.finish_reason = chunk.finish_reason
             result.completion_tokens = chunk.completion_tokens

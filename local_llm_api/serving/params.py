@@ -18,14 +18,11 @@ def refuse_stream_options_without_stream(req: SamplingFields) -> None:
 
 def refuse_unsupported_chat_fields(req: ChatCompletionRequest) -> None:
     refuse_stream_options_without_stream(req)
-    if req.logprobs or req.top_logprobs:
-        raise unsupported("logprobs" if req.logprobs else "top_logprobs", "(log probabilities) is not supported yet")
-    if req.response_format is not None and req.response_format.get("type") != "text":
-        raise unsupported("response_format", f"type '{req.response_format.get('type')}' is not supported yet; only 'text'")
-    if req.tools or req.functions:
-        raise unsupported("tools" if req.tools else "functions", "(tool calling) is not supported yet")
-    if req.tool_choice not in (None, "none") or req.function_call not in (None, "none"):
-        raise unsupported("tool_choice" if req.tool_choice is not None else "function_call", "needs tools, which are not supported yet")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise invalid_request("'top_logprobs' needs 'logprobs' set to true.", "top_logprobs")
+    if req.functions is not None or req.function_call is not None:
+        name = "functions" if req.functions is not None else "function_call"
+        raise unsupported(name, "(the deprecated function calling) is not supported; use 'tools' and 'tool_choice'")
     if req.modalities is not None and req.modalities != ["text"]:
         raise unsupported("modalities", "can only be ['text'] on this server")
     for name in ("audio", "prediction", "web_search_options", "reasoning_effort", "verbosity", "moderation"):
@@ -37,8 +34,8 @@ def refuse_unsupported_completion_fields(req: CompletionRequest) -> None:
     refuse_stream_options_without_stream(req)
     if req.suffix:
         raise unsupported("suffix", "(fill-in-the-middle) is not supported by this server")
-    if req.logprobs:
-        raise unsupported("logprobs", "(log probabilities) is not supported yet")
+    if req.echo and req.logprobs is not None:
+        raise unsupported("echo", "together with 'logprobs' (log probabilities of the prompt) is not supported")
     if req.best_of is not None and req.best_of not in (0, 1, req.n or 1):
         raise unsupported("best_of", "other than 1 or n is not supported; ask for n choices instead")
 
@@ -74,7 +71,8 @@ def token_budget(prompt_tokens: int, requested: int | None, facts: ModelFacts, s
     return min(room, settings.max_tokens or room)
 
 
-def sampling_params(req: SamplingFields, settings: Settings, facts: ModelFacts, max_tokens: int, choice: int) -> SamplingParams:
+def sampling_params(req: SamplingFields, settings: Settings, facts: ModelFacts, max_tokens: int, choice: int, *,
+                    grammar: str | None = None, logprobs: int | None = None, extra_stop: tuple[str, ...] = ()) -> SamplingParams:
     """Sampling for one choice; with a seed, choice i uses seed + i so that n choices differ but repeat."""
 
     def pick(value: float | int | None, default: float | int) -> float | int:
@@ -91,5 +89,7 @@ def sampling_params(req: SamplingFields, settings: Settings, facts: ModelFacts, 
         frequency_penalty=float(req.frequency_penalty or 0.0),
         seed=None if req.seed is None else (req.seed + choice) % 2**32,
         logit_bias=logit_bias_tokens(req, facts.vocab_size),
-        stop=stop_strings(req),
+        stop=stop_strings(req) + extra_stop,
+        grammar=grammar,
+        logprobs=logprobs,
     )

@@ -78,7 +78,8 @@ def test_several_prompts_and_token_prompts(client: httpx.Client, vocab) -> None:
     ("body", "param"),
     [
         ({"suffix": "end"}, "suffix"),
-        ({"logprobs": 2}, "logprobs"),
+        ({"logprobs": 6}, "logprobs"),
+        ({"logprobs": 2, "echo": True}, "echo"),
         ({"best_of": 3}, "best_of"),
         ({"prompt": [999999999]}, "prompt[0]"),
         ({"prompt": []}, "prompt"),
