@@ -30,6 +30,7 @@ class ToolFormat:
     list_close: str
     arguments_key: str  # "arguments", or Llama 3's "parameters"
     marker: str | None  # the text that announces calls mid-answer; None: calls are the whole answer
+    preamble: str = ""  # a special token some vocabularies print before the calls (dropped)
 
     def call_text(self, calls: list[Call]) -> str:
         """Calls as this family writes them (for assistant turns in the history)."""
@@ -65,7 +66,7 @@ class ToolFormat:
                     return len(text) - size
             return None
         stripped = text.lstrip()
-        if not stripped or stripped[0] in "{[":
+        if not stripped or stripped[0] in "{[" or (self.preamble and self.preamble.startswith(stripped[: len(self.preamble)])):
             return 0
         return None
 
@@ -83,7 +84,8 @@ class ToolFormat:
     def _calls(self, text: str) -> list[Call]:
         calls = []
         try:
-            for item in _json_values(text, skip=(self.marker or "", self.call_close.strip(), self.separator.strip(), "[", "]", ",", ";")):
+            skip = (self.marker or "", self.preamble, self.call_close.strip(), self.separator.strip(), "[", "]", ",", ";")
+            for item in _json_values(text, skip=skip):
                 for obj in item if isinstance(item, list) else [item]:
                     calls.append(_call(obj))
         except (ValueError, KeyError, TypeError):
@@ -135,8 +137,8 @@ def _as_object(arguments: str) -> Any:
 
 
 HERMES = ToolFormat("hermes", "<tool_call>\n", "\n</tool_call>", "\n", "", "", "arguments", "<tool_call>")
-LLAMA3 = ToolFormat("llama3", "", "", "\n", "", "", "parameters", None)
-MISTRAL = ToolFormat("mistral", "", "", ", ", "[", "]", "arguments", None)
+LLAMA3 = ToolFormat("llama3", "", "", "\n", "", "", "parameters", None, "<|python_tag|>")
+MISTRAL = ToolFormat("mistral", "", "", ", ", "[", "]", "arguments", None, "[TOOL_CALLS]")
 
 
 def tool_format(template: str) -> ToolFormat:
