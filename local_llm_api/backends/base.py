@@ -104,9 +104,10 @@ class SequenceText:
         self._logprobs: list[TokenLogprob] = []
         self.tokens = 0
 
-    def feed(self, token: int, logprob: TokenLogprob | None = None) -> GenerationChunk | None:
+    def feed(self, token: int, logprob: TokenLogprob | None = None, *, last: bool = False) -> GenerationChunk | None:
+        """`last`: nothing may follow this token (its grammar is complete), so the sequence ends with it."""
         if self._is_end(token):
-            return self.end()
+            return self._chunk(self._rest(), "stop")
         self.tokens += 1
         if logprob is not None:
             self._logprobs.append(logprob)
@@ -114,14 +115,15 @@ class SequenceText:
         if hit:
             return self._chunk(out, "stop")
         if self.tokens >= self._params.max_tokens:
-            tail, hit = self._stops.push(self._utf8.flush())
-            return self._chunk(out + tail + ("" if hit else self._stops.flush()), "length")
+            return self._chunk(out + self._rest(), "length")
+        if last:
+            return self._chunk(out + self._rest(), "stop")
         return self._chunk(out) if out else None
 
-    def end(self) -> GenerationChunk:
-        """The sequence ends here (an end-of-generation token, or its grammar is complete)."""
+    def _rest(self) -> str:
+        """At the end: the text still held back (a partial character, a partial stop string that never completed)."""
         tail, hit = self._stops.push(self._utf8.flush())
-        return self._chunk(tail + ("" if hit else self._stops.flush()), "stop")
+        return tail + ("" if hit else self._stops.flush())
 
     def _chunk(self, text: str, finish_reason: Literal["stop", "length"] | None = None) -> GenerationChunk:
         logprobs, self._logprobs = tuple(self._logprobs), []

@@ -157,23 +157,19 @@ class Engine(ABC):
 
     @staticmethod
     def _logprob_of(sequence: Sequence, logprobs: np.ndarray | None, token: int) -> TokenLogprob | None:
-        if logprobs is None or sequence.params.logprobs is None:
-            return None
-        return token_logprob(logprobs, token, sequence.params.logprobs)
+        """The drawn token's entry, from the row `_shape_logits` returned (None when none were asked for)."""
+        return None if logprobs is None else token_logprob(logprobs, token, sequence.params.logprobs or 0)
 
     def _deliver(self, sequence: Sequence, token: int, now: float, logprob: TokenLogprob | None = None) -> bool:
         """Hand a sampled token to its sequence's text (and grammar); True when the sequence is finished."""
         if sequence.first_token_at is None:
             sequence.first_token_at = now
             self._record_ttft(now - sequence.arrived)
-        chunk = sequence.text.feed(token, logprob)
         constraint = sequence.constraint
-        if constraint is not None and (chunk is None or chunk.finish_reason is None):
+        if constraint is not None and not self._is_end(token):
             constraint.accept(token)
-            if constraint.complete:  # nothing but end-of-generation could follow: end now, a step early
-                tail = sequence.text.end()
-                text = (chunk.text if chunk else "") + tail.text
-                chunk = GenerationChunk(text, "stop", tail.completion_tokens, (chunk.logprobs if chunk else ()) + tail.logprobs)
+        # A complete grammar allows nothing but end-of-generation: the sequence ends now, a step early.
+        chunk = sequence.text.feed(token, logprob, last=constraint is not None and constraint.complete)
         if chunk is not None:
             sequence.emit(chunk)
         return chunk is not None and chunk.finish_reason is not None

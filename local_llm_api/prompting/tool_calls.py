@@ -101,17 +101,15 @@ def _json_values(text: str, skip: tuple[str, ...]) -> Iterator[Any]:
         if text[position].isspace():
             position += 1
             continue
-        if text[position] in "{":
-            value, position = decoder.raw_decode(text, position)
-            yield value
-            continue
-        if text[position] == "[" and "[" in skips:
+        if text[position] in "{[":
             try:
                 value, position = decoder.raw_decode(text, position)
                 yield value
                 continue
             except ValueError:
-                pass
+                if text[position] == "{":
+                    raise
+                # "[" may open a skipped string instead ("[TOOL_CALLS]")
         matched = next((s for s in skips if text.startswith(s, position)), None)
         if matched is None:
             raise ValueError(f"unexpected text at {position}")

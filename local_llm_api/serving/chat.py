@@ -63,13 +63,14 @@ def template_messages(messages: list[ChatMessage], plan: OutputPlan, template: s
         item: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role, "content": content or ""}
         if message.name:
             item["name"] = message.name
-        calls = [Call(c.function.name, c.function.arguments) for c in message.tool_calls or []]
+        calls = message.tool_calls or []
         if calls and takes_tools:
             item["tool_calls"] = [{"id": c.id, "type": "function",
                                    "function": {"name": c.function.name, "arguments": _arguments(c.function.arguments)}}
-                                  for c in message.tool_calls or []]
+                                  for c in calls]
         elif calls:
-            item["content"] = (item["content"] + "\n" if item["content"] else "") + fmt.call_text(calls)
+            text = fmt.call_text([Call(c.function.name, c.function.arguments) for c in calls])
+            item["content"] = (item["content"] + "\n" if item["content"] else "") + text
         if message.role == "tool" and not takes_tools:
             item = {"role": "user", "content": f"<tool_response>\n{item['content']}\n</tool_response>"}
         elif message.tool_call_id:
@@ -167,7 +168,6 @@ async def _stream(
     chunk_id, created, name = new_id("chatcmpl"), now(), model.entry.name
     # Without include_usage the `usage` key is left out; with it, null on every chunk but the last.
     exclude = None if include_usage else {"usage"}
-    wants_logprobs = any(job.params.logprobs is not None for job in jobs)
 
     def event(index: int, delta: ChatDelta, finish_reason: str | None = None, logprobs: ChoiceLogprobs | None = None) -> str:
         choice = ChatChunkChoice(index=index, delta=delta, finish_reason=finish_reason, logprobs=logprobs)  # type: ignore[arg-type]
@@ -182,7 +182,7 @@ async def _stream(
     async for index, chunk in stream_choices(model.backend, jobs):
         splitter = splitters.get(index)
         text = splitter.push(chunk.text) if splitter else chunk.text
-        logprobs = chat_logprobs(model.backend, chunk.logprobs) if wants_logprobs and chunk.logprobs else None
+        logprobs = chat_logprobs(model.backend, chunk.logprobs) if chunk.logprobs else None
         if text or logprobs:
             yield event(index, ChatDelta(content=text), logprobs=logprobs)
         if chunk.finish_reason is None:
