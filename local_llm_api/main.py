@@ -15,13 +15,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from . import __version__
-from .api import admin, openai, web
+from .api import admin, web
+from .api.errors import ErrorRenderers, install_error_handlers
 from .api.metrics import metrics_registry
 from .api.metrics import router as metrics_router
-from .api.errors import APIError, install_error_handlers
 from .api.middleware import RequestContextMiddleware
 from .catalog import Catalog
 from .config import Settings, SettingsError, load_settings
+from .core.errors import APIError
+from .dialects.openai import errors as openai_errors
+from .dialects.openai import routes as openai
 from .logs import setup_logging
 from .manager import ModelManager
 
@@ -55,8 +58,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.started_at = time.time()
-    install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes)
+    renderers = ErrorRenderers(default=openai_errors.error_response)
+    install_error_handlers(app, renderers)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes, renderers=renderers)
     app.include_router(web.router)
     app.include_router(admin.health_router)
     app.include_router(admin.router)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from .api.errors import APIError, invalid_request, model_not_found
+from .core.errors import APIError, invalid_request, model_not_found
 from .backends.base import Backend, ModelLoadError
 from .catalog import Capability, Catalog, ModelEntry
 from .config import BackendChoice, Settings

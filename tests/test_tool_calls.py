@@ -7,12 +7,13 @@ import json
 
 import pytest
 
-from local_llm_api.api.errors import APIError
-from local_llm_api.api.protocol import ChatCompletionRequest
+from local_llm_api.core.errors import APIError
+from local_llm_api.core.output import plan_output
+from local_llm_api.core.prompt import template_messages
+from local_llm_api.dialects.openai.protocol import ChatCompletionRequest
+from local_llm_api.dialects.openai.translate import chat_request
 from local_llm_api.prompting.chat_template import CHATML, LLAMA3, render_chat
 from local_llm_api.prompting.tool_calls import HERMES, LLAMA3 as LLAMA3_FORMAT, MISTRAL, Call, ToolCallStream, tool_format
-from local_llm_api.serving.chat import template_messages
-from local_llm_api.serving.structured import plan_output
 
 QWEN_LIKE = "{% for m in messages %}{{ m.content }}{% endfor %}{% if tools %}<tools>{{ tools | tojson }}</tools>{% endif %}<tool_call>"
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
@@ -81,7 +82,7 @@ def test_stream_gives_back_held_text_that_was_not_a_call() -> None:
 
 
 def test_history_renders_calls_and_results_for_a_template_without_tools() -> None:
-    request = ChatCompletionRequest(
+    request = chat_request(ChatCompletionRequest(
         messages=[
             {"role": "user", "content": "Weather?"},
             {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
@@ -89,7 +90,7 @@ def test_history_renders_calls_and_results_for_a_template_without_tools() -> Non
             {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
         ],
         tools=[TOOL],
-    )
+    ))
     plan = plan_output(request, CHATML)
     messages = template_messages(request.messages, plan, CHATML)
     assert messages[0]["role"] == "system" and "<tools>" in messages[0]["content"] and "get_weather" in messages[0]["content"]
@@ -100,12 +101,12 @@ def test_history_renders_calls_and_results_for_a_template_without_tools() -> Non
 
 
 def test_history_passes_calls_as_objects_to_a_template_with_tools() -> None:
-    request = ChatCompletionRequest(
+    request = chat_request(ChatCompletionRequest(
         messages=[{"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function",
                                                                          "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
                   {"role": "tool", "tool_call_id": "c", "content": "sunny"}],
         tools=[TOOL],
-    )
+    ))
     messages = template_messages(request.messages, plan_output(request, QWEN_LIKE), QWEN_LIKE)
     assert messages[0]["tool_calls"][0]["function"]["arguments"] == {"city": "Oslo"}
     assert messages[1] == {"role": "tool", "content": "sunny", "tool_call_id": "c"}
@@ -114,7 +115,7 @@ def test_history_passes_calls_as_objects_to_a_template_with_tools() -> None:
 
 def test_plan_matches_tool_choice() -> None:
     def plan(**fields: object):  # noqa: ANN202
-        return plan_output(ChatCompletionRequest(messages=[{"role": "user", "content": "x"}], **fields), CHATML)
+        return plan_output(chat_request(ChatCompletionRequest(messages=[{"role": "user", "content": "x"}], **fields)), CHATML)
 
     auto = plan(tools=[TOOL])
     assert auto.grammar is None and auto.tool_format is HERMES and auto.tools and auto.stop == ("</tool_call>",)

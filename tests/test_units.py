@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from local_llm_api.api.errors import APIError
+from local_llm_api.core.errors import APIError
 from local_llm_api.config import SettingsError, load_settings
 from local_llm_api.catalog import Catalog, ModelEntry
 from local_llm_api.config import BackendChoice

@@ -17,7 +17,7 @@ from ..manager import ModelManager, ModelState
 from ..pull import PullStatus
 from ..system import GpuInfo, gpu_info
 from .auth import require_api_key
-from .errors import ErrorResponse
+from ..dialects.openai.errors import ErrorResponse
 
 
 class SystemInfo(BaseModel):

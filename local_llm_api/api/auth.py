@@ -6,7 +6,7 @@ import hmac
 
 from fastapi import Request
 
-from .errors import APIError
+from ..core.errors import APIError
 
 
 def presented_key(request: Request) -> str | None:

@@ -1,80 +1,37 @@
-"""One exception type for every API error, and the handlers that turn anything into the OpenAI envelope."""
+"""Exception handlers: any error, raised anywhere, answered in the envelope of the API its route speaks
+(OpenAI's by default; each dialect registers its own renderer for its paths)."""
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..core.errors import APIError
 
 log = logging.getLogger("local_llm_api.errors")
 
-
-class ErrorBody(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
+Renderer = Callable[[APIError], Response]
 
 
-class ErrorResponse(BaseModel):
-    error: ErrorBody
+class ErrorRenderers:
+    """Which envelope answers an error on a path: the first dialect whose pattern matches, else the default."""
 
+    def __init__(self, default: Renderer) -> None:
+        self.default = default
+        self._dialects: list[tuple[re.Pattern[str], Renderer]] = []
 
-class APIError(Exception):
-    """An error the client should see, with its HTTP status and OpenAI error fields."""
+    def add(self, path_pattern: str, renderer: Renderer) -> None:
+        self._dialects.append((re.compile(path_pattern), renderer))
 
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = ErrorBody(message=message, type=type, param=param, code=code)
-        self.headers = headers
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(
-            ErrorResponse(error=self.body).model_dump(), status_code=self.status, headers=self.headers
-        )
-
-
-def invalid_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
-    return APIError(400, message, param=param, code=code)
-
-
-def unsupported(param: str, why: str = "is not supported by this server") -> APIError:
-    return APIError(400, f"'{param}' {why}.", param=param, code="unsupported_parameter")
-
-
-def model_not_found(name: str) -> APIError:
-    return APIError(
-        404,
-        f"The model '{name}' does not exist. GET /v1/models lists the models this server has.",
-        param="model",
-        code="model_not_found",
-    )
-
-
-def context_length_exceeded(prompt_tokens: int, max_tokens: int, context: int) -> APIError:
-    return APIError(
-        400,
-        f"This model's maximum context length is {context} tokens. However, you requested "
-        f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, {max_tokens} for the "
-        "completion). Please reduce the prompt or the completion length.",
-        param="messages",
-        code="context_length_exceeded",
-    )
+    def render(self, path: str, exc: APIError) -> Response:
+        renderer = next((r for pattern, r in self._dialects if pattern.search(path)), self.default)
+        return renderer(exc)
 
 
 _STATUS_TYPES = {
@@ -90,7 +47,7 @@ _STATUS_TYPES = {
 _UNION_BRANCH = re.compile(r"^(str|int|float|bool|none|(list|dict|function-\w+|tagged-union|literal)\[.*\]|[A-Z]\w*)$")
 
 
-def _validation_error(exc: RequestValidationError) -> APIError:
+def validation_error(exc: RequestValidationError) -> APIError:
     """FastAPI's first validation error, phrased for a person and naming the parameter."""
     first = exc.errors()[0]
     loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
@@ -106,22 +63,24 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     return APIError(400, f"Invalid value for '{param or 'body'}': {message}", param=param or None)
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, renderers: ErrorRenderers) -> None:
     @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return exc.response()
+    async def _api_error(request: Request, exc: APIError) -> Response:
+        return renderers.render(request.url.path, exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _validation_error(exc).response()
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        return renderers.render(request.url.path, validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         kind = _STATUS_TYPES.get(exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error")
         message = str(exc.detail) if exc.status_code != 404 else "Not found: no such route."
-        return APIError(exc.status_code, message, type=kind, headers=getattr(exc, "headers", None)).response()
+        error = APIError(exc.status_code, message, type=kind, headers=getattr(exc, "headers", None))
+        return renderers.render(request.url.path, error)
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return APIError(500, f"Internal server error: {type(exc).__name__}", type="server_error").response()
+        error = APIError(500, f"Internal server error: {type(exc).__name__}", type="server_error")
+        return renderers.render(request.url.path, error)

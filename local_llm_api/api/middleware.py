@@ -9,7 +9,8 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import APIError
+from ..core.errors import APIError
+from .errors import ErrorRenderers
 
 log = logging.getLogger("local_llm_api.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -18,9 +19,10 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 class RequestContextMiddleware:
     """Pure ASGI so that the log line is written when a stream really ends, not when its headers go out."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, renderers: ErrorRenderers) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.renderers = renderers
 
     async def _within_limit(self, headers: dict[str, str], receive: Receive) -> Receive | None:
         """`receive` for the app, or None when the body is over the limit. A declared length is trusted (the
@@ -74,8 +76,9 @@ class RequestContextMiddleware:
         try:
             body_receive = await self._within_limit(headers, receive)
             if body_receive is None:
-                await APIError(413, f"Request body too large; the limit is {self.max_body_bytes} bytes.",
-                               code="request_too_large").response()(scope, receive, send_with_id)
+                error = APIError(413, f"Request body too large; the limit is {self.max_body_bytes} bytes.",
+                                 code="request_too_large")
+                await self.renderers.render(scope["path"], error)(scope, receive, send_with_id)
             else:
                 await self.app(scope, body_receive, send_with_id)
         finally:

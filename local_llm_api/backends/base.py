@@ -50,6 +50,7 @@ class GenerationChunk:
     finish_reason: Literal["stop", "length"] | None = None
     completion_tokens: int = 0
     logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens behind this text, when asked for
+    stop_sequence: str | None = None  # the stop string that ended the sequence, if one did
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ class SequenceText:
 
     def _chunk(self, text: str, finish_reason: Literal["stop", "length"] | None = None) -> GenerationChunk:
         logprobs, self._logprobs = tuple(self._logprobs), []
-        return GenerationChunk(text, finish_reason, self.tokens if finish_reason else 0, logprobs)
+        return GenerationChunk(text, finish_reason, self.tokens if finish_reason else 0, logprobs, self._stops.matched)
 
 
 class Backend(ABC):

@@ -28,6 +28,7 @@ class StopMatcher:
     def __init__(self, stops: list[str]) -> None:
         self._stops = [s for s in stops if s]
         self._held = ""
+        self.matched: str | None = None  # the stop string found, once found
 
     def push(self, text: str) -> tuple[str, bool]:
         """Add text; return what is safe to emit and whether a stop string was found."""
@@ -35,9 +36,10 @@ class StopMatcher:
         if not self._stops:
             out, self._held = self._held, ""
             return out, False
-        hits = [i for i in (self._held.find(s) for s in self._stops) if i >= 0]
+        hits = [(i, s) for i, s in ((self._held.find(s), s) for s in self._stops) if i >= 0]
         if hits:
-            out, self._held = self._held[: min(hits)], ""
+            first, self.matched = min(hits)
+            out, self._held = self._held[:first], ""
             return out, True
         keep = self._longest_partial_stop()
         cut = len(self._held) - keep

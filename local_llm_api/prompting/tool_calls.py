@@ -4,6 +4,10 @@ and the parser that turns its output back into OpenAI `tool_calls`.
 The family is read from the model's chat template: Hermes / Qwen (`<tool_call>` blocks), Llama 3 (bare
 JSON objects with `parameters`), Mistral (a JSON list after `[TOOL_CALLS]`). A template that knows no
 tools gets the Hermes format, described in a system message (`tools_system_prompt`).
+
+Custom (free-form) tools take raw text, not JSON: their calls are written in the Qwen3-Coder style,
+`<function=NAME>` + text + `</function>`, inside the family's call frame, so that a Lark grammar can
+constrain the text itself.
 """
 
 from __future__ import annotations
@@ -17,7 +21,11 @@ from typing import Any
 @dataclass(frozen=True)
 class Call:
     name: str
-    arguments: str  # a JSON object, as text (what OpenAI sends)
+    arguments: str  # a JSON object, as text (what OpenAI sends); a custom tool's raw input
+    custom: bool = False
+
+
+CUSTOM_OPEN, CUSTOM_CLOSE = "<function=", "\n</function>"
 
 
 @dataclass(frozen=True)
@@ -38,15 +46,23 @@ class ToolFormat:
                    for c in calls]
         return self.list_open + self.separator.join(objects) + self.list_close
 
-    def grammar(self, functions: list[tuple[str, dict[str, Any]]], *, parallel: bool) -> str:
+    def grammar(self, functions: list[tuple[str, dict[str, Any]]], *, parallel: bool,
+                custom: list[tuple[str, str | None]] = ()) -> str:  # type: ignore[assignment]
         """Lark rules, entered at `calls`, for one call (or several, when `parallel`) of these functions,
-        given as (name, parameters JSON schema). The call's frame is literal text and each function's
-        parameters are their own `%json` root, so that `$ref`s inside them resolve."""
+        given as (name, parameters JSON schema), and custom tools, given as (name, the name of the Lark
+        sub-grammar of their input or None for free text). The call's frame is literal text and each
+        function's parameters are their own `%json` root, so that `$ref`s inside them resolve."""
         rules = []
         for i, (name, schema) in enumerate(functions):
             head = self.call_open + '{"name": ' + json.dumps(name) + ', "' + self.arguments_key + '": '
             rules.append(f"call_{i}: {json.dumps(head)} %json {json.dumps(schema)} {json.dumps('}' + self.call_close)}")
-        rules.append("call: " + " | ".join(f"call_{i}" for i in range(len(functions))))
+        for i, (name, sub_grammar) in enumerate(custom, start=len(functions)):
+            body = f"@{sub_grammar}" if sub_grammar else f"CUSTOM_TEXT_{i}"
+            if not sub_grammar:
+                rules.append(f"CUSTOM_TEXT_{i}: /(?s:.*)/")
+            head, tail = self.call_open + CUSTOM_OPEN + name + ">\n", CUSTOM_CLOSE + self.call_close
+            rules.append(f"call_{i}: {json.dumps(head)} {body} {json.dumps(tail)}")
+        rules.append("call: " + " | ".join(f"call_{i}" for i in range(len(functions) + len(custom))))
         more = f" ({json.dumps(self.separator)} call)*" if parallel else ""
         frame_open = f"{json.dumps(self.list_open)} " if self.list_open else ""
         frame_close = f" {json.dumps(self.list_close)}" if self.list_close else ""
@@ -66,7 +82,7 @@ class ToolFormat:
                     return len(text) - size
             return None
         stripped = text.lstrip()
-        if not stripped or stripped[0] in "{[" or (self.preamble and self.preamble.startswith(stripped[: len(self.preamble)])):
+        if not stripped or stripped[0] in "{[<" or (self.preamble and self.preamble.startswith(stripped[: len(self.preamble)])):
             return 0
         return None
 
@@ -101,6 +117,15 @@ def _json_values(text: str, skip: tuple[str, ...]) -> Iterator[Any]:
         if text[position].isspace():
             position += 1
             continue
+        if text.startswith(CUSTOM_OPEN, position):  # a custom tool's raw input
+            name_end = text.find(">", position)
+            if name_end < 0:
+                raise ValueError("an unfinished custom tool call")
+            end = text.find(CUSTOM_CLOSE, name_end)
+            end = len(text) if end < 0 else end
+            yield {"custom": text[position + len(CUSTOM_OPEN) : name_end], "input": text[name_end + 2 : end]}
+            position = end + len(CUSTOM_CLOSE)
+            continue
         if text[position] in "{[":
             try:
                 value, position = decoder.raw_decode(text, position)
@@ -117,6 +142,8 @@ def _json_values(text: str, skip: tuple[str, ...]) -> Iterator[Any]:
 
 
 def _call(obj: Any) -> Call:
+    if isinstance(obj, dict) and "custom" in obj and "input" in obj and len(obj) == 2:
+        return Call(obj["custom"], obj["input"], custom=True)
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         raise ValueError("a call needs a name")
     arguments = obj.get("arguments", obj.get("parameters", {}))
@@ -162,6 +189,8 @@ def tools_system_prompt(tools: list[dict[str, Any]]) -> str:
         f"You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{listing}\n</tools>\n\n"
         "For each function call, return a json object with function name and arguments within <tool_call></tool_call> "
         'XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+        + ("\n\nA free-form tool takes raw text instead of JSON: write <tool_call>\n<function=<function-name>>\n"
+           "<the text>\n</function>\n</tool_call>" if "free-form" in listing else "")
     )
 
 

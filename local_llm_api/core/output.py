@@ -1,10 +1,10 @@
-"""From `tools`, `tool_choice`, `parallel_tool_calls` and `response_format` to what generation needs: the
+"""From a request's tools, tool choice, parallel calls and JSON output to what generation needs: the
 grammar the answer must match (if any), the tools the model is shown, and how to read calls back.
 
 | tool_choice                | grammar                                            | calls read back |
 |----------------------------|----------------------------------------------------|-----------------|
-| no tools, or `none`        | the response_format's JSON schema, if any          | no              |
-| `auto` (default with tools)| none; with a JSON response_format: calls or answer | yes             |
+| no tools, or `none`        | the JSON output's schema, if any                   | no              |
+| `auto` (default with tools)| none; with JSON output: calls or answer            | yes             |
 | `required`                 | one or more calls of any tool                      | yes             |
 | a named function           | one call of that function                          | yes             |
 """
@@ -15,9 +15,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..api.errors import invalid_request
-from ..api.protocol import ChatCompletionRequest, JSONObjectFormat, JSONSchemaFormat, NamedToolChoice
 from ..backends.base import Backend
+from .errors import invalid_request
+from .request import ChatRequest, ForcedTool
 from ..prompting.tool_calls import ToolFormat, tool_format
 from ..structured.constraint import GrammarError, import_llguidance
 
@@ -42,63 +42,72 @@ def with_options(schema: dict[str, Any], strict: bool) -> dict[str, Any]:
     return {**schema, "x-guidance": options}
 
 
-def plan_output(req: ChatCompletionRequest, chat_template: str) -> OutputPlan:
+def plan_output(req: ChatRequest, chat_template: str) -> OutputPlan:
     answer, schemas = _answer_rule(req)
-    tools = req.tools or []
+    tools = req.tools
     choice = req.tool_choice
     if not tools:
         if choice not in (None, "none"):
             raise invalid_request("'tool_choice' needs 'tools': no tools were given.", "tool_choice")
         return OutputPlan(grammar=_lark(f"start: answer\n{answer}") if answer else None, schemas=schemas)
-    names = [tool.function.name for tool in tools]
+    names = [tool.name for tool in tools]
     duplicate = next((name for name in names if names.count(name) > 1), None)
     if duplicate is not None:
         raise invalid_request(f"Two tools are named '{duplicate}'.", "tools")
-    functions = []
-    for i, tool in enumerate(tools):
-        parameters = with_options(tool.function.parameters or NO_PARAMETERS, bool(tool.function.strict))
-        functions.append((tool.function.name, parameters))
-        schemas += ((f"tools[{i}].function.parameters", parameters),)
-    if choice == "none":  # the model is not shown the tools and answers in prose (or the response_format)
+    functions, custom, sub_grammars = [], [], {}
+    for tool in tools:
+        if tool.custom:
+            sub = f"custom_{len(sub_grammars)}" if tool.grammar else None
+            if sub:
+                sub_grammars[sub] = tool.grammar
+            custom.append((tool.name, sub))
+            continue
+        parameters = with_options(tool.parameters or NO_PARAMETERS, tool.strict)
+        functions.append((tool.name, parameters))
+        schemas += ((f"{tool.param}.parameters", parameters),)
+    if choice == "none":  # the model is not shown the tools and answers in prose (or the JSON output)
         return OutputPlan(grammar=_lark(f"start: answer\n{answer}") if answer else None, schemas=schemas)
     fmt = tool_format(chat_template)
-    shown = [tool.model_dump(exclude_none=True) for tool in tools]
+    shown = [tool.shown() for tool in tools]
     # Several calls in one answer only when asked for: small models given the choice repeat a call until
     # max_tokens (llama.cpp's server makes the same choice).
     parallel = req.parallel_tool_calls is True
-    if isinstance(choice, NamedToolChoice):
-        if choice.function.name not in names:
-            raise invalid_request(f"tool_choice names '{choice.function.name}', which is not among the tools "
-                                  f"({', '.join(names)}).", "tool_choice.function.name")
-        forced = [f for f in functions if f[0] == choice.function.name]
-        grammar = "start: calls\n" + fmt.grammar(forced, parallel=False)
+    if isinstance(choice, ForcedTool):
+        if choice.name not in names:
+            raise invalid_request(f"tool_choice names '{choice.name}', which is not among the tools "
+                                  f"({', '.join(names)}).", choice.param)
+        forced = [f for f in functions if f[0] == choice.name]
+        grammar = "start: calls\n" + fmt.grammar(forced, parallel=False, custom=[c for c in custom if c[0] == choice.name])
     elif choice == "required":
-        grammar = "start: calls\n" + fmt.grammar(functions, parallel=parallel)
-    elif answer:  # auto with a JSON response_format: either calls or the JSON answer
-        grammar = "start: calls | answer\n" + fmt.grammar(functions, parallel=parallel) + "\n" + answer
+        grammar = "start: calls\n" + fmt.grammar(functions, parallel=parallel, custom=custom)
+    elif answer:  # auto with JSON output: either calls or the JSON answer
+        grammar = "start: calls | answer\n" + fmt.grammar(functions, parallel=parallel, custom=custom) + "\n" + answer
     else:
         grammar = None
     # In `auto` mode the model writes freely: a single call ends at its closing tag, when it has one.
     stop = (fmt.call_close.strip(),) if grammar is None and not parallel and fmt.call_close.strip() else ()
-    return OutputPlan(grammar=_lark(grammar) if grammar else None, tool_format=fmt, tools=shown, stop=stop, schemas=schemas)
+    return OutputPlan(grammar=_lark(grammar, sub_grammars) if grammar else None, tool_format=fmt, tools=shown, stop=stop,
+                      schemas=schemas)
 
 
-def _lark(text: str) -> str:
-    return str(import_llguidance().LLMatcher.grammar_from_lark(text))
+def _lark(text: str, sub_grammars: dict[str, str] | None = None) -> str:
+    """The grammar as llguidance takes it; custom tools' Lark grammars ride along as named sub-grammars."""
+    if not sub_grammars:
+        return str(import_llguidance().LLMatcher.grammar_from_lark(text))
+    return json.dumps({"grammars": [{"lark_grammar": text},
+                                    *({"name": name, "lark_grammar": g} for name, g in sub_grammars.items())]})
 
 
-def _answer_rule(req: ChatCompletionRequest) -> tuple[str | None, tuple[tuple[str, dict[str, Any]], ...]]:
-    """The Lark rule `answer` for a JSON response_format (None for text), and the schema to check."""
-    rf = req.response_format
-    if isinstance(rf, JSONObjectFormat):
+def _answer_rule(req: ChatRequest) -> tuple[str | None, tuple[tuple[str, dict[str, Any]], ...]]:
+    """The Lark rule `answer` for JSON output (None for text), and the schema to check."""
+    output = req.output
+    if output is None:
+        return None, ()
+    if output.schema is None:
         schema = with_options({"type": "object"}, strict=False)
         return f"answer: %json {json.dumps(schema)}", ()
-    if isinstance(rf, JSONSchemaFormat):
-        if rf.json_schema.schema_ is None:
-            raise invalid_request("response_format json_schema needs a 'schema'.", "response_format.json_schema.schema")
-        schema = with_options(rf.json_schema.schema_, bool(rf.json_schema.strict))
-        return f"answer: %json {json.dumps(schema)}", (("response_format.json_schema.schema", schema),)
-    return None, ()
+    schema = with_options(output.schema, output.strict)
+    return f"answer: %json {json.dumps(schema)}", ((output.param, schema),)
 
 
 def check_schemas(backend: Backend, plan: OutputPlan) -> None:
@@ -108,7 +117,7 @@ def check_schemas(backend: Backend, plan: OutputPlan) -> None:
         return
     constraints = backend.constraints
     if constraints is None:
-        raise invalid_request("This model cannot constrain its output.", "response_format")
+        raise invalid_request("This model cannot constrain its output.", "tools" if plan.tool_format else "response_format")
     if plan.grammar is not None:
         try:
             constraints.check(plan.grammar)

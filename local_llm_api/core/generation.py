@@ -1,23 +1,20 @@
-"""Running the choices of one request on a backend, streamed or collected, and the SSE plumbing around it."""
+"""Running the choices of one request on a backend, streamed or collected."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from fastapi import Request
-from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from starlette.requests import Request
 
-from ..api.errors import APIError, ErrorBody, ErrorResponse
-from ..api.protocol import Usage
 from ..backends.base import Backend, GenerationChunk, QueueFullError, SamplingParams
 from ..structured.logprobs import TokenLogprob
+from .errors import server_busy
 
-log = logging.getLogger("local_llm_api.serving")
+log = logging.getLogger("local_llm_api.generation")
 T = TypeVar("T")
 
 
@@ -42,8 +39,7 @@ def ensure_capacity(backend: Backend, jobs: list[ChoiceJob]) -> None:
     try:
         backend.check_capacity(len(jobs))
     except QueueFullError as exc:
-        raise APIError(429, f"The server is busy: {exc}. Retry shortly.", type="requests",
-                       code="rate_limit_exceeded", headers={"Retry-After": "1"}) from None
+        raise server_busy(str(exc)) from None
 
 
 async def stream_choices(backend: Backend, jobs: list[ChoiceJob]) -> AsyncIterator[tuple[int, GenerationChunk]]:
@@ -84,10 +80,6 @@ async def collect_choices(backend: Backend, jobs: list[ChoiceJob]) -> list[Choic
     return [results[job.index] for job in jobs]
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
-    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)
-
-
 async def until_disconnected(request: Request, work: Awaitable[T], poll_seconds: float = 0.25) -> T:
     """Await non-streamed work, cancelling it (and so freeing the model) if the client hangs up."""
     task = asyncio.ensure_future(work)
@@ -103,28 +95,3 @@ async def until_disconnected(request: Request, work: Awaitable[T], poll_seconds:
     finally:
         if not task.done():
             task.cancel()
-
-
-def sse(payload: BaseModel | str) -> str:
-    data = payload if isinstance(payload, str) else payload.model_dump_json(exclude_none=False)
-    return f"data: {data}\n\n"
-
-
-def sse_response(events: AsyncIterator[str], on_close: Callable[[], Awaitable[object]]) -> StreamingResponse:
-    """Stream events; an error mid-stream becomes an SSE error event; `[DONE]` always ends the stream."""
-
-    async def body() -> AsyncIterator[str]:
-        try:
-            async for event in events:
-                yield event
-        except APIError as exc:
-            yield sse(ErrorResponse(error=exc.body))
-        except Exception as exc:  # the HTTP status is already sent; tell the client in-band
-            log.exception("error while streaming")
-            yield sse(ErrorResponse(error=ErrorBody(message=f"Internal error while streaming: {type(exc).__name__}", type="server_error")))
-        finally:
-            await on_close()
-        yield "data: [DONE]\n\n"
-
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)

@@ -8,11 +8,10 @@ import struct
 
 from fastapi import Request
 
-from ..api.errors import context_length_exceeded, invalid_request
-from ..api.protocol import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
-from ..backends.base import Backend
-from ..manager import ModelManager
-from .generation import usage
+from ...backends.base import Backend
+from ...core.errors import context_length_exceeded, invalid_request
+from ...manager import ModelManager
+from .protocol import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, usage
 
 MAX_INPUTS = 2048  # the OpenAI API's own limit per request
 
@@ -42,9 +41,7 @@ def tokenize_inputs(backend: Backend, items: list[str | list[int]]) -> list[list
         if any(not 0 <= t < facts.vocab_size for t in tokens):
             raise invalid_request(f"Input {i} has token ids outside the vocabulary (0..{facts.vocab_size - 1}).", "input")
         if len(tokens) > facts.context_size:
-            error = context_length_exceeded(len(tokens), 0, facts.context_size)
-            error.body.param = "input"
-            raise error
+            raise context_length_exceeded(len(tokens), 0, facts.context_size, "input")
         out.append(tokens)
     return out
 

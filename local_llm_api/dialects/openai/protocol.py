@@ -1,7 +1,7 @@
 """OpenAI request and response models, following `openai-openapi.yaml` (ranges included).
 
 Requests forbid unknown fields: a field we do not know is answered with 400 naming it, never dropped.
-Fields the spec has but this server cannot honour yet are accepted here and refused in `serving/params.py`,
+Fields the spec has but this server cannot honour yet are accepted here and refused in `translate.py`,
 so that the error names the parameter and says why.
 """
 
@@ -167,7 +167,7 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[FunctionTool] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    # Spec fields refused with a named 400 in serving/params.py.
+    # Spec fields refused with a named 400 in translate.py.
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
     modalities: list[str] | None = None
@@ -214,6 +214,10 @@ class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)
 
 
 class AssistantMessage(BaseModel):

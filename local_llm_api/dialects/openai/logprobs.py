@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..api.protocol import ChoiceLogprobs, CompletionLogprobs, TokenLogprobs, TopLogprob
-from ..backends.base import Backend
-from ..structured.logprobs import TokenLogprob
+from ...backends.base import Backend
+from ...structured.logprobs import TokenLogprob
+from .protocol import ChoiceLogprobs, CompletionLogprobs, TokenLogprobs, TopLogprob
 
 
 def _token(backend: Backend, token: int) -> tuple[str, list[int]]:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from ..catalog import ModelEntry
-from ..manager import ModelManager
-from ..serving.chat import create_chat_completion
-from ..serving.completions import create_completion
-from ..serving.embeddings import create_embeddings
-from .auth import require_api_key
+from ...api.auth import require_api_key
+from ...catalog import ModelEntry
+from ...manager import ModelManager
+from .chat import create_chat_completion
+from .completions import create_completion
+from .embeddings import create_embeddings
 from .errors import ErrorResponse
 from .protocol import (
     ChatCompletionRequest,
@@ -24,7 +24,7 @@ from .protocol import (
 )
 
 ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 503)
 }
 STREAM = {200: {"content": {"text/event-stream": {}}, "description": "JSON, or server-sent events when `stream` is true"}}
 

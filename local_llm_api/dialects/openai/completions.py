@@ -9,14 +9,17 @@ from contextlib import AsyncExitStack
 from fastapi import Request
 from fastapi.responses import Response
 
-from ..api.errors import invalid_request
-from ..api.protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, new_id, now
-from ..backends.base import Backend
-from ..config import Settings
-from ..manager import LoadedModel, ModelManager
-from .generation import ChoiceJob, collect_choices, ensure_capacity, sse, sse_response, stream_choices, until_disconnected, usage
+from ...backends.base import Backend
+from ...config import Settings
+from ...core.errors import invalid_request
+from ...core.generation import ChoiceJob, collect_choices, ensure_capacity, stream_choices, until_disconnected
+from ...core.sampling import sampling_params, token_budget
+from ...core.streaming import sse_data, sse_response
+from ...manager import LoadedModel, ModelManager
+from .errors import DONE, error_event
 from .logprobs import completion_logprobs
-from .params import refuse_unsupported_completion_fields, sampling_params, token_budget
+from .protocol import CompletionChoice, CompletionLogprobs, CompletionRequest, CompletionResponse, new_id, now, usage
+from .translate import refuse_unsupported_completion_fields, sampling
 
 
 def prompt_list(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
@@ -55,6 +58,7 @@ async def create_completion(
 ) -> Response | CompletionResponse:
     refuse_unsupported_completion_fields(req)
     prompts = prompt_list(req.prompt)
+    params = sampling(req)
     n = req.n or 1
     stack = AsyncExitStack()
     model = await stack.enter_async_context(manager.use(req.model, "completion"))
@@ -65,7 +69,7 @@ async def create_completion(
         jobs = []
         for p, tokens in enumerate(token_prompts):
             budget = token_budget(len(tokens), req.max_tokens, backend.facts, settings, "max_tokens" if req.max_tokens else "prompt")
-            jobs += [ChoiceJob(p * n + i, tokens, sampling_params(req, settings, backend.facts, budget, i, logprobs=req.logprobs))
+            jobs += [ChoiceJob(p * n + i, tokens, sampling_params(params, settings, backend.facts, budget, i, logprobs=req.logprobs))
                      for i in range(n)]
         ensure_capacity(model.backend, jobs)
     except BaseException:
@@ -76,7 +80,8 @@ async def create_completion(
     echo_of = {job.index: echoes[job.index // n] for job in jobs}
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return sse_response(_stream(model, jobs, echo_of, prompt_tokens, include_usage, req.logprobs, request), stack.aclose)
+        return sse_response(_stream(model, jobs, echo_of, prompt_tokens, include_usage, req.logprobs, request), stack.aclose,
+                            error_event, DONE)
     async with stack:
         results = await until_disconnected(request, collect_choices(backend, jobs))
     request.state.usage = usage(prompt_tokens, sum(r.completion_tokens for r in results))
@@ -99,7 +104,7 @@ async def _stream(
 
     def event(index: int, text: str, finish_reason: str | None = None, logprobs: CompletionLogprobs | None = None) -> str:
         choice = CompletionChoice(index=index, text=text, finish_reason=finish_reason, logprobs=logprobs)  # type: ignore[arg-type]
-        return sse(CompletionResponse(id=chunk_id, created=created, model=name, choices=[choice]).model_dump_json(exclude=exclude))
+        return sse_data(CompletionResponse(id=chunk_id, created=created, model=name, choices=[choice]).model_dump_json(exclude=exclude))
 
     for index, text in echo_of.items():
         if text:
@@ -116,4 +121,4 @@ async def _stream(
             completion_tokens += chunk.completion_tokens
     request.state.usage = usage(prompt_tokens, completion_tokens)
     if include_usage:
-        yield sse(CompletionResponse(id=chunk_id, created=created, model=name, choices=[], usage=request.state.usage))
+        yield sse_data(CompletionResponse(id=chunk_id, created=created, model=name, choices=[], usage=request.state.usage).model_dump_json())

@@ -1,0 +1,69 @@
+"""Typed errors raised anywhere below the routes. Each dialect renders them in its own envelope
+(`api/errors.py` picks the renderer by route)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class APIError(Exception):
+    """An error the client should see: its HTTP status, what went wrong, and which parameter."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = ErrorBody(message=message, type=type, param=param, code=code)
+        self.headers = headers
+
+
+def invalid_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def unsupported(param: str, why: str = "is not supported by this server") -> APIError:
+    return APIError(400, f"'{param}' {why}.", param=param, code="unsupported_parameter")
+
+
+def not_found(message: str, param: str | None = None, code: str = "not_found") -> APIError:
+    return APIError(404, message, type="not_found_error", param=param, code=code)
+
+
+def model_not_found(name: str) -> APIError:
+    return APIError(
+        404,
+        f"The model '{name}' does not exist. GET /v1/models lists the models this server has.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def context_length_exceeded(prompt_tokens: int, max_tokens: int, context: int, param: str = "messages") -> APIError:
+    return APIError(
+        400,
+        f"This model's maximum context length is {context} tokens. However, you requested "
+        f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, {max_tokens} for the "
+        "completion). Please reduce the prompt or the completion length.",
+        param=param,
+        code="context_length_exceeded",
+    )
+
+
+def server_busy(reason: str) -> APIError:
+    return APIError(429, f"The server is busy: {reason}. Retry shortly.", type="requests",
+                    code="rate_limit_exceeded", headers={"Retry-After": "1"})

@@ -1,0 +1,55 @@
+"""From a request's sampling fields to what the backend needs: sampling parameters and the token budget."""
+
+from __future__ import annotations
+
+from ..backends.base import ModelFacts, SamplingParams
+from ..config import Settings
+from .errors import context_length_exceeded, invalid_request
+from .request import Sampling
+
+
+def logit_bias_tokens(bias: dict[str, int] | None, vocab_size: int) -> dict[int, float]:
+    tokens: dict[int, float] = {}
+    for key, value in (bias or {}).items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise invalid_request(f"logit_bias keys must be token ids; got '{key}'.", "logit_bias") from None
+        if not 0 <= token < vocab_size:
+            raise invalid_request(f"logit_bias token {token} is outside the vocabulary (0..{vocab_size - 1}).", "logit_bias")
+        tokens[token] = float(value)
+    return tokens
+
+
+def token_budget(prompt_tokens: int, requested: int | None, facts: ModelFacts, settings: Settings, param: str) -> int:
+    """How many tokens a completion may generate; 400 context_length_exceeded when the prompt leaves no room."""
+    room = facts.context_size - prompt_tokens
+    if requested is not None and requested > room or room <= 0:
+        raise context_length_exceeded(prompt_tokens, requested or 0, facts.context_size, param)
+    if requested is not None:
+        return requested
+    return min(room, settings.max_tokens or room)
+
+
+def sampling_params(sampling: Sampling, settings: Settings, facts: ModelFacts, max_tokens: int, choice: int, *,
+                    grammar: str | None = None, logprobs: int | None = None, extra_stop: tuple[str, ...] = ()) -> SamplingParams:
+    """Sampling for one choice; with a seed, choice i uses seed + i so that n choices differ but repeat."""
+
+    def pick(value: float | int | None, default: float | int) -> float | int:
+        return default if value is None else value
+
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=float(pick(sampling.temperature, settings.temperature)),
+        top_p=float(pick(sampling.top_p, settings.top_p)),
+        top_k=int(pick(sampling.top_k, settings.top_k)),
+        min_p=float(pick(sampling.min_p, settings.min_p)),
+        repeat_penalty=float(pick(sampling.repeat_penalty, settings.repeat_penalty)),
+        presence_penalty=float(sampling.presence_penalty or 0.0),
+        frequency_penalty=float(sampling.frequency_penalty or 0.0),
+        seed=None if sampling.seed is None else (sampling.seed + choice) % 2**32,
+        logit_bias=logit_bias_tokens(sampling.logit_bias, facts.vocab_size),
+        stop=sampling.stop + extra_stop,
+        grammar=grammar,
+        logprobs=logprobs,
+    )

@@ -1,0 +1,96 @@
+"""POST /chat/completions: the request in the core's terms, run, and the answers (or the stream of events)
+as OpenAI's chat completion objects and chunks."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from ...config import Settings
+from ...core.chat import ChatRun, TextDelta, start_chat
+from ...core.generation import until_disconnected
+from ...core.streaming import sse_data, sse_response
+from ...manager import ModelManager
+from ...prompting.tool_calls import Call
+from .errors import DONE, error_event
+from .logprobs import chat_logprobs
+from .protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatDelta,
+    ChoiceLogprobs,
+    FunctionCall,
+    FunctionCallDelta,
+    ToolCall,
+    ToolCallDelta,
+    new_id,
+    now,
+    usage,
+)
+from .translate import chat_request
+
+
+def call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def tool_calls(calls: tuple[Call, ...]) -> list[ToolCall] | None:
+    return [ToolCall(id=call_id(), function=FunctionCall(name=c.name, arguments=c.arguments)) for c in calls] or None
+
+
+async def create_chat_completion(
+    req: ChatCompletionRequest, manager: ModelManager, settings: Settings, request: Request
+) -> Response | ChatCompletionResponse:
+    run = await start_chat(chat_request(req), manager, settings)
+    request.state.model = run.model.entry.name
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return sse_response(_stream(run, include_usage, request), run.aclose, error_event, DONE)
+    async with run:
+        answers = await until_disconnected(request, run.answers())
+    request.state.usage = usage(run.prompt_tokens, sum(a.completion_tokens for a in answers))
+    choices = [
+        ChatChoice(index=a.index, message=AssistantMessage(content=a.content, tool_calls=tool_calls(a.calls)),
+                   finish_reason=a.finish_reason,  # type: ignore[arg-type]
+                   logprobs=chat_logprobs(run.model.backend, a.logprobs) if req.logprobs else None)
+        for a in answers
+    ]
+    return ChatCompletionResponse(id=new_id("chatcmpl"), created=now(), model=run.model.entry.name, choices=choices,
+                                  usage=request.state.usage)
+
+
+async def _stream(run: ChatRun, include_usage: bool, request: Request) -> AsyncIterator[str]:
+    chunk_id, created, name = new_id("chatcmpl"), now(), run.model.entry.name
+    # Without include_usage the `usage` key is left out; with it, null on every chunk but the last.
+    exclude = None if include_usage else {"usage"}
+
+    def event(index: int, delta: ChatDelta, finish_reason: str | None = None, logprobs: ChoiceLogprobs | None = None) -> str:
+        choice = ChatChunkChoice(index=index, delta=delta, finish_reason=finish_reason, logprobs=logprobs)  # type: ignore[arg-type]
+        chunk = ChatCompletionChunk(id=chunk_id, created=created, model=name, choices=[choice])
+        return sse_data(chunk.model_dump_json(exclude=exclude))
+
+    for job in run.jobs:
+        yield event(job.index, ChatDelta(role="assistant", content=""))
+    completion_tokens = 0
+    async for item in run.events():
+        if isinstance(item, TextDelta):
+            logprobs = chat_logprobs(run.model.backend, item.logprobs) if item.logprobs else None
+            yield event(item.index, ChatDelta(content=item.text), logprobs=logprobs)
+            continue
+        completion_tokens += item.completion_tokens
+        for n, call in enumerate(item.calls):
+            head = ToolCallDelta(index=n, id=call_id(), type="function", function=FunctionCallDelta(name=call.name, arguments=""))
+            yield event(item.index, ChatDelta(tool_calls=[head]))
+            yield event(item.index, ChatDelta(tool_calls=[ToolCallDelta(index=n, function=FunctionCallDelta(arguments=call.arguments))]))
+        yield event(item.index, ChatDelta(), item.finish_reason)
+    request.state.usage = usage(run.prompt_tokens, completion_tokens)
+    if include_usage:
+        final = ChatCompletionChunk(id=chunk_id, created=created, model=name, choices=[], usage=request.state.usage)
+        yield sse_data(final.model_dump_json())
