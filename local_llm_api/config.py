@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     repeat_penalty: float = Field(1.0, gt=0, description="1.0 (off) like the OpenAI API and llama.cpp's server.")
     max_tokens: int | None = Field(None, ge=1, description="Default answer length cap; unset = rest of context.")
 
+    # Stored responses (the Responses API's `store` and `previous_response_id`)
+    data_dir: Path = Field(Path("data"), description="Where the server keeps its state (stored responses, SQLite).")
+    responses_max_stored: int = Field(10000, ge=0, description="Most stored responses; the oldest go first. 0 = no limit.")
+    responses_max_age_seconds: float = Field(30 * 86400, ge=0, description="Stored responses older than this are dropped; 0 = kept.")
+
     # Security
     api_key_required: bool = False
     api_key: str = Field("", description="One key or several, comma-separated.")

@@ -23,8 +23,12 @@ from .api.middleware import RequestContextMiddleware
 from .catalog import Catalog
 from .config import Settings, SettingsError, load_settings
 from .core.errors import APIError
+from .dialects.anthropic import errors as anthropic_errors
+from .dialects.anthropic import routes as anthropic
 from .dialects.openai import errors as openai_errors
 from .dialects.openai import routes as openai
+from .dialects.responses import routes as responses
+from .dialects.responses.store import ResponseStore
 from .logs import setup_logging
 from .manager import ModelManager
 
@@ -43,12 +47,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         manager.start_keep_alive()
         app.state.manager = manager
         app.state.metrics = metrics_registry(manager)
+        app.state.response_store = ResponseStore(settings.data_dir / "responses.sqlite3", settings.responses_max_stored,
+                                                 settings.responses_max_age_seconds)
         preload = asyncio.create_task(_preload(manager)) if settings.preload_model else None
         log.info("serving models from %s", manager.root)
         yield
         if preload is not None:
             preload.cancel()
         await manager.close()
+        app.state.response_store.close()
 
     app = FastAPI(
         title="local-llm-api",
@@ -59,14 +66,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.started_at = time.time()
     renderers = ErrorRenderers(default=openai_errors.error_response)
+    renderers.add(r"^(/api)?/v1/messages(/|$)", anthropic_errors.error_response)
     install_error_handlers(app, renderers)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes, renderers=renderers)
     app.include_router(web.router)
     app.include_router(admin.health_router)
     app.include_router(admin.router)
     app.include_router(metrics_router)
-    app.include_router(openai.router, prefix="/v1")
-    app.include_router(openai.router, prefix="/api/v1")
+    for prefix in ("/v1", "/api/v1"):
+        app.include_router(openai.router, prefix=prefix)
+        app.include_router(responses.router, prefix=prefix)
+        app.include_router(anthropic.router, prefix=prefix)
     return app
 
 

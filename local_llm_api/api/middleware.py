@@ -1,11 +1,17 @@
-"""Per-request context: a request id, the body size limit, and one structured log line per request."""
+"""Per-request context: a request id, the body size limit, compressed bodies, and one structured log line
+per request."""
 
 from __future__ import annotations
 
+import gzip
+import io
 import logging
 import re
 import time
 import uuid
+import zlib
+
+import zstandard
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -54,6 +60,57 @@ class RequestContextMiddleware:
 
         return replay
 
+    async def _decompressed(self, scope: Scope, encoding: str, receive: Receive) -> Receive:
+        """The body of a request sent with `Content-Encoding: zstd` (as Codex CLI does), gzip or deflate,
+        decompressed up to the body limit and replayed to the app, which then sees a plain body."""
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return receive
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_body_bytes:
+                raise APIError(413, f"Request body too large; the limit is {self.max_body_bytes} bytes.", code="request_too_large")
+        limit = self.max_body_bytes + 1
+        try:
+            if encoding == "zstd":
+                plain = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body)).read(limit)
+            elif encoding == "gzip":
+                plain = gzip.GzipFile(fileobj=io.BytesIO(body)).read(limit)
+            else:
+                plain = zlib.decompressobj().decompress(body, limit)
+        except (zstandard.ZstdError, OSError, EOFError, zlib.error) as exc:
+            raise APIError(400, f"The request body is not valid {encoding} data: {exc}", code="invalid_encoding") from None
+        if len(plain) > self.max_body_bytes:
+            raise APIError(413, f"Request body too large once decompressed; the limit is {self.max_body_bytes} bytes.",
+                           code="request_too_large")
+        scope["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"content-encoding", b"content-length")]
+        scope["headers"].append((b"content-length", str(len(plain)).encode()))
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": plain, "more_body": False}
+            return await receive()
+
+        return replay
+
+    async def _body(self, scope: Scope, headers: dict[str, str], receive: Receive) -> Receive:
+        """`receive` for the app: within the size limit, decompressed when the body is compressed."""
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        body_receive = await self._within_limit(headers, receive)
+        if body_receive is None:
+            raise APIError(413, f"Request body too large; the limit is {self.max_body_bytes} bytes.", code="request_too_large")
+        if encoding in ("identity", ""):
+            return body_receive
+        if encoding not in ("zstd", "gzip", "deflate"):
+            raise APIError(415, f"Content-Encoding '{encoding}' is not supported; send zstd, gzip, deflate or none.",
+                           code="unsupported_encoding")
+        return await self._decompressed(scope, encoding, body_receive)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -74,10 +131,9 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            body_receive = await self._within_limit(headers, receive)
-            if body_receive is None:
-                error = APIError(413, f"Request body too large; the limit is {self.max_body_bytes} bytes.",
-                                 code="request_too_large")
+            try:
+                body_receive = await self._body(scope, headers, receive)
+            except APIError as error:
                 await self.renderers.render(scope["path"], error)(scope, receive, send_with_id)
             else:
                 await self.app(scope, body_receive, send_with_id)

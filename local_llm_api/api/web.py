@@ -16,7 +16,7 @@ def playground_html() -> str:
     return files("local_llm_api.web").joinpath("playground.html").read_text(encoding="utf-8")
 
 
-@router.get("/")
+@router.api_route("/", methods=["GET", "HEAD"])  # HEAD: the health probe Claude Code and Ollama apps send
 @router.get("/ui")
 async def playground() -> HTMLResponse:
     # The page itself needs no key: it asks for one when the API answers 401.

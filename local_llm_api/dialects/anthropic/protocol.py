@@ -1,0 +1,163 @@
+"""Messages API request and response models, as the `anthropic` SDK sends and reads them. Unknown fields
+are refused with a 400 naming them; `cache_control` is accepted everywhere (the prefix cache does its job)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OtherBlock(BaseModel):
+    """Image, document, thinking, server-tool blocks: parsed so that the 400 can name them."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+
+class TextBlock(Request):
+    type: Literal["text"]
+    text: str
+    cache_control: dict[str, Any] | None = None
+    citations: list[dict[str, Any]] | None = None
+
+
+class ToolUseBlock(Request):
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any]
+    cache_control: dict[str, Any] | None = None
+
+
+class ToolResultBlock(Request):
+    type: Literal["tool_result"]
+    tool_use_id: str
+    content: str | list[TextBlock | OtherBlock] | None = None
+    is_error: bool | None = None
+    cache_control: dict[str, Any] | None = None
+
+
+Block = Annotated[TextBlock | ToolUseBlock | ToolResultBlock | OtherBlock, Field(union_mode="left_to_right")]
+
+
+class MessageParam(Request):
+    role: Literal["user", "assistant"]
+    content: str | list[Block]
+
+
+class ToolParam(Request):
+    name: str = Field(min_length=1, max_length=128)
+    description: str | None = None
+    input_schema: dict[str, Any]
+    type: Literal["custom"] | None = None
+    cache_control: dict[str, Any] | None = None
+
+
+class OtherTool(BaseModel):
+    """Anthropic's server tools (web_search, bash, text_editor...): parsed so that the 400 can name them."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+
+class ToolChoice(Request):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool | None = None
+
+
+class ThinkingParam(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+
+class Metadata(Request):
+    user_id: str | None = None
+
+
+class CountTokensRequest(Request):
+    model: str | None = Field(None, description="Model name; the server's default model when left out.")
+    messages: list[MessageParam] = Field(min_length=1)
+    system: str | list[TextBlock] | None = None
+    tools: list[Annotated[ToolParam | OtherTool, Field(union_mode="left_to_right")]] | None = None
+    tool_choice: ToolChoice | None = None
+    thinking: ThinkingParam | None = None
+    # Claude Code sends these; they concern Anthropic's platform (context editing, MCP, containers).
+    context_management: dict[str, Any] | None = None
+    mcp_servers: list[dict[str, Any]] | None = None
+
+
+class CreateMessage(CountTokensRequest):
+    max_tokens: int = Field(ge=1)
+    stop_sequences: list[str] | None = None
+    temperature: float | None = Field(None, ge=0, le=1)
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    metadata: Metadata | None = None
+    stream: bool | None = False
+    service_tier: str | None = None
+    container: str | dict[str, Any] | None = None
+
+
+# ---------------------------------------------------------------- the answer
+
+
+def message_id() -> str:
+    return f"msg_{uuid.uuid4().hex[:24]}"
+
+
+def tool_use_id() -> str:
+    return f"toolu_{uuid.uuid4().hex[:24]}"
+
+
+class Usage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+
+class TextOut(BaseModel):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ToolUseOut(BaseModel):
+    type: Literal["tool_use"] = "tool_use"
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
+
+
+class MessageOut(BaseModel):
+    id: str
+    type: Literal["message"] = "message"
+    role: Literal["assistant"] = "assistant"
+    model: str
+    content: list[TextOut | ToolUseOut]
+    stop_reason: StopReason | None
+    stop_sequence: str | None = None
+    usage: Usage
+
+
+class TokenCount(BaseModel):
+    input_tokens: int
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorEnvelope(BaseModel):
+    type: Literal["error"] = "error"
+    error: ErrorDetail

@@ -1,0 +1,88 @@
+"""POST /messages (JSON or its event stream) and POST /messages/count_tokens. Auth is the shared API-key
+check, which takes the SDK's `x-api-key` as well as `Authorization: Bearer`; `anthropic-version` and
+`anthropic-beta` headers and Claude Code's `?beta=true` are accepted."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from ...api.auth import require_api_key
+from ...core.chat import Answer, ChatRun, TextDelta, count_prompt_tokens, start_chat
+from ...core.generation import until_disconnected
+from ...core.streaming import sse_data, sse_response
+from .errors import error_event
+from .protocol import CountTokensRequest, CreateMessage, ErrorEnvelope, MessageOut, TokenCount, Usage, message_id
+from .translate import chat_request, content_blocks, stop_reason
+
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorEnvelope} for code in (400, 401, 404, 413, 429, 503)}
+STREAM = {200: {"content": {"text/event-stream": {}}, "description": "JSON, or server-sent events when `stream` is true"}}
+
+router = APIRouter(dependencies=[Depends(require_api_key)], responses=ERRORS, tags=["anthropic"])
+
+
+@router.post("/messages", response_model=MessageOut, responses=STREAM)
+async def create_message(req: CreateMessage, request: Request) -> Response | MessageOut:
+    run = await start_chat(chat_request(req), request.app.state.manager, request.app.state.settings)
+    request.state.model = run.model.entry.name
+    if req.stream:
+        return sse_response(_stream(run, request), run.aclose, error_event)
+    async with run:
+        answer = (await until_disconnected(request, run.answers()))[0]
+    return MessageOut(id=message_id(), model=run.model.entry.name, content=content_blocks(answer),
+                      stop_reason=stop_reason(answer), stop_sequence=answer.stop_sequence,
+                      usage=Usage(input_tokens=run.prompt_tokens, output_tokens=answer.completion_tokens))
+
+
+@router.post("/messages/count_tokens")
+async def count_tokens(req: CountTokensRequest, request: Request) -> TokenCount:
+    """The tokens the model would read: system, tools and the chat template's own tokens included."""
+    return TokenCount(input_tokens=await count_prompt_tokens(chat_request(req), request.app.state.manager))
+
+
+def _event(kind: str, **fields: Any) -> str:
+    return sse_data(json.dumps({"type": kind, **fields}, ensure_ascii=False, separators=(",", ":")), kind)
+
+
+async def _stream(run: ChatRun, request: Request) -> AsyncIterator[str]:
+    message = MessageOut(id=message_id(), model=run.model.entry.name, content=[], stop_reason=None,
+                         usage=Usage(input_tokens=run.prompt_tokens, output_tokens=0))
+    yield _event("message_start", message=message.model_dump(mode="json"))
+    yield _event("ping")
+    text_open, index, text = False, 0, ""
+    answer = Answer(0)
+    async for item in run.events():
+        if isinstance(item, TextDelta):
+            if not item.text:
+                continue
+            if not text_open:
+                text_open = True
+                yield _event("content_block_start", index=index, content_block={"type": "text", "text": ""})
+            text += item.text
+            yield _event("content_block_delta", index=index, delta={"type": "text_delta", "text": item.text})
+            continue
+        answer = Answer(0, text, item.calls, item.finish_reason, item.completion_tokens, item.stop_sequence)
+    blocks = content_blocks(answer)
+    if not text_open and blocks and blocks[0].type == "text":  # an empty answer still has its text block
+        text_open = True
+        yield _event("content_block_start", index=index, content_block={"type": "text", "text": ""})
+    if text_open:
+        yield _event("content_block_stop", index=index)
+        index += 1
+    for block in blocks:
+        if block.type != "tool_use":
+            continue
+        yield _event("content_block_start", index=index, content_block={"type": "tool_use", "id": block.id, "name": block.name,
+                                                                        "input": {}})
+        yield _event("content_block_delta", index=index,
+                     delta={"type": "input_json_delta", "partial_json": json.dumps(block.input, ensure_ascii=False)})
+        yield _event("content_block_stop", index=index)
+        index += 1
+    request.state.model = run.model.entry.name
+    yield _event("message_delta", delta={"stop_reason": stop_reason(answer), "stop_sequence": answer.stop_sequence},
+                 usage={"output_tokens": answer.completion_tokens})
+    yield _event("message_stop")

@@ -1,0 +1,395 @@
+"""Responses API request and response models, following `openai-openapi.yaml` (`CreateResponse`, `Response`,
+the input items and the stream events). Unknown fields are refused with a 400 that names them."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+# ---------------------------------------------------------------- input items
+
+
+class InputText(Request):
+    type: Literal["input_text", "output_text"]
+    text: str
+    annotations: list[dict[str, Any]] | None = None  # on output_text echoed back from an earlier response
+    logprobs: list[dict[str, Any]] | None = None
+    prompt_cache_breakpoint: dict[str, Any] | None = None
+
+
+class OtherContent(BaseModel):
+    """Image, file, audio and refusal parts: parsed so that the 400 can name them."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+
+Content = Annotated[InputText | OtherContent, Field(union_mode="left_to_right")]
+
+
+class MessageItem(Request):
+    type: Literal["message"] = "message"
+    role: Literal["user", "system", "developer", "assistant"]
+    content: str | list[Content]
+    id: str | None = None
+    status: str | None = None
+    phase: str | None = None
+
+
+class FunctionCallItem(Request):
+    type: Literal["function_call"]
+    call_id: str
+    name: str
+    arguments: str
+    namespace: str | None = None
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCallOutputItem(Request):
+    type: Literal["function_call_output"]
+    call_id: str
+    output: str | list[Content]
+    id: str | None = None
+    status: str | None = None
+
+
+class CustomToolCallItem(Request):
+    type: Literal["custom_tool_call"]
+    call_id: str
+    name: str
+    input: str
+    namespace: str | None = None
+    id: str | None = None
+    status: str | None = None
+
+
+class CustomToolCallOutputItem(Request):
+    type: Literal["custom_tool_call_output"]
+    call_id: str
+    output: str | list[Content]
+    id: str | None = None
+
+
+class OtherItem(BaseModel):
+    """Reasoning, built-in tool calls, item references...: parsed so that the 400 can name them."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+
+def _item_tag(value: Any) -> str:
+    kind = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", "message")
+    return kind if kind in ITEM_TYPES else "other"
+
+
+ITEM_TYPES = {"message", "function_call", "function_call_output", "custom_tool_call", "custom_tool_call_output"}
+InputItem = Annotated[
+    Annotated[MessageItem, Tag("message")]
+    | Annotated[FunctionCallItem, Tag("function_call")]
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
+    | Annotated[CustomToolCallItem, Tag("custom_tool_call")]
+    | Annotated[CustomToolCallOutputItem, Tag("custom_tool_call_output")]
+    | Annotated[OtherItem, Tag("other")],
+    Discriminator(_item_tag),
+]
+
+
+# ---------------------------------------------------------------- tools
+
+
+class FunctionToolParam(Request):
+    type: Literal["function"]
+    name: str = Field(min_length=1, max_length=128)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+    defer_loading: bool | None = None
+
+
+class TextToolFormat(Request):
+    type: Literal["text"]
+
+
+class GrammarToolFormat(Request):
+    type: Literal["grammar"]
+    syntax: Literal["lark", "regex"]
+    definition: str
+
+
+class CustomToolParam(Request):
+    type: Literal["custom"]
+    name: str = Field(min_length=1, max_length=128)
+    description: str | None = None
+    format: Annotated[TextToolFormat | GrammarToolFormat, Field(discriminator="type")] | None = None
+    defer_loading: bool | None = None
+
+
+class NamespaceToolParam(Request):
+    """A group of function or custom tools (Codex sends its MCP servers' tools this way)."""
+
+    type: Literal["namespace"]
+    name: str = Field(min_length=1)
+    description: str | None = None
+    tools: list[Annotated[FunctionToolParam | CustomToolParam, Field(discriminator="type")]]
+
+
+class BuiltinToolParam(BaseModel):
+    """A tool OpenAI runs itself (web_search, file_search, image_generation, ...): a local server cannot."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+
+def _tool_tag(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return kind if kind in ("function", "custom", "namespace") else "builtin"
+
+
+ToolParam = Annotated[
+    Annotated[FunctionToolParam, Tag("function")]
+    | Annotated[CustomToolParam, Tag("custom")]
+    | Annotated[NamespaceToolParam, Tag("namespace")]
+    | Annotated[BuiltinToolParam, Tag("builtin")],
+    Discriminator(_tool_tag),
+]
+
+
+class NamedToolChoice(Request):
+    type: Literal["function", "custom"]
+    name: str
+
+
+class AllowedTools(Request):
+    type: Literal["allowed_tools"]
+    mode: Literal["auto", "required"]
+    tools: list[dict[str, Any]]
+
+
+class OtherToolChoice(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+
+ToolChoiceParam = Literal["none", "auto", "required"] | Annotated[
+    NamedToolChoice | AllowedTools | OtherToolChoice, Field(union_mode="left_to_right")]
+
+
+# ---------------------------------------------------------------- text format, reasoning
+
+
+class TextFormatText(Request):
+    type: Literal["text"]
+
+
+class TextFormatJSONObject(Request):
+    type: Literal["json_object"]
+
+
+class TextFormatJSONSchema(Request):
+    type: Literal["json_schema"]
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    schema_: dict[str, Any] = Field(alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+
+TextFormat = Annotated[TextFormatText | TextFormatJSONObject | TextFormatJSONSchema, Field(discriminator="type")]
+
+
+class TextParam(Request):
+    format: TextFormat | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+
+class ReasoningParam(Request):
+    effort: str | None = None
+    summary: str | None = None
+    generate_summary: str | None = None
+    mode: str | None = None
+    context: Any = None
+
+
+class StreamOptions(Request):
+    include_obfuscation: bool | None = None  # no side channel to mask on a local server: a no-op
+
+
+INCLUDABLE = Literal[
+    "message.output_text.logprobs",
+    # These name outputs of built-in tools or of reasoning, which this server never produces: accepted, empty.
+    "reasoning.encrypted_content",
+    "web_search_call.action.sources",
+    "web_search_call.results",
+    "code_interpreter_call.outputs",
+    "computer_call_output.output.image_url",
+    "file_search_call.results",
+    "message.input_image.image_url",
+]
+
+
+class CreateResponse(Request):
+    model: str | None = Field(None, description="Model name; the server's default model when left out.")
+    input: str | list[InputItem] | None = None
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[ToolParam] | None = None
+    tool_choice: ToolChoiceParam | None = None
+    parallel_tool_calls: bool | None = None
+    text: TextParam | None = None
+    metadata: dict[str, str] | None = Field(None, max_length=16)
+    user: str | None = None
+    safety_identifier: str | None = Field(None, max_length=64)
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    service_tier: str | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    store: bool | None = True
+    previous_response_id: str | None = None
+    include: list[INCLUDABLE] | None = None
+    truncation: Literal["auto", "disabled"] | None = "disabled"
+    reasoning: ReasoningParam | None = None
+    max_tool_calls: int | None = Field(None, ge=0)  # a bound on built-in tool calls, of which there are none here
+    # Refused with a named 400 in translate.py.
+    background: bool | None = None
+    conversation: str | dict[str, Any] | None = None
+    prompt: dict[str, Any] | None = None
+    context_management: list[dict[str, Any]] | None = None
+    moderation: dict[str, Any] | None = None
+
+
+# ---------------------------------------------------------------- the response
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class Logprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class OutputText(BaseModel):
+    type: Literal["output_text"] = "output_text"
+    text: str
+    annotations: list[dict[str, Any]] = Field(default_factory=list)
+    logprobs: list[Logprob] = Field(default_factory=list)
+
+
+class OutputMessage(BaseModel):
+    type: Literal["message"] = "message"
+    id: str
+    role: Literal["assistant"] = "assistant"
+    status: Literal["in_progress", "completed", "incomplete"]
+    content: list[OutputText]
+
+
+class FunctionCallOutput(BaseModel):
+    type: Literal["function_call"] = "function_call"
+    id: str
+    call_id: str
+    name: str
+    arguments: str
+    status: Literal["in_progress", "completed", "incomplete"]
+    namespace: str | None = None
+
+
+class CustomToolCallOutput(BaseModel):
+    type: Literal["custom_tool_call"] = "custom_tool_call"
+    id: str
+    call_id: str
+    name: str
+    input: str
+    namespace: str | None = None
+
+
+OutputItem = OutputMessage | FunctionCallOutput | CustomToolCallOutput
+
+
+class InputTokensDetails(BaseModel):
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
+class OutputTokensDetails(BaseModel):
+    reasoning_tokens: int = 0
+
+
+class ResponseUsage(BaseModel):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails = Field(default_factory=InputTokensDetails)
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails = Field(default_factory=OutputTokensDetails)
+    total_tokens: int
+
+
+class ResponseError(BaseModel):
+    code: str
+    message: str
+
+
+class IncompleteDetails(BaseModel):
+    reason: Literal["max_output_tokens", "content_filter"]
+
+
+class ResponseObject(BaseModel):
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int = Field(default_factory=lambda: int(time.time()))
+    completed_at: int | None = None
+    status: Literal["completed", "failed", "in_progress", "incomplete"]
+    error: ResponseError | None = None
+    incomplete_details: IncompleteDetails | None = None
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    model: str
+    output: list[OutputItem] = Field(default_factory=list)
+    output_text: str = ""
+    parallel_tool_calls: bool = True
+    previous_response_id: str | None = None
+    reasoning: ReasoningParam | None = None
+    store: bool = True
+    temperature: float | None = None
+    top_p: float | None = None
+    top_logprobs: int | None = None
+    text: TextParam = Field(default_factory=lambda: TextParam(format=TextFormatText(type="text")))
+    tool_choice: ToolChoiceParam = "auto"
+    tools: list[ToolParam] = Field(default_factory=list)
+    truncation: Literal["auto", "disabled"] = "disabled"
+    usage: ResponseUsage | None = None
+    user: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class InputItemList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[InputItem]  # the input items of that request, each with an id
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class DeletedResponse(BaseModel):
+    id: str
+    object: Literal["response.deleted"] = "response.deleted"
+    deleted: bool = True

@@ -1,0 +1,234 @@
+"""POST /responses (JSON or its event stream), and the stored responses: GET, input items, DELETE."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from ...api.auth import presented_key, require_api_key
+from ...core.chat import Answer, ChatRun, TextDelta, start_chat
+from ...core.errors import APIError, not_found
+from ...core.generation import until_disconnected
+from ...core.streaming import sse_data, sse_response
+from ..openai.errors import ErrorResponse
+from .protocol import (
+    CreateResponse,
+    DeletedResponse,
+    IncompleteDetails,
+    InputItem,
+    InputItemList,
+    OutputMessage,
+    OutputText,
+    ResponseError,
+    ResponseObject,
+    ResponseUsage,
+    new_id,
+)
+from .store import ResponseStore, owner_of
+from .translate import ITEMS, ToolSet, chat_request, input_items, output_items, refuse_unsupported, response_logprobs, tool_set
+
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 503)}
+STREAM = {200: {"content": {"text/event-stream": {}}, "description": "JSON, or server-sent events when `stream` is true"}}
+IGNORED_TOOLS_HEADER = "X-Ignored-Tools"  # built-in tools in the request that this server cannot run
+
+router = APIRouter(dependencies=[Depends(require_api_key)], responses=ERRORS, tags=["responses"])
+
+
+def store_of(request: Request) -> ResponseStore:
+    return request.app.state.response_store
+
+
+def owner(request: Request) -> str:
+    return owner_of(presented_key(request) if request.app.state.settings.api_key_required else None)
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> ResponseUsage:
+    return ResponseUsage(input_tokens=prompt_tokens, output_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)
+
+
+def skeleton(req: CreateResponse, model: str, tools: ToolSet) -> ResponseObject:
+    """The response as it starts: what was asked, no output yet."""
+    return ResponseObject(
+        id=new_id("resp"), status="in_progress", model=model, instructions=req.instructions,
+        max_output_tokens=req.max_output_tokens, parallel_tool_calls=req.parallel_tool_calls is not False,
+        previous_response_id=req.previous_response_id, reasoning=req.reasoning, store=req.store is not False,
+        temperature=req.temperature, top_p=req.top_p, top_logprobs=req.top_logprobs,
+        **({"text": req.text} if req.text is not None and req.text.format is not None else {}),
+        tool_choice=req.tool_choice or "auto", tools=req.tools or [], truncation=req.truncation or "disabled",
+        user=req.user, metadata=req.metadata or {},
+    )
+
+
+def finish(response: ResponseObject, answer: Answer, prompt_tokens: int) -> ResponseObject:
+    response.output_text = "".join(part.text for item in response.output if isinstance(item, OutputMessage) for part in item.content)
+    response.usage = usage(prompt_tokens, answer.completion_tokens)
+    if answer.finish_reason == "length":
+        response.status, response.incomplete_details = "incomplete", IncompleteDetails(reason="max_output_tokens")
+    else:
+        response.status, response.completed_at = "completed", int(time.time())
+    return response
+
+
+async def keep(request: Request, req: CreateResponse, response: ResponseObject, own: list[InputItem], context: list[InputItem]) -> None:
+    if req.store is not False:
+        dump = ITEMS.dump_python
+        await store_of(request).put(owner(request), response.model_dump(mode="json"), dump(own, mode="json", exclude_none=True),
+                                    dump(context + own, mode="json", exclude_none=True))
+
+
+@router.post("/responses", response_model=ResponseObject, responses=STREAM)
+async def create_response(req: CreateResponse, request: Request) -> Response:
+    refuse_unsupported(req)
+    context: list[InputItem] = []
+    if req.previous_response_id:
+        previous = await store_of(request).get(owner(request), req.previous_response_id)
+        if previous is None:
+            raise not_found(f"No stored response with id '{req.previous_response_id}' (it may have expired, been "
+                            "deleted, created with store: false, or with another API key).", "previous_response_id",
+                            "previous_response_not_found")
+        context = ITEMS.validate_python(previous.context) + ITEMS.validate_python(previous.response["output"])
+    tools = tool_set(req)
+    own = input_items(req)
+    run = await start_chat(chat_request(req, context, own, tools), request.app.state.manager, request.app.state.settings)
+    request.state.model = run.model.entry.name
+    response = skeleton(req, run.model.entry.name, tools)
+    headers = {IGNORED_TOOLS_HEADER: ", ".join(tools.ignored)} if tools.ignored else None
+    if req.stream:
+        events = _stream(run, req, response, tools, own, context, request)
+        return sse_response(events, run.aclose, lambda exc: _error_events(response, exc), headers=headers)
+    async with run:
+        answer = (await until_disconnected(request, run.answers()))[0]
+    logprobs = response_logprobs(run.model.backend, answer.logprobs) if run.jobs[0].params.logprobs is not None else []
+    response.output = output_items(answer, tools, logprobs)
+    finish(response, answer, run.prompt_tokens)
+    await keep(request, req, response, own, context)
+    return JSONResponse(response.model_dump(mode="json"), headers=headers)
+
+
+class Events:
+    """Numbers the stream's events, as the spec requires."""
+
+    def __init__(self) -> None:
+        self.sequence = 0
+
+    def __call__(self, kind: str, **fields: Any) -> str:
+        data = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return sse_data(_json(data), kind)
+
+
+def _json(data: dict[str, Any]) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def _dump(model: Any) -> Any:
+    return model.model_dump(mode="json")
+
+
+async def _stream(run: ChatRun, req: CreateResponse, response: ResponseObject, tools: ToolSet, own: list[InputItem],
+                  context: list[InputItem], request: Request) -> AsyncIterator[str]:
+    event = Events()
+    yield event("response.created", response=_dump(response))
+    yield event("response.in_progress", response=_dump(response))
+    backend, wants_logprobs = run.model.backend, run.jobs[0].params.logprobs is not None
+    message_id, text, logprobs, opened = new_id("msg"), "", [], False
+
+    def open_message() -> list[str]:
+        item = OutputMessage(id=message_id, status="in_progress", content=[])
+        part = OutputText(text="")
+        return [event("response.output_item.added", output_index=0, item=_dump(item)),
+                event("response.content_part.added", item_id=message_id, output_index=0, content_index=0, part=_dump(part))]
+
+    answer = Answer(0)
+    async for item in run.events():
+        if isinstance(item, TextDelta):
+            delta_logprobs = response_logprobs(backend, item.logprobs) if wants_logprobs else []
+            logprobs += delta_logprobs
+            if not item.text:
+                continue
+            if not opened:
+                opened = True
+                for line in open_message():
+                    yield line
+            text += item.text
+            yield event("response.output_text.delta", item_id=message_id, output_index=0, content_index=0, delta=item.text,
+                        logprobs=[_dump(lp) for lp in delta_logprobs])
+            continue
+        answer = Answer(0, text.strip() if item.calls else text, item.calls, item.finish_reason, item.completion_tokens)
+    items = output_items(answer, tools, logprobs, message_id)
+    for index, out in enumerate(items):
+        if isinstance(out, OutputMessage):
+            if not opened:
+                for line in open_message():
+                    yield line
+            part = out.content[0]
+            yield event("response.output_text.done", item_id=message_id, output_index=index, content_index=0, text=part.text,
+                        logprobs=[_dump(lp) for lp in part.logprobs])
+            yield event("response.content_part.done", item_id=message_id, output_index=index, content_index=0, part=_dump(part))
+        elif out.type == "function_call":
+            yield event("response.output_item.added", output_index=index,
+                        item=_dump(out.model_copy(update={"arguments": "", "status": "in_progress"})))
+            yield event("response.function_call_arguments.delta", item_id=out.id, output_index=index, delta=out.arguments)
+            yield event("response.function_call_arguments.done", item_id=out.id, output_index=index, name=out.name,
+                        arguments=out.arguments)
+        else:
+            yield event("response.output_item.added", output_index=index, item=_dump(out.model_copy(update={"input": ""})))
+            yield event("response.custom_tool_call_input.delta", item_id=out.id, output_index=index, delta=out.input)
+            yield event("response.custom_tool_call_input.done", item_id=out.id, output_index=index, input=out.input)
+        yield event("response.output_item.done", output_index=index, item=_dump(out))
+    response.output = items
+    finish(response, answer, run.prompt_tokens)
+    request.state.usage = response.usage
+    await keep(request, req, response, own, context)
+    yield event("response.completed" if response.status == "completed" else "response.incomplete", response=_dump(response))
+
+
+def _error_events(response: ResponseObject, exc: APIError) -> str:
+    """A failure mid-stream: an `error` event, then `response.failed`, so that the stream always ends with a
+    terminal event."""
+    event = Events()
+    event.sequence = 10**6  # after anything already sent
+    response.status = "failed"
+    response.error = ResponseError(code=exc.body.code or ("server_error" if exc.status >= 500 else "invalid_request"),
+                                   message=exc.body.message)
+    return (event("error", code=exc.body.code, message=exc.body.message, param=exc.body.param)
+            + event("response.failed", response=_dump(response)))
+
+
+@router.get("/responses/{response_id}", response_model=ResponseObject)
+async def get_response(response_id: str, request: Request) -> JSONResponse:
+    stored = await store_of(request).get(owner(request), response_id)
+    if stored is None:
+        raise not_found(f"No response with id '{response_id}'.", "response_id", "response_not_found")
+    return JSONResponse(stored.response)
+
+
+@router.get("/responses/{response_id}/input_items")
+async def list_input_items(
+    response_id: str, request: Request, limit: int = Query(20, ge=1, le=100),
+    order: Literal["asc", "desc"] = "desc", after: str | None = None,
+) -> InputItemList:
+    stored = await store_of(request).get(owner(request), response_id)
+    if stored is None:
+        raise not_found(f"No response with id '{response_id}'.", "response_id", "response_not_found")
+    items = ITEMS.validate_python(stored.input_items)
+    if order == "desc":
+        items.reverse()
+    if after is not None:
+        ids = [getattr(item, "id", None) for item in items]
+        items = items[ids.index(after) + 1:] if after in ids else []
+    page = items[:limit]
+    return InputItemList(data=page, first_id=getattr(page[0], "id", None) if page else None,
+                         last_id=getattr(page[-1], "id", None) if page else None, has_more=len(items) > limit)
+
+
+@router.delete("/responses/{response_id}")
+async def delete_response(response_id: str, request: Request) -> DeletedResponse:
+    if not await store_of(request).delete(owner(request), response_id):
+        raise not_found(f"No response with id '{response_id}'.", "response_id", "response_not_found")
+    return DeletedResponse(id=response_id)

@@ -1,0 +1,233 @@
+"""A Responses request (with the stored turns of `previous_response_id`) in the core's terms, and the
+core's answer back as output items."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pydantic import TypeAdapter
+
+from ...backends.base import Backend
+from ...core.chat import Answer
+from ...core.errors import invalid_request, unsupported
+from ...core.request import ChatRequest, ForcedTool, JSONOutput, Message, Sampling, Tool, ToolCall, ToolChoice
+from ...prompting.tool_calls import Call
+from ...structured.logprobs import TokenLogprob
+from .protocol import (
+    AllowedTools,
+    BuiltinToolParam,
+    CreateResponse,
+    CustomToolCallItem,
+    CustomToolCallOutput,
+    CustomToolCallOutputItem,
+    CustomToolParam,
+    FunctionCallItem,
+    FunctionCallOutput,
+    FunctionCallOutputItem,
+    FunctionToolParam,
+    InputItem,
+    InputText,
+    Logprob,
+    MessageItem,
+    NamedToolChoice,
+    NamespaceToolParam,
+    OutputItem,
+    OutputMessage,
+    OutputText,
+    TextFormatJSONObject,
+    TextFormatJSONSchema,
+    TopLogprob,
+    new_id,
+)
+
+ITEMS = TypeAdapter(list[InputItem])
+LOGPROBS = "message.output_text.logprobs"
+
+
+@dataclass
+class ToolSet:
+    """The request's tools as the model sees them, and how to name its calls back."""
+
+    tools: list[Tool] = field(default_factory=list)
+    namespaces: dict[str, tuple[str, str]] = field(default_factory=dict)  # model-facing name -> (namespace, name)
+    ignored: list[str] = field(default_factory=list)  # built-in tools this server cannot run
+
+    def is_custom(self, name: str) -> bool:
+        return any(t.custom and t.name == name for t in self.tools)
+
+
+def refuse_unsupported(req: CreateResponse) -> None:
+    if req.stream_options is not None and not req.stream:
+        raise invalid_request("'stream_options' is only allowed when 'stream' is true.", "stream_options")
+    if req.background:
+        raise unsupported("background", "(background responses) is not supported: stream the response instead")
+    for name in ("conversation", "prompt", "context_management", "moderation"):
+        if getattr(req, name) is not None:
+            raise unsupported(name)
+    if req.reasoning is not None and (req.reasoning.effort not in (None, "none") or req.reasoning.summary is not None
+                                      or req.reasoning.generate_summary is not None):
+        raise unsupported("reasoning", "is not supported: the models this server runs do not reason; leave it out "
+                          "or set its effort to 'none'")
+    if req.text is not None and req.text.verbosity is not None:
+        raise unsupported("text.verbosity", "is not supported by this server")
+    if req.top_logprobs and LOGPROBS not in (req.include or []):
+        raise invalid_request(f"'top_logprobs' needs '{LOGPROBS}' in 'include'.", "top_logprobs")
+
+
+def _custom_tool(tool: CustomToolParam, name: str, param: str) -> Tool:
+    grammar = None
+    if tool.format is not None and tool.format.type == "grammar":
+        definition = tool.format.definition
+        grammar = definition if tool.format.syntax == "lark" else "start: /" + definition.replace("/", "\\/") + "/"
+    return Tool(name, tool.description, custom=True, grammar=grammar, param=param)
+
+
+def tool_set(req: CreateResponse) -> ToolSet:
+    tools = ToolSet()
+    for i, tool in enumerate(req.tools or []):
+        param = f"tools[{i}]"
+        if isinstance(tool, FunctionToolParam):
+            # As in OpenAI's Responses API, function tools are strict unless they say otherwise.
+            tools.tools.append(Tool(tool.name, tool.description, tool.parameters, tool.strict is not False, param=param))
+        elif isinstance(tool, CustomToolParam):
+            tools.tools.append(_custom_tool(tool, tool.name, param))
+        elif isinstance(tool, NamespaceToolParam):
+            for j, inner in enumerate(tool.tools):
+                name, inner_param = f"{tool.name}.{inner.name}", f"{param}.tools[{j}]"
+                tools.namespaces[name] = (tool.name, inner.name)
+                if isinstance(inner, FunctionToolParam):
+                    tools.tools.append(Tool(name, inner.description, inner.parameters, inner.strict is not False, param=inner_param))
+                else:
+                    tools.tools.append(_custom_tool(inner, name, inner_param))
+        elif isinstance(tool, BuiltinToolParam):
+            tools.ignored.append(tool.type)
+    return tools
+
+
+def tool_choice(req: CreateResponse, tools: ToolSet) -> ToolChoice | None:
+    choice = req.tool_choice
+    if choice is None or isinstance(choice, str):
+        return choice
+    if isinstance(choice, NamedToolChoice):
+        return ForcedTool(choice.name, "tool_choice.name")
+    if isinstance(choice, AllowedTools):
+        allowed = {t.get("name") for t in choice.tools}
+        tools.tools = [t for t in tools.tools if t.name in allowed]
+        return choice.mode
+    raise unsupported("tool_choice", f"of type '{choice.type}' names a built-in tool this server cannot run")
+
+
+def _text(content: str | list, param: str) -> str:  # type: ignore[type-arg]
+    if isinstance(content, str):
+        return content
+    for j, part in enumerate(content):
+        if not isinstance(part, InputText):
+            raise invalid_request(f"Content of type '{part.type}' is not supported: this server serves text models.",
+                                  f"{param}.content[{j}].type", "unsupported_content_type")
+    return "\n".join(part.text for part in content)
+
+
+def messages_of(items: list[InputItem], param: str = "input") -> list[Message]:
+    """Input items as chat messages: consecutive calls join one assistant turn, outputs become tool messages."""
+    messages: list[Message] = []
+    for i, item in enumerate(items):
+        where = f"{param}[{i}]"
+        if isinstance(item, MessageItem):
+            role = "system" if item.role == "developer" else item.role
+            messages.append(Message(role, _text(item.content, where)))
+        elif isinstance(item, FunctionCallItem | CustomToolCallItem):
+            name = f"{item.namespace}.{item.name}" if item.namespace else item.name
+            custom = isinstance(item, CustomToolCallItem)
+            call = ToolCall(item.call_id, name, item.input if custom else item.arguments, custom=custom)
+            last = messages[-1] if messages else None
+            if last is not None and last.role == "assistant":
+                messages[-1] = Message("assistant", last.content, last.tool_calls + (call,))
+            else:
+                messages.append(Message("assistant", "", (call,)))
+        elif isinstance(item, FunctionCallOutputItem | CustomToolCallOutputItem):
+            messages.append(Message("tool", _text(item.output, where), tool_call_id=item.call_id))
+        else:
+            raise invalid_request(f"Input items of type '{item.type}' are not supported by this server.", f"{where}.type",
+                                  "unsupported_item_type")
+    return messages
+
+
+def input_items(req: CreateResponse) -> list[InputItem]:
+    """The request's input as items, each with an id (a string input is one user message)."""
+    raw = req.input
+    if raw is None:
+        return []
+    items = [MessageItem(role="user", content=raw)] if isinstance(raw, str) else list(raw)
+    out = []
+    for item in items:
+        if getattr(item, "id", None) is None:
+            prefix = {"message": "msg", "function_call_output": "fco", "custom_tool_call_output": "ctco"}.get(item.type, "item")
+            item = item.model_copy(update={"id": new_id(prefix)})
+        out.append(item)
+    return out
+
+
+def chat_request(req: CreateResponse, context: list[InputItem], own: list[InputItem], tools: ToolSet) -> ChatRequest:
+    choice = tool_choice(req, tools)
+    messages = messages_of(context, "previous_response_id") if context else []
+    messages += messages_of(own)
+    if req.instructions:
+        messages.insert(0, Message("system", req.instructions))
+    if not messages:
+        raise invalid_request("'input' is required: give the model something to answer.", "input")
+    fmt = req.text.format if req.text else None
+    output = None
+    if isinstance(fmt, TextFormatJSONObject):
+        output = JSONOutput(param="text.format")
+    elif isinstance(fmt, TextFormatJSONSchema):
+        output = JSONOutput(fmt.schema_, bool(fmt.strict), "text.format.schema")
+    logprobs = (req.top_logprobs or 0) if LOGPROBS in (req.include or []) else None
+    return ChatRequest(
+        messages=messages, model=req.model, sampling=Sampling(temperature=req.temperature, top_p=req.top_p),
+        max_tokens=req.max_output_tokens, max_tokens_param="max_output_tokens", tools=tools.tools, tool_choice=choice,
+        parallel_tool_calls=req.parallel_tool_calls, output=output, logprobs=logprobs, truncate=req.truncation == "auto",
+    )
+
+
+# ---------------------------------------------------------------- the answer as output items
+
+
+def call_item(call: Call, tools: ToolSet) -> FunctionCallOutput | CustomToolCallOutput:
+    namespace, name = tools.namespaces.get(call.name, (None, call.name))
+    call_id = f"call_{uuid.uuid4().hex[:24]}"
+    if call.custom or tools.is_custom(call.name):
+        text = call.arguments
+        if not call.custom:  # the model wrote the custom call as JSON: {"input": ...}
+            try:
+                text = str(json.loads(call.arguments).get("input", call.arguments))
+            except (ValueError, AttributeError):
+                pass
+        return CustomToolCallOutput(id=new_id("ctc"), call_id=call_id, name=name, input=text, namespace=namespace)
+    return FunctionCallOutput(id=new_id("fc"), call_id=call_id, name=name, arguments=call.arguments, status="completed",
+                              namespace=namespace)
+
+
+def output_items(answer: Answer, tools: ToolSet, logprobs: list[Logprob], message_id: str | None = None) -> list[OutputItem]:
+    items: list[OutputItem] = []
+    if answer.content or not answer.calls:
+        status = "incomplete" if answer.finish_reason == "length" else "completed"
+        items.append(OutputMessage(id=message_id or new_id("msg"), status=status,
+                                   content=[OutputText(text=answer.content or "", logprobs=logprobs)]))
+    items += [call_item(call, tools) for call in answer.calls]
+    return items
+
+
+def response_logprobs(backend: Backend, items: Sequence[TokenLogprob]) -> list[Logprob]:
+    def piece(token: int) -> tuple[str, list[int]]:
+        raw = backend.token_bytes(token)
+        return raw.decode("utf-8", "replace"), list(raw)
+
+    out = []
+    for item in items:
+        text, raw = piece(item.token)
+        top = [TopLogprob(token=t, logprob=lp, bytes=b) for (t, b), lp in ((piece(tok), lp) for tok, lp in item.top)]
+        out.append(Logprob(token=text, logprob=item.logprob, bytes=raw, top_logprobs=top))
+    return out
