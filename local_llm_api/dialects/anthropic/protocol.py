@@ -33,6 +33,9 @@ class ToolUseBlock(Request):
     name: str
     input: dict[str, Any]
     cache_control: dict[str, Any] | None = None
+    # Sent back by the SDK when an answer's blocks are reused as history; they change nothing here.
+    caller: dict[str, Any] | None = None
+    toolset_name: str | None = None
 
 
 class ToolResultBlock(Request):

@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, SerializerFunctionWrapHandler, Tag, model_serializer
 
 
 class Request(BaseModel):
@@ -379,6 +379,15 @@ class ResponseObject(BaseModel):
     usage: ResponseUsage | None = None
     user: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """`user` and `usage` are left out while unset: the spec has no null for them."""
+        out = handler(self)
+        for key in ("user", "usage"):
+            if out.get(key) is None:
+                out.pop(key, None)
+        return out
 
 
 class InputItemList(BaseModel):

@@ -160,7 +160,7 @@ def input_items(req: CreateResponse) -> list[InputItem]:
     raw = req.input
     if raw is None:
         return []
-    items = [MessageItem(role="user", content=raw)] if isinstance(raw, str) else list(raw)
+    items = [MessageItem(role="user", content=[InputText(type="input_text", text=raw)])] if isinstance(raw, str) else list(raw)
     out = []
     for item in items:
         if getattr(item, "id", None) is None:
