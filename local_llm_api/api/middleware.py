@@ -22,6 +22,34 @@ log = logging.getLogger("local_llm_api.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, or as much as passes `limit` by a chunk; None when the client left."""
+    body, more = b"", True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+        if len(body) > limit:
+            break
+    return body
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands the app `body` at once, then passes through (disconnects)."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
 class RequestContextMiddleware:
     """Pure ASGI so that the log line is written when a stream really ends, not when its headers go out."""
 
@@ -40,38 +68,19 @@ class RequestContextMiddleware:
                 return None
         if "chunked" not in headers.get("transfer-encoding", ""):
             return receive
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return receive  # the client left; let the app see the disconnect
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.max_body_bytes:
-                return None
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return replay
+        body = await _read_body(receive, self.max_body_bytes)
+        if body is None:
+            return receive  # the client left; let the app see the disconnect
+        return _replaying(body, receive) if len(body) <= self.max_body_bytes else None
 
     async def _decompressed(self, scope: Scope, encoding: str, receive: Receive) -> Receive:
         """The body of a request sent with `Content-Encoding: zstd` (as Codex CLI does), gzip or deflate,
         decompressed up to the body limit and replayed to the app, which then sees a plain body."""
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return receive
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.max_body_bytes:
-                raise APIError(413, f"Request body too large; the limit is {self.max_body_bytes} bytes.", code="request_too_large")
+        body = await _read_body(receive, self.max_body_bytes)
+        if body is None:
+            return receive
+        if len(body) > self.max_body_bytes:
+            raise APIError(413, f"Request body too large; the limit is {self.max_body_bytes} bytes.", code="request_too_large")
         limit = self.max_body_bytes + 1
         try:
             if encoding == "zstd":
@@ -87,16 +96,7 @@ class RequestContextMiddleware:
                            code="request_too_large")
         scope["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"content-encoding", b"content-length")]
         scope["headers"].append((b"content-length", str(len(plain)).encode()))
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": plain, "more_body": False}
-            return await receive()
-
-        return replay
+        return _replaying(plain, receive)
 
     async def _body(self, scope: Scope, headers: dict[str, str], receive: Receive) -> Receive:
         """`receive` for the app: within the size limit, decompressed when the body is compressed."""
