@@ -48,6 +48,15 @@ class Server:
     def log(self) -> str:
         return self.log_file.read_text() if self.log_file.exists() else ""
 
+    def wait_for_log(self, text: str, timeout: float = 10) -> str:
+        """The log once it holds `text`: a request's log line is written when its response has ended, which
+        may be after the client has read it."""
+        deadline = time.time() + timeout
+        while text not in (log := self.log()):
+            assert time.time() < deadline, f"{text!r} never reached the log:\n{log[-2000:]}"
+            time.sleep(0.05)
+        return log
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -53,6 +53,7 @@ def test_seeded_output_does_not_depend_on_batch_neighbours(server: Server) -> No
 def test_long_prompt_does_not_freeze_running_streams(server: Server) -> None:
     """Chunked prefill: a 700-token prompt arriving mid-stream is fed in small chunks between decode steps."""
     gaps: list[float] = []
+    streaming = threading.Event()
 
     def stream() -> None:
         with server.client() as c:
@@ -63,11 +64,12 @@ def test_long_prompt_does_not_freeze_running_streams(server: Server) -> None:
                     now = time.perf_counter()
                     if line.startswith("data: {") and last is not None:
                         gaps.append(now - last)
+                        streaming.set()
                     last = now
 
     streamer = threading.Thread(target=stream)
     streamer.start()
-    time.sleep(0.5)
+    assert streaming.wait(60)  # the long prompt arrives while tokens are streaming
     long_prompt = [{"role": "user", "content": "tell me about apples and pears " * 100}]
     with server.client() as c:
         reply = c.post("/v1/chat/completions", json={"messages": long_prompt, "max_tokens": 2})

@@ -198,8 +198,6 @@ def test_unload_then_load(client: httpx.Client) -> None:
 
 def test_request_log_lines(server: Server, client: httpx.Client) -> None:
     client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 3}, headers={"X-Request-ID": "trace-me-42"})
-    lines = [line for line in server.log().splitlines() if "request_id=trace-me-42" in line]
-    assert lines, server.log()[-2000:]
-    line = lines[-1]
+    line = [line for line in server.wait_for_log("request_id=trace-me-42").splitlines() if "request_id=trace-me-42" in line][-1]
     for field in ("method=POST", "path=/v1/chat/completions", "status=200", f"model={MODEL}", "prompt_tokens=", "completion_tokens=", "duration_ms="):
         assert field in line

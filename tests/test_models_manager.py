@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import MODEL, NO_END, Server, SpecValidator, running_server, sse_events
+from .conftest import MODEL, NO_END, Server, SpecValidator, running_server
 from .models import HF_SMOLLM2, MINILM, minilm_folder, place_tree
 
 HELLO = [{"role": "user", "content": "Name three colours."}]
@@ -133,15 +133,20 @@ def test_lru_eviction_never_unloads_a_serving_model(tmp_path: Path, mixed_dir: P
         # The GGUF (loaded first, so least recently used) streams a long answer the whole time.
         body = {"model": MODEL, "messages": HELLO, "max_tokens": 1000, "logit_bias": NO_END, "stream": True}
         finished: list[str] = []
+        started = threading.Event()
 
         def long_stream() -> None:
             with server.client() as streaming, streaming.stream("POST", "/v1/chat/completions", json=body) as r:
-                events = sse_events(r)
+                events = []
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        events.append(line[len("data: "):])
+                        started.set()
             finished.append(json.loads(events[-2])["choices"][0]["finish_reason"])
 
         streamer = threading.Thread(target=long_stream)
         streamer.start()
-        time.sleep(1)
+        assert started.wait(60)  # the GGUF is serving before the other models need room
         assert client.post("/v1/embeddings", json={"model": MINILM, "input": "hi"}).status_code == 200
         # Two loaded; the Transformers model needs room: MiniLM (idle) goes, the serving GGUF stays.
         assert chat(client, HF_SMOLLM2, max_tokens=2).status_code == 200
