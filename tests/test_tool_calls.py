@@ -13,7 +13,8 @@ from local_llm_api.core.prompt import template_messages
 from local_llm_api.dialects.openai.protocol import ChatCompletionRequest
 from local_llm_api.dialects.openai.translate import chat_request
 from local_llm_api.prompting.chat_template import CHATML, LLAMA3, render_chat
-from local_llm_api.prompting.tool_calls import HERMES, LLAMA3 as LLAMA3_FORMAT, MISTRAL, Call, ToolCallStream, tool_format
+from local_llm_api.prompting.tool_calls import HERMES, MISTRAL, Call, ToolCallStream, tool_format
+from local_llm_api.prompting.tool_calls import LLAMA3 as LLAMA3_FORMAT
 
 QWEN_LIKE = "{% for m in messages %}{{ m.content }}{% endfor %}{% if tools %}<tools>{{ tools | tojson }}</tools>{% endif %}<tool_call>"
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from local_llm_api.core.errors import APIError
-from local_llm_api.config import SettingsError, load_settings
 from local_llm_api.catalog import Catalog, ModelEntry
-from local_llm_api.config import BackendChoice
+from local_llm_api.config import BackendChoice, SettingsError, load_settings
+from local_llm_api.core.errors import APIError
 from local_llm_api.manager import LoadedModel, ModelManager
 from local_llm_api.prompting.chat_template import CHATML, LLAMA3, ChatTemplateError, fallback_template, render_chat
 from local_llm_api.prompting.text import StopMatcher, Utf8Stream

@@ -12,7 +12,6 @@ import uuid
 import zlib
 
 import zstandard
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..core.errors import APIError

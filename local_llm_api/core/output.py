@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backends.base import Backend
-from .errors import invalid_request
-from .request import ChatRequest, ForcedTool
 from ..prompting.tool_calls import ToolFormat, tool_format
 from ..structured.constraint import GrammarError, import_llguidance
+from .errors import invalid_request
+from .request import ChatRequest, ForcedTool
 
 # Compact JSON, as models write it: flexible whitespace would let a small model loop on newlines.
 JSON_OPTIONS = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}

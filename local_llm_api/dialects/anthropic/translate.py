@@ -10,7 +10,6 @@ from ...core.request import ChatRequest, ForcedTool, Message, Sampling, Tool, To
 from .protocol import (
     CountTokensRequest,
     CreateMessage,
-    MessageParam,
     OtherBlock,
     OtherTool,
     StopReason,

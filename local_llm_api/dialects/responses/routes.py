@@ -30,7 +30,16 @@ from .protocol import (
     new_id,
 )
 from .store import ResponseStore, owner_of
-from .translate import ITEMS, ToolSet, chat_request, input_items, output_items, refuse_unsupported, response_logprobs, tool_set
+from .translate import (
+    ITEMS,
+    ToolSet,
+    chat_request,
+    input_items,
+    output_items,
+    refuse_unsupported,
+    response_logprobs,
+    tool_set,
+)
 
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 503)}
 STREAM = {200: {"content": {"text/event-stream": {}}, "description": "JSON, or server-sent events when `stream` is true"}}
