@@ -54,6 +54,16 @@ class Answer:
     stop_sequence: str | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
 
+    def add(self, event: ChatEvent) -> None:
+        if isinstance(event, TextDelta):
+            self.content = (self.content or "") + event.text
+            self.logprobs += event.logprobs
+            return
+        self.finish_reason, self.calls, self.completion_tokens = event.finish_reason, event.calls, event.completion_tokens
+        self.stop_sequence = event.stop_sequence
+        if event.calls:  # the text around tool calls, if any, without the whitespace before them
+            self.content = (self.content or "").strip() or None
+
 
 @dataclass
 class ChatRun:
@@ -100,15 +110,7 @@ class ChatRun:
     async def answers(self) -> list[Answer]:
         answers = {job.index: Answer(job.index) for job in self.jobs}
         async for event in self.events():
-            answer = answers[event.index]
-            if isinstance(event, TextDelta):
-                answer.content = (answer.content or "") + event.text
-                answer.logprobs += event.logprobs
-            else:
-                answer.finish_reason, answer.calls, answer.completion_tokens = event.finish_reason, event.calls, event.completion_tokens
-                answer.stop_sequence = event.stop_sequence
-                if event.calls:
-                    answer.content = (answer.content or "").strip() or None
+            answers[event.index].add(event)
         return [answers[job.index] for job in self.jobs]
 
 
@@ -145,5 +147,7 @@ async def start_chat(req: ChatRequest, manager: ModelManager, settings: Settings
 async def count_prompt_tokens(req: ChatRequest, manager: ModelManager) -> int:
     """How many tokens the model would read for this request: system, tools and the template's own tokens."""
     async with manager.use(req.model, "chat") as model:
-        _, prompt = await asyncio.to_thread(prepare, model, req)
+        backend = model.backend
+        plan = plan_output(req, backend.facts.chat_template)  # what the model is shown; no grammar is compiled
+        prompt = await asyncio.to_thread(prompt_tokens, backend, req.messages, plan)
     return len(prompt)

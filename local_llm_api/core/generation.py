@@ -34,6 +34,15 @@ class ChoiceResult:
     logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class TokenCounts:
+    """A request's tokens, as `request.state.usage` for the access log line (OpenAI's `Usage` has the same two
+    fields, so the OpenAI routes store that instead)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
 def ensure_capacity(backend: Backend, jobs: list[ChoiceJob]) -> None:
     """Refuse with 429 before anything is streamed when the model's queue cannot take these choices."""
     try:

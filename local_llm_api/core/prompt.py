@@ -10,7 +10,7 @@ from ..prompting.chat_template import ChatTemplateError, render_chat
 from ..prompting.tool_calls import Call, template_takes_tools, tool_format, tools_system_prompt
 from .errors import invalid_request
 from .output import OutputPlan
-from .request import Message
+from .request import Message, ToolCall
 
 
 def template_messages(messages: list[Message], plan: OutputPlan, template: str) -> list[dict[str, Any]]:
@@ -44,7 +44,7 @@ def template_messages(messages: list[Message], plan: OutputPlan, template: str) 
     return out
 
 
-def _arguments(call: Any) -> Any:
+def _arguments(call: ToolCall) -> Any:
     """A call's arguments as an object: a custom tool's raw input is shown as `{"input": ...}`."""
     if call.custom:
         return {"input": call.arguments}

@@ -13,7 +13,7 @@ constrain the text itself.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +47,7 @@ class ToolFormat:
         return self.list_open + self.separator.join(objects) + self.list_close
 
     def grammar(self, functions: list[tuple[str, dict[str, Any]]], *, parallel: bool,
-                custom: list[tuple[str, str | None]] = ()) -> str:  # type: ignore[assignment]
+                custom: Sequence[tuple[str, str | None]] = ()) -> str:
         """Lark rules, entered at `calls`, for one call (or several, when `parallel`) of these functions,
         given as (name, parameters JSON schema), and custom tools, given as (name, the name of the Lark
         sub-grammar of their input or None for free text). The call's frame is literal text and each

@@ -6,18 +6,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from ..base import Request, Typed
 
 
-class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class OtherBlock(BaseModel):
-    """Image, document, thinking, server-tool blocks: parsed so that the 400 can name them."""
-
-    model_config = ConfigDict(extra="allow")
-    type: str
+class OtherBlock(Typed):
+    """Image, document, thinking, server-tool blocks: refused."""
 
 
 class TextBlock(Request):
@@ -62,11 +57,8 @@ class ToolParam(Request):
     cache_control: dict[str, Any] | None = None
 
 
-class OtherTool(BaseModel):
-    """Anthropic's server tools (web_search, bash, text_editor...): parsed so that the 400 can name them."""
-
-    model_config = ConfigDict(extra="allow")
-    type: str
+class OtherTool(Typed):
+    """Anthropic's server tools (web_search, bash, text_editor...): refused."""
 
 
 class ToolChoice(Request):
@@ -75,9 +67,8 @@ class ToolChoice(Request):
     disable_parallel_tool_use: bool | None = None
 
 
-class ThinkingParam(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: str
+class ThinkingParam(Typed):
+    """`thinking`: only `{"type": "disabled"}` is served."""
 
 
 class Metadata(Request):

@@ -13,7 +13,7 @@ from fastapi.responses import Response
 
 from ...api.auth import require_api_key
 from ...core.chat import Answer, ChatRun, TextDelta, count_prompt_tokens, start_chat
-from ...core.generation import until_disconnected
+from ...core.generation import TokenCounts, until_disconnected
 from ...core.streaming import sse_data, sse_response
 from .errors import error_event
 from .protocol import CountTokensRequest, CreateMessage, ErrorEnvelope, MessageOut, TokenCount, Usage, message_id
@@ -33,6 +33,7 @@ async def create_message(req: CreateMessage, request: Request) -> Response | Mes
         return sse_response(_stream(run, request), run.aclose, error_event)
     async with run:
         answer = (await until_disconnected(request, run.answers()))[0]
+    request.state.usage = TokenCounts(run.prompt_tokens, answer.completion_tokens)
     return MessageOut(id=message_id(), model=run.model.entry.name, content=content_blocks(answer),
                       stop_reason=stop_reason(answer), stop_sequence=answer.stop_sequence,
                       usage=Usage(input_tokens=run.prompt_tokens, output_tokens=answer.completion_tokens))
@@ -53,19 +54,16 @@ async def _stream(run: ChatRun, request: Request) -> AsyncIterator[str]:
                          usage=Usage(input_tokens=run.prompt_tokens, output_tokens=0))
     yield _event("message_start", message=message.model_dump(mode="json"))
     yield _event("ping")
-    text_open, index, text = False, 0, ""
+    text_open, index = False, 0
     answer = Answer(0)
     async for item in run.events():
-        if isinstance(item, TextDelta):
-            if not item.text:
-                continue
-            if not text_open:
-                text_open = True
-                yield _event("content_block_start", index=index, content_block={"type": "text", "text": ""})
-            text += item.text
-            yield _event("content_block_delta", index=index, delta={"type": "text_delta", "text": item.text})
+        answer.add(item)
+        if not isinstance(item, TextDelta) or not item.text:
             continue
-        answer = Answer(0, text, item.calls, item.finish_reason, item.completion_tokens, item.stop_sequence)
+        if not text_open:
+            text_open = True
+            yield _event("content_block_start", index=index, content_block={"type": "text", "text": ""})
+        yield _event("content_block_delta", index=index, delta={"type": "text_delta", "text": item.text})
     blocks = content_blocks(answer)
     if not text_open and blocks and blocks[0].type == "text":  # an empty answer still has its text block
         text_open = True
@@ -82,7 +80,7 @@ async def _stream(run: ChatRun, request: Request) -> AsyncIterator[str]:
                      delta={"type": "input_json_delta", "partial_json": json.dumps(block.input, ensure_ascii=False)})
         yield _event("content_block_stop", index=index)
         index += 1
-    request.state.model = run.model.entry.name
+    request.state.usage = TokenCounts(run.prompt_tokens, answer.completion_tokens)
     yield _event("message_delta", delta={"stop_reason": stop_reason(answer), "stop_sequence": answer.stop_sequence},
                  usage={"output_tokens": answer.completion_tokens})
     yield _event("message_stop")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from ...core.chat import Answer
 from ...core.errors import invalid_request, unsupported
@@ -22,14 +23,13 @@ from .protocol import (
 )
 
 
-def _block_text(blocks: str | list, param: str) -> str:  # type: ignore[type-arg]
+def _block_text(blocks: str | Sequence[TextBlock | OtherBlock | ToolUseBlock | ToolResultBlock], param: str) -> str:
     if isinstance(blocks, str):
         return blocks
     texts = []
     for j, block in enumerate(blocks):
         if not isinstance(block, TextBlock):
-            raise invalid_request(f"Content blocks of type '{block.type}' are not supported here: this server serves "
-                                  "text models.", f"{param}[{j}].type")
+            raise invalid_request(f"Only text blocks can stand here; got '{block.type}'.", f"{param}[{j}].type")
         texts.append(block.text)
     return "\n".join(texts)
 
@@ -55,9 +55,11 @@ def messages_of(req: CountTokensRequest) -> list[Message]:
                 if block.is_error:
                     content = f"Error: {content}"
                 messages.append(Message("tool", content, tool_call_id=block.tool_use_id))
+            elif isinstance(block, OtherBlock):
+                raise invalid_request(f"Content blocks of type '{block.type}' are not supported: this server serves "
+                                      "text models.", f"{where}[{j}].type")
             else:
-                kind = block.type if isinstance(block, OtherBlock) else f"{block.type}' in a {message.role} message'"
-                raise invalid_request(f"Content blocks of type '{kind}' are not supported here.", f"{where}[{j}].type")
+                raise invalid_request(f"A '{block.type}' block cannot stand in a {message.role} message.", f"{where}[{j}].type")
         if text or calls:
             messages.append(Message(message.role, "\n".join(text), tuple(calls)))
     return messages

@@ -11,12 +11,9 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
-
-class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+from ..base import DropNone, Request, Typed
 
 # ---------------------------------------------------------------- shared request parts
 
@@ -32,11 +29,8 @@ class TextPart(Request):
     prompt_cache_breakpoint: dict[str, Any] | None = None
 
 
-class OtherPart(BaseModel):
-    """Image, audio, file and refusal parts: parsed so the error can name them, then refused (text-only models)."""
-
-    model_config = ConfigDict(extra="allow")
-    type: str
+class OtherPart(Typed):
+    """Image, audio, file and refusal parts: refused (text-only models)."""
 
 
 ContentPart = Annotated[TextPart | OtherPart, Field(union_mode="left_to_right")]
@@ -68,14 +62,6 @@ class ChatMessage(Request):
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a tool message needs 'tool_call_id'")
         return self
-
-
-class DropNone(BaseModel):
-    """Serialises without the keys left unset (stream deltas carry only what changed)."""
-
-    @model_serializer(mode="wrap")
-    def _drop_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class FunctionDefinition(Request):

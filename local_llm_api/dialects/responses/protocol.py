@@ -9,9 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, SerializerFunctionWrapHandler, Tag, model_serializer
 
-
-class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from ..base import DropNone, Request, Typed
 
 
 def new_id(prefix: str) -> str:
@@ -29,11 +27,8 @@ class InputText(Request):
     prompt_cache_breakpoint: dict[str, Any] | None = None
 
 
-class OtherContent(BaseModel):
-    """Image, file, audio and refusal parts: parsed so that the 400 can name them."""
-
-    model_config = ConfigDict(extra="allow")
-    type: str
+class OtherContent(Typed):
+    """Image, file, audio and refusal parts: refused."""
 
 
 Content = Annotated[InputText | OtherContent, Field(union_mode="left_to_right")]
@@ -83,11 +78,8 @@ class CustomToolCallOutputItem(Request):
     id: str | None = None
 
 
-class OtherItem(BaseModel):
-    """Reasoning, built-in tool calls, item references...: parsed so that the 400 can name them."""
-
-    model_config = ConfigDict(extra="allow")
-    type: str
+class OtherItem(Typed):
+    """Reasoning, built-in tool calls, item references...: refused."""
 
 
 def _item_tag(value: Any) -> str:
@@ -110,7 +102,7 @@ InputItem = Annotated[
 # ---------------------------------------------------------------- tools
 
 
-class FunctionToolParam(Request):
+class FunctionToolParam(Request, DropNone):  # echoed in the response
     type: Literal["function"]
     name: str = Field(min_length=1, max_length=128)
     description: str | None = None
@@ -129,7 +121,7 @@ class GrammarToolFormat(Request):
     definition: str
 
 
-class CustomToolParam(Request):
+class CustomToolParam(Request, DropNone):  # echoed in the response
     type: Literal["custom"]
     name: str = Field(min_length=1, max_length=128)
     description: str | None = None
@@ -137,7 +129,7 @@ class CustomToolParam(Request):
     defer_loading: bool | None = None
 
 
-class NamespaceToolParam(Request):
+class NamespaceToolParam(Request, DropNone):  # echoed in the response
     """A group of function or custom tools (Codex sends its MCP servers' tools this way)."""
 
     type: Literal["namespace"]
@@ -146,11 +138,8 @@ class NamespaceToolParam(Request):
     tools: list[Annotated[FunctionToolParam | CustomToolParam, Field(discriminator="type")]]
 
 
-class BuiltinToolParam(BaseModel):
+class BuiltinToolParam(Typed):
     """A tool OpenAI runs itself (web_search, file_search, image_generation, ...): a local server cannot."""
-
-    model_config = ConfigDict(extra="allow")
-    type: str
 
 
 def _tool_tag(value: Any) -> str:
@@ -167,20 +156,19 @@ ToolParam = Annotated[
 ]
 
 
-class NamedToolChoice(Request):
+class NamedToolChoice(Request, DropNone):  # echoed in the response
     type: Literal["function", "custom"]
     name: str
 
 
-class AllowedTools(Request):
+class AllowedTools(Request, DropNone):  # echoed in the response
     type: Literal["allowed_tools"]
     mode: Literal["auto", "required"]
     tools: list[dict[str, Any]]
 
 
-class OtherToolChoice(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: str
+class OtherToolChoice(Typed):
+    """A tool choice naming a built-in tool: refused."""
 
 
 ToolChoiceParam = Literal["none", "auto", "required"] | Annotated[
@@ -198,7 +186,7 @@ class TextFormatJSONObject(Request):
     type: Literal["json_object"]
 
 
-class TextFormatJSONSchema(Request):
+class TextFormatJSONSchema(Request, DropNone):  # echoed in the response
     type: Literal["json_schema"]
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     schema_: dict[str, Any] = Field(alias="schema")
@@ -211,12 +199,12 @@ class TextFormatJSONSchema(Request):
 TextFormat = Annotated[TextFormatText | TextFormatJSONObject | TextFormatJSONSchema, Field(discriminator="type")]
 
 
-class TextParam(Request):
+class TextParam(Request, DropNone):  # echoed in the response
     format: TextFormat | None = None
     verbosity: Literal["low", "medium", "high"] | None = None
 
 
-class ReasoningParam(Request):
+class ReasoningParam(Request, DropNone):  # echoed in the response
     effort: str | None = None
     summary: str | None = None
     generate_summary: str | None = None
@@ -304,7 +292,7 @@ class OutputMessage(BaseModel):
     content: list[OutputText]
 
 
-class FunctionCallOutput(BaseModel):
+class FunctionCallOutput(DropNone):  # `namespace` only when it has one
     type: Literal["function_call"] = "function_call"
     id: str
     call_id: str
@@ -314,7 +302,7 @@ class FunctionCallOutput(BaseModel):
     namespace: str | None = None
 
 
-class CustomToolCallOutput(BaseModel):
+class CustomToolCallOutput(DropNone):  # `namespace` only when it has one
     type: Literal["custom_tool_call"] = "custom_tool_call"
     id: str
     call_id: str

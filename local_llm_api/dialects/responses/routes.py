@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from ...api.auth import presented_key, require_api_key
 from ...core.chat import Answer, ChatRun, TextDelta, start_chat
 from ...core.errors import APIError, not_found
-from ...core.generation import until_disconnected
+from ...core.generation import TokenCounts, until_disconnected
 from ...core.streaming import sse_data, sse_response
 from ..openai.errors import ErrorResponse
 from .protocol import (
@@ -27,6 +27,8 @@ from .protocol import (
     ResponseError,
     ResponseObject,
     ResponseUsage,
+    TextFormatText,
+    TextParam,
     new_id,
 )
 from .store import ResponseStore, owner_of
@@ -60,30 +62,29 @@ def usage(prompt_tokens: int, completion_tokens: int) -> ResponseUsage:
     return ResponseUsage(input_tokens=prompt_tokens, output_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)
 
 
-def skeleton(req: CreateResponse, model: str, tools: ToolSet) -> ResponseObject:
+def skeleton(req: CreateResponse, model: str) -> ResponseObject:
     """The response as it starts: what was asked, no output yet."""
     return ResponseObject(
         id=new_id("resp"), status="in_progress", model=model, instructions=req.instructions,
         max_output_tokens=req.max_output_tokens, parallel_tool_calls=req.parallel_tool_calls is not False,
         previous_response_id=req.previous_response_id, reasoning=req.reasoning, store=req.store is not False,
         temperature=req.temperature, top_p=req.top_p, top_logprobs=req.top_logprobs,
-        **({"text": req.text} if req.text is not None and req.text.format is not None else {}),
+        text=req.text if req.text is not None and req.text.format is not None else TextParam(format=TextFormatText(type="text")),
         tool_choice=req.tool_choice or "auto", tools=req.tools or [], truncation=req.truncation or "disabled",
         user=req.user, metadata=req.metadata or {},
     )
 
 
-def finish(response: ResponseObject, answer: Answer, prompt_tokens: int) -> ResponseObject:
+async def conclude(request: Request, req: CreateResponse, run: ChatRun, response: ResponseObject, answer: Answer,
+                   own: list[InputItem], context: list[InputItem]) -> None:
+    """The finished response: status, output text and usage; logged, and stored unless `store` is false."""
     response.output_text = "".join(part.text for item in response.output if isinstance(item, OutputMessage) for part in item.content)
-    response.usage = usage(prompt_tokens, answer.completion_tokens)
+    response.usage = usage(run.prompt_tokens, answer.completion_tokens)
     if answer.finish_reason == "length":
         response.status, response.incomplete_details = "incomplete", IncompleteDetails(reason="max_output_tokens")
     else:
         response.status, response.completed_at = "completed", int(time.time())
-    return response
-
-
-async def keep(request: Request, req: CreateResponse, response: ResponseObject, own: list[InputItem], context: list[InputItem]) -> None:
+    request.state.usage = TokenCounts(run.prompt_tokens, answer.completion_tokens)
     if req.store is not False:
         dump = ITEMS.dump_python
         await store_of(request).put(owner(request), response.model_dump(mode="json"), dump(own, mode="json", exclude_none=True),
@@ -105,17 +106,17 @@ async def create_response(req: CreateResponse, request: Request) -> Response:
     own = input_items(req)
     run = await start_chat(chat_request(req, context, own, tools), request.app.state.manager, request.app.state.settings)
     request.state.model = run.model.entry.name
-    response = skeleton(req, run.model.entry.name, tools)
+    response = skeleton(req, run.model.entry.name)
     headers = {IGNORED_TOOLS_HEADER: ", ".join(tools.ignored)} if tools.ignored else None
     if req.stream:
-        events = _stream(run, req, response, tools, own, context, request)
-        return sse_response(events, run.aclose, lambda exc: _error_events(response, exc), headers=headers)
+        event = Events()  # one numbering for the stream and the failure events that may end it
+        stream = _stream(run, req, response, tools, own, context, request, event)
+        return sse_response(stream, run.aclose, lambda exc: _failure_events(response, exc, event), headers=headers)
     async with run:
         answer = (await until_disconnected(request, run.answers()))[0]
     logprobs = response_logprobs(run.model.backend, answer.logprobs) if run.jobs[0].params.logprobs is not None else []
     response.output = output_items(answer, tools, logprobs)
-    finish(response, answer, run.prompt_tokens)
-    await keep(request, req, response, own, context)
+    await conclude(request, req, run, response, answer, own, context)
     return JSONResponse(response.model_dump(mode="json"), headers=headers)
 
 
@@ -140,35 +141,35 @@ def _dump(model: Any) -> Any:
 
 
 async def _stream(run: ChatRun, req: CreateResponse, response: ResponseObject, tools: ToolSet, own: list[InputItem],
-                  context: list[InputItem], request: Request) -> AsyncIterator[str]:
-    event = Events()
+                  context: list[InputItem], request: Request, event: Events) -> AsyncIterator[str]:
     yield event("response.created", response=_dump(response))
     yield event("response.in_progress", response=_dump(response))
     backend, wants_logprobs = run.model.backend, run.jobs[0].params.logprobs is not None
-    message_id, text, logprobs, opened = new_id("msg"), "", [], False
+    message_id, logprobs, opened, pending = new_id("msg"), [], False, ""
 
     def open_message() -> list[str]:
         item = OutputMessage(id=message_id, status="in_progress", content=[])
-        part = OutputText(text="")
         return [event("response.output_item.added", output_index=0, item=_dump(item)),
-                event("response.content_part.added", item_id=message_id, output_index=0, content_index=0, part=_dump(part))]
+                event("response.content_part.added", item_id=message_id, output_index=0, content_index=0,
+                      part=_dump(OutputText(text="")))]
 
     answer = Answer(0)
     async for item in run.events():
-        if isinstance(item, TextDelta):
-            delta_logprobs = response_logprobs(backend, item.logprobs) if wants_logprobs else []
-            logprobs += delta_logprobs
-            if not item.text:
-                continue
-            if not opened:
-                opened = True
-                for line in open_message():
-                    yield line
-            text += item.text
-            yield event("response.output_text.delta", item_id=message_id, output_index=0, content_index=0, delta=item.text,
-                        logprobs=[_dump(lp) for lp in delta_logprobs])
+        answer.add(item)
+        if not isinstance(item, TextDelta):
             continue
-        answer = Answer(0, text.strip() if item.calls else text, item.calls, item.finish_reason, item.completion_tokens)
+        delta_logprobs = response_logprobs(backend, item.logprobs) if wants_logprobs else []
+        logprobs += delta_logprobs
+        pending += item.text
+        if not pending.strip() and (not opened or not pending):
+            continue  # nothing to send; whitespace before any text is held (before tool calls it is no message)
+        if not opened:
+            opened = True
+            for line in open_message():
+                yield line
+        yield event("response.output_text.delta", item_id=message_id, output_index=0, content_index=0, delta=pending,
+                    logprobs=[_dump(lp) for lp in delta_logprobs])
+        pending = ""
     items = output_items(answer, tools, logprobs, message_id)
     for index, out in enumerate(items):
         if isinstance(out, OutputMessage):
@@ -191,17 +192,13 @@ async def _stream(run: ChatRun, req: CreateResponse, response: ResponseObject, t
             yield event("response.custom_tool_call_input.done", item_id=out.id, output_index=index, input=out.input)
         yield event("response.output_item.done", output_index=index, item=_dump(out))
     response.output = items
-    finish(response, answer, run.prompt_tokens)
-    request.state.usage = response.usage
-    await keep(request, req, response, own, context)
+    await conclude(request, req, run, response, answer, own, context)
     yield event("response.completed" if response.status == "completed" else "response.incomplete", response=_dump(response))
 
 
-def _error_events(response: ResponseObject, exc: APIError) -> str:
+def _failure_events(response: ResponseObject, exc: APIError, event: Events) -> str:
     """A failure mid-stream: an `error` event, then `response.failed`, so that the stream always ends with a
     terminal event."""
-    event = Events()
-    event.sequence = 10**6  # after anything already sent
     response.status = "failed"
     response.error = ResponseError(code=exc.body.code or ("server_error" if exc.status >= 500 else "invalid_request"),
                                    message=exc.body.message)

@@ -34,6 +34,7 @@ from .protocol import (
     MessageItem,
     NamedToolChoice,
     NamespaceToolParam,
+    OtherContent,
     OutputItem,
     OutputMessage,
     OutputText,
@@ -120,7 +121,7 @@ def tool_choice(req: CreateResponse, tools: ToolSet) -> ToolChoice | None:
     raise unsupported("tool_choice", f"of type '{choice.type}' names a built-in tool this server cannot run")
 
 
-def _text(content: str | list, param: str) -> str:  # type: ignore[type-arg]
+def _text(content: str | Sequence[InputText | OtherContent], param: str) -> str:
     if isinstance(content, str):
         return content
     for j, part in enumerate(content):
