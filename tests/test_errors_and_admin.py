@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -194,6 +195,18 @@ def test_unload_then_load(client: httpx.Client) -> None:
     loaded = client.post("/models/SmolLM2/load")
     assert loaded.status_code == 200 and loaded.json()["state"] == "loaded"
     assert client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 2}).status_code == 200
+
+
+def test_every_dialect_logs_its_tokens(server: Server, client: httpx.Client) -> None:
+    """The access log line of a Responses or Messages request, streamed or not, carries its token counts."""
+    requests = [("/v1/responses", {"input": "Hi", "max_output_tokens": 3}), ("/v1/messages", {"max_tokens": 3, "messages": USER})]
+    for path, body in requests:
+        for stream in (False, True):
+            request_id = f"tokens-{path.rsplit('/', 1)[-1]}-{stream}"
+            response = client.post(path, json={**body, "stream": stream}, headers={"X-Request-ID": request_id})
+            assert response.status_code == 200
+            line = next(line for line in server.wait_for_log(f"request_id={request_id}").splitlines() if f"request_id={request_id}" in line)
+            assert re.search(r"prompt_tokens=\d+", line) and re.search(r"completion_tokens=\d+", line), line
 
 
 def test_request_log_lines(server: Server, client: httpx.Client) -> None:

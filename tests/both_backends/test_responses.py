@@ -18,6 +18,33 @@ WEATHER = {"type": "function", "name": "get_weather", "description": "The weathe
                           "additionalProperties": False}, "strict": True}
 
 
+# The spec's schema for each stream event type.
+EVENT_SCHEMAS = {
+    "response.created": "ResponseCreatedEvent", "response.in_progress": "ResponseInProgressEvent",
+    "response.output_item.added": "ResponseOutputItemAddedEvent", "response.content_part.added": "ResponseContentPartAddedEvent",
+    "response.output_text.delta": "ResponseTextDeltaEvent", "response.output_text.done": "ResponseTextDoneEvent",
+    "response.content_part.done": "ResponseContentPartDoneEvent", "response.output_item.done": "ResponseOutputItemDoneEvent",
+    "response.function_call_arguments.delta": "ResponseFunctionCallArgumentsDeltaEvent",
+    "response.function_call_arguments.done": "ResponseFunctionCallArgumentsDoneEvent",
+    "response.custom_tool_call_input.delta": "ResponseCustomToolCallInputDeltaEvent",
+    "response.custom_tool_call_input.done": "ResponseCustomToolCallInputDoneEvent",
+    "response.completed": "ResponseCompletedEvent", "response.incomplete": "ResponseIncompleteEvent",
+    "error": "ResponseErrorEvent", "response.failed": "ResponseFailedEvent",
+}
+
+
+def validated_events(client: httpx.Client, body: dict, spec: SpecValidator) -> list[dict]:
+    """A streamed response's events, each checked against its spec schema, numbered 0, 1, 2..."""
+    with client.stream("POST", "/v1/responses", json={**body, "stream": True}) as response:
+        assert response.status_code == 200, response.read()
+        events = [json.loads(e) for e in sse_events(response)]
+    for event in events:
+        spec.validate(event, EVENT_SCHEMAS[event["type"]])
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[0]["type"] == "response.created" and events[-1]["type"] in ("response.completed", "response.incomplete")
+    return events
+
+
 @pytest.fixture
 def sdk(served: Served) -> OpenAI:
     return OpenAI(base_url=served.server.url + "/v1", api_key="unused", max_retries=0)
@@ -37,23 +64,12 @@ def test_create_follows_the_spec(client: httpx.Client, served: Served, spec: Spe
 
 def test_stream_events_follow_the_spec_and_the_sdk_accumulates_them(client: httpx.Client, served: Served, spec: SpecValidator,
                                                                      sdk: OpenAI) -> None:
-    request = {"model": served.model, "input": "Count to five.", "max_output_tokens": 12, "stream": True, "temperature": 0,
+    request = {"model": served.model, "input": "Count to five.", "max_output_tokens": 12, "temperature": 0,
                "include": ["message.output_text.logprobs"], "top_logprobs": 2}
-    with client.stream("POST", "/v1/responses", json=request) as response:
-        events = [json.loads(e) for e in sse_events(response)]
-    schemas = {"response.created": "ResponseCreatedEvent", "response.in_progress": "ResponseInProgressEvent",
-               "response.output_item.added": "ResponseOutputItemAddedEvent", "response.content_part.added": "ResponseContentPartAddedEvent",
-               "response.output_text.delta": "ResponseTextDeltaEvent", "response.output_text.done": "ResponseTextDoneEvent",
-               "response.content_part.done": "ResponseContentPartDoneEvent", "response.output_item.done": "ResponseOutputItemDoneEvent",
-               "response.completed": "ResponseCompletedEvent", "response.incomplete": "ResponseIncompleteEvent"}
-    for event in events:
-        spec.validate(event, schemas[event["type"]])
-    assert [e["sequence_number"] for e in events] == list(range(len(events)))
-    assert events[0]["type"] == "response.created" and events[-1]["type"] in ("response.completed", "response.incomplete")
+    events = validated_events(client, request, spec)
     text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
     assert events[-1]["response"]["output_text"] == text
     assert events[-1]["response"]["output"][0]["content"][0]["logprobs"]  # asked for through `include`
-    request.pop("stream")
     with sdk.responses.stream(**request) as stream:
         last = list(stream)[-1]  # get_final_response() wants response.completed; a cut answer ends incomplete
     assert last.type == events[-1]["type"]
@@ -82,6 +98,21 @@ def test_function_tool_round_trip_with_previous_response_id(sdk: OpenAI, served:
                               tool_choice={"type": "function", "name": "get_weather"}, max_output_tokens=60) as stream:
         streamed = stream.get_final_response()
     assert streamed.output[0].type == "function_call" and "city" in json.loads(streamed.output[0].arguments)
+
+
+def test_tool_call_stream_events_follow_the_spec(client: httpx.Client, served: Served, spec: SpecValidator) -> None:
+    events = validated_events(client, {"model": served.model, "input": "Weather in Oslo?", "tools": [WEATHER],
+                                       "tool_choice": "required", "max_output_tokens": 60}, spec)
+    kinds = [e["type"] for e in events]
+    assert "response.function_call_arguments.done" in kinds and "response.output_text.delta" not in kinds
+    done = next(e for e in events if e["type"] == "response.function_call_arguments.done")
+    assert json.loads(done["arguments"])["city"] and done["name"] == "get_weather"
+    custom = {"type": "custom", "name": "edit", "format": {"type": "grammar", "syntax": "lark",
+                                                          "definition": 'start: "ADD " /[a-z]{3,8}/'}}
+    events = validated_events(client, {"model": served.model, "input": "Add a file.", "tools": [custom],
+                                       "tool_choice": {"type": "custom", "name": "edit"}, "max_output_tokens": 40}, spec)
+    done = next(e for e in events if e["type"] == "response.custom_tool_call_input.done")
+    assert done["input"].startswith("ADD ") and events[-1]["response"]["output"][0]["input"] == done["input"]
 
 
 def test_custom_tool_input_follows_its_lark_grammar(sdk: OpenAI, served: Served) -> None:
