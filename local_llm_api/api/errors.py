@@ -48,8 +48,11 @@ _UNION_BRANCH = re.compile(r"^(str|int|float|bool|none|(list|dict|function-\w+|t
 
 
 def validation_error(exc: RequestValidationError) -> APIError:
-    """FastAPI's first validation error, phrased for a person and naming the parameter."""
-    first = exc.errors()[0]
+    """FastAPI's validation error, phrased for a person and naming the parameter."""
+    # A field that is a string or a list fails once per form; when a list was sent, "should be a valid string"
+    # says nothing, so the list's own error is the one to show.
+    errors = exc.errors()
+    first = next((e for e in errors if tuple(e.get("loc", ()))[-1:] != ("str",)), errors[0])
     loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
     # Pydantic adds union branch names (`str`, `list[int]`, `TextPart`...) to the location; keep the field path.
     param = ".".join(p for p in loc if not _UNION_BRANCH.match(p))

@@ -71,6 +71,7 @@ def test_claude_code_paths_and_errors(client: httpx.Client, served: Served) -> N
     assert client.head("/").status_code == 200
     for body, status, kind in [
         ({"messages": [{"role": "user", "content": "x"}]}, 400, "invalid_request_error"),  # max_tokens is required
+        ({"max_tokens": 5, "messages": [{"role": "user", "content": []}]}, 400, "invalid_request_error"),
         ({"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}, 400, "invalid_request_error"),
         ({"max_tokens": 5, "thinking": {"type": "enabled", "budget_tokens": 100}, "messages": [{"role": "user", "content": "x"}]},
          400, "invalid_request_error"),

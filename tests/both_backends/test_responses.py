@@ -153,6 +153,7 @@ def test_codex_style_requests(client: httpx.Client, served: Served) -> None:
     ({"input": [{"type": "reasoning", "summary": []}]}, "input[0].type"),
     ({"input": "x", "top_logprobs": 3}, "top_logprobs"),
     ({"input": "x", "tool_choice": {"type": "web_search"}}, "tool_choice"),
+    ({"input": [{"role": "user"}]}, "input.0.message.content"),  # the item's own error, not "should be a string"
 ])
 def test_bad_input_is_a_400_naming_the_field(client: httpx.Client, served: Served, body: dict, param: str) -> None:
     for stream in (False, True):

@@ -46,7 +46,7 @@ Block = Annotated[TextBlock | ToolUseBlock | ToolResultBlock | OtherBlock, Field
 
 class MessageParam(Request):
     role: Literal["user", "assistant"]
-    content: str | list[Block]
+    content: str | Annotated[list[Block], Field(min_length=1)]
 
 
 class ToolParam(Request):

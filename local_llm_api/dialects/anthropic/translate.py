@@ -59,7 +59,7 @@ def messages_of(req: CountTokensRequest) -> list[Message]:
                 raise invalid_request(f"Content blocks of type '{block.type}' are not supported: this server serves "
                                       "text models.", f"{where}[{j}].type")
             else:
-                raise invalid_request(f"A '{block.type}' block cannot stand in a {message.role} message.", f"{where}[{j}].type")
+                raise invalid_request(f"A '{block.type}' block cannot stand in the {message.role}'s message.", f"{where}[{j}].type")
         if text or calls:
             messages.append(Message(message.role, "\n".join(text), tuple(calls)))
     return messages
