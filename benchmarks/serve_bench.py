@@ -223,6 +223,8 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[],
                         choices=["ours", "llama-cpp-python-server", "llama.cpp-server", "direct", "prefix"])
     parser.add_argument("--llama-server", type=Path, help="also measure llama.cpp's C++ server (path to a llama-server binary)")
+    parser.add_argument("--baseline", type=Path, help="also measure our server from another checkout (e.g. a git worktree "
+                        "of an earlier commit), run by this interpreter: a before/after comparison in one run")
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     parser.add_argument("--plot", type=Path, help="write a PNG plot of throughput and TTFT")
     args = parser.parse_args()
@@ -241,6 +243,10 @@ def main() -> None:
     contenders = {"ours": ours, "llama-cpp-python-server": theirs}
     labels = {"ours": f"local-llm-api ({slots} slots)", "llama-cpp-python-server": "llama-cpp-python server",
               "llama.cpp-server": f"llama.cpp server, C++ ({slots} slots)"}
+    if args.baseline:
+        baseline_env = {**ours_env, "PYTHONPATH": str(args.baseline.resolve())}  # its package shadows the installed one
+        contenders["baseline"] = (ours[0], baseline_env, ours[2])
+        labels["baseline"] = f"local-llm-api at {args.baseline.name} ({slots} slots)"
     if args.llama_server:
         # -c is the whole KV cache, shared by the -np slots: give each slot the same context as the others.
         contenders["llama.cpp-server"] = (
