@@ -9,7 +9,10 @@ import anthropic
 import pytest
 from openai import NotFoundError, OpenAI
 
+from local_llm_api.dialects.responses.store import ResponseStore
+
 from .conftest import MODEL, running_server
+from .models import HF_SMOLLM2
 
 KEYS = {"API_KEY_REQUIRED": "true", "API_KEY": "key-a, key-b", "RESPONSES_MAX_STORED": "2"}
 
@@ -42,3 +45,31 @@ def test_store_scoping_bound_and_restart(tmp_path: Path, model_dir: Path) -> Non
         a = OpenAI(base_url=server.url + "/v1", api_key="key-a", max_retries=0)
         follow = a.responses.create(model=MODEL, input="And?", previous_response_id=third.id, max_output_tokens=3)
         assert follow.previous_response_id == third.id and follow.usage.input_tokens > third.usage.input_tokens
+
+
+@pytest.mark.parametrize("backend", ["llama-cpp", "transformers"])
+def test_previous_response_id_across_a_restart(tmp_path: Path, model_dir: Path, backend: str,
+                                                request: pytest.FixtureRequest) -> None:
+    served, name = (model_dir, MODEL) if backend == "llama-cpp" else (request.getfixturevalue("hf_model_dir"), HF_SMOLLM2)
+    with running_server(tmp_path, served, DEFAULT_MODEL=name) as server:
+        first = OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0).responses.create(
+            model=name, instructions="Remember: the code word is tulip.", input="Hello", max_output_tokens=3)
+    with running_server(tmp_path, served, DEFAULT_MODEL=name) as server:  # same DATA_DIR, new process
+        client = OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+        follow = client.responses.create(model=name, input="What was the code word?", previous_response_id=first.id,
+                                         max_output_tokens=3)
+        alone = client.responses.create(model=name, input="What was the code word?", max_output_tokens=3)
+    assert follow.previous_response_id == first.id
+    assert follow.usage.input_tokens > alone.usage.input_tokens  # the stored turn was read before the new one
+
+
+def test_store_drops_responses_past_their_age(tmp_path: Path) -> None:
+    store = ResponseStore(tmp_path / "r.sqlite3", max_count=0, max_age_seconds=3600)
+    response = {"id": "resp_old", "output": []}
+    store._put("", response, [], [])
+    store._db.execute("UPDATE responses SET created_at = created_at - 7200")  # written two hours ago
+    assert store._get("", "resp_old") is None  # expired: not served even before it is purged
+    store._put("", {"id": "resp_new", "output": []}, [], [])
+    assert store._db.execute("SELECT id FROM responses").fetchall() == [("resp_new",)]  # and purged on the next write
+    assert store._get("other-key", "resp_new") is None and store._get("", "resp_new") is not None
+    store.close()

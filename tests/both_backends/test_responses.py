@@ -144,6 +144,15 @@ def test_codex_style_requests(client: httpx.Client, served: Served) -> None:
     assert client.get(f"/v1/responses/{response.json()['id']}").status_code == 404  # store: false kept nothing
 
 
+def test_agents_sdk_style_request(sdk: OpenAI, served: Served) -> None:
+    """The OpenAI Agents SDK sends every one of these, often empty or at their defaults."""
+    response = sdk.responses.create(model=served.model, input=[{"role": "user", "content": "Hi"}], instructions="Be brief.",
+                                    include=[], tool_choice="auto", parallel_tool_calls=False, tools=[WEATHER],
+                                    text={"format": {"type": "text"}}, reasoning={"effort": None}, truncation="disabled",
+                                    store=True, top_logprobs=None, max_output_tokens=10, metadata={})
+    assert response.status in ("completed", "incomplete") and response.tools[0].name == "get_weather"
+
+
 @pytest.mark.parametrize(("body", "param"), [
     ({"input": "x", "reasoning": {"effort": "high"}}, "reasoning"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "http://x"}]}]}, "input[0].content[0].type"),
