@@ -6,6 +6,7 @@ from __future__ import annotations
 import anthropic
 import httpx
 import pytest
+from pydantic import BaseModel
 
 from ..conftest import Served
 
@@ -40,8 +41,10 @@ def test_create_and_stream(sdk: anthropic.Anthropic, served: Served) -> None:
 
 def test_tool_round_trip(sdk: anthropic.Anthropic, served: Served) -> None:
     question = {"role": "user", "content": "What is the weather in Oslo?"}
-    first = strict(sdk.messages.create(model=served.model, max_tokens=60, tools=[WEATHER], tool_choice={"type": "any"},
-                                       messages=[question]))
+    # Greedy (the SDK no longer has `temperature`; the API still takes it): a sampled call can run long.
+    greedy = {"temperature": 0}
+    first = strict(sdk.messages.create(model=served.model, max_tokens=100, tools=[WEATHER], tool_choice={"type": "any"},
+                                       messages=[question], extra_body=greedy))
     use = first.content[-1]
     assert first.stop_reason == "tool_use" and use.type == "tool_use" and use.id.startswith("toolu_") and use.input["city"]
     result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny", "is_error": False,
@@ -49,10 +52,25 @@ def test_tool_round_trip(sdk: anthropic.Anthropic, served: Served) -> None:
     second = strict(sdk.messages.create(model=served.model, max_tokens=20, tools=[WEATHER],
                                         messages=[question, {"role": "assistant", "content": first.content}, result]))
     assert second.usage.input_tokens > first.usage.input_tokens
-    with sdk.messages.stream(model=served.model, max_tokens=60, tools=[WEATHER], messages=[question],
+    with sdk.messages.stream(model=served.model, max_tokens=100, tools=[WEATHER], messages=[question], extra_body=greedy,
                              tool_choice={"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True}) as stream:
         final = stream.get_final_message()
     assert final.stop_reason == "tool_use" and final.content[-1].input["city"]
+
+
+def test_structured_output_through_parse(sdk: anthropic.Anthropic, served: Served) -> None:
+    class Person(BaseModel):
+        name: str
+        age: int
+
+    # effort, speed and a top-level cache_control are sent by current clients; they change nothing here.
+    parsed = sdk.messages.parse(model=served.model, max_tokens=100, output_format=Person, speed="standard",
+                                messages=[{"role": "user", "content": "Make up a person."}],
+                                extra_body={"temperature": 0, "cache_control": {"type": "ephemeral"}})
+    assert isinstance(parsed.parsed_output, Person)
+    effort = sdk.messages.create(model=served.model, max_tokens=2, output_config={"effort": "high"},
+                                 messages=[{"role": "user", "content": "Hi"}])
+    assert effort.content
 
 
 def test_count_tokens_is_what_the_model_reads(sdk: anthropic.Anthropic, served: Served) -> None:
@@ -76,6 +94,8 @@ def test_claude_code_paths_and_errors(client: httpx.Client, served: Served) -> N
         ({"max_tokens": 5, "thinking": {"type": "enabled", "budget_tokens": 100}, "messages": [{"role": "user", "content": "x"}]},
          400, "invalid_request_error"),
         ({"max_tokens": 5, "model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}, 404, "not_found_error"),
+        ({"max_tokens": 5, "diagnostics": {"previous_message_id": "msg_1"}, "messages": [{"role": "user", "content": "x"}]},
+         400, "invalid_request_error"),
     ]:
         for stream in (False, True):
             response = client.post("/v1/messages", json={"model": served.model, "stream": stream, **body} if "model" not in body

@@ -81,13 +81,14 @@ def test_parse_with_a_pydantic_model(sdk: OpenAI, served: Served) -> None:
         name: str
         age: int
 
-    parsed = sdk.responses.parse(model=served.model, input="Make up a person.", text_format=Person, max_output_tokens=80)
+    parsed = sdk.responses.parse(model=served.model, input="Make up a person.", text_format=Person, max_output_tokens=100,
+                                 temperature=0)
     assert isinstance(parsed.output_parsed, Person)
 
 
 def test_function_tool_round_trip_with_previous_response_id(sdk: OpenAI, served: Served) -> None:
     first = sdk.responses.create(model=served.model, input="What is the weather in Oslo?", tools=[WEATHER],
-                                 tool_choice="required", max_output_tokens=60)
+                                 tool_choice="required", max_output_tokens=100, temperature=0)
     call = first.output[0]
     assert call.type == "function_call" and call.name == "get_weather" and json.loads(call.arguments)["city"]
     second = sdk.responses.create(model=served.model, previous_response_id=first.id, tools=[WEATHER], max_output_tokens=30,
@@ -95,14 +96,14 @@ def test_function_tool_round_trip_with_previous_response_id(sdk: OpenAI, served:
     assert second.previous_response_id == first.id and second.output
     assert second.usage.input_tokens > first.usage.input_tokens  # the earlier turn was read again
     with sdk.responses.stream(model=served.model, input="Weather in Paris?", tools=[WEATHER],
-                              tool_choice={"type": "function", "name": "get_weather"}, max_output_tokens=60) as stream:
+                              tool_choice={"type": "function", "name": "get_weather"}, max_output_tokens=100, temperature=0) as stream:
         streamed = stream.get_final_response()
     assert streamed.output[0].type == "function_call" and "city" in json.loads(streamed.output[0].arguments)
 
 
 def test_tool_call_stream_events_follow_the_spec(client: httpx.Client, served: Served, spec: SpecValidator) -> None:
     events = validated_events(client, {"model": served.model, "input": "Weather in Oslo?", "tools": [WEATHER],
-                                       "tool_choice": "required", "max_output_tokens": 60}, spec)
+                                       "tool_choice": "required", "max_output_tokens": 100, "temperature": 0}, spec)
     kinds = [e["type"] for e in events]
     assert "response.function_call_arguments.done" in kinds and "response.output_text.delta" not in kinds
     done = next(e for e in events if e["type"] == "response.function_call_arguments.done")
@@ -110,7 +111,7 @@ def test_tool_call_stream_events_follow_the_spec(client: httpx.Client, served: S
     custom = {"type": "custom", "name": "edit", "format": {"type": "grammar", "syntax": "lark",
                                                           "definition": 'start: "ADD " /[a-z]{3,8}/'}}
     events = validated_events(client, {"model": served.model, "input": "Add a file.", "tools": [custom],
-                                       "tool_choice": {"type": "custom", "name": "edit"}, "max_output_tokens": 40}, spec)
+                                       "tool_choice": {"type": "custom", "name": "edit"}, "max_output_tokens": 40, "temperature": 0}, spec)
     done = next(e for e in events if e["type"] == "response.custom_tool_call_input.done")
     assert done["input"].startswith("ADD ") and events[-1]["response"]["output"][0]["input"] == done["input"]
 
@@ -120,7 +121,7 @@ def test_custom_tool_input_follows_its_lark_grammar(sdk: OpenAI, served: Served)
     tool = {"type": "custom", "name": "edit", "description": "Edits a file",
             "format": {"type": "grammar", "syntax": "lark", "definition": grammar}}
     response = sdk.responses.create(model=served.model, input="Add a file.", tools=[tool],
-                                    tool_choice={"type": "custom", "name": "edit"}, max_output_tokens=40)
+                                    tool_choice={"type": "custom", "name": "edit"}, max_output_tokens=40, temperature=0)
     call = response.output[0]
     assert call.type == "custom_tool_call" and call.name == "edit"
     assert call.input.startswith("ADD ") and call.input[4:].strip().isalpha()
@@ -131,7 +132,7 @@ def test_custom_tool_input_follows_its_lark_grammar(sdk: OpenAI, served: Served)
 
 def test_codex_style_requests(client: httpx.Client, served: Served) -> None:
     """Built-in tools are left out and named in a header; namespace groups are expanded; zstd bodies are read."""
-    body = {"model": served.model, "input": "Weather in Oslo?", "max_output_tokens": 60, "tool_choice": "required",
+    body = {"model": served.model, "input": "Weather in Oslo?", "max_output_tokens": 100, "temperature": 0, "tool_choice": "required",
             "tools": [{"type": "web_search"}, {"type": "image_generation"},
                       {"type": "namespace", "name": "mcp", "description": "MCP tools", "tools": [WEATHER]}],
             "include": ["reasoning.encrypted_content"], "store": False, "parallel_tool_calls": False, "reasoning": None}

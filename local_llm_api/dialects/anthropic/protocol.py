@@ -71,6 +71,17 @@ class ThinkingParam(Typed):
     """`thinking`: only `{"type": "disabled"}` is served."""
 
 
+class JSONOutputFormat(Request):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(Request):
+    # Claude's effort levels; these models have one. Accepted so that clients that always send it work.
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
+    format: JSONOutputFormat | None = None
+
+
 class Metadata(Request):
     user_id: str | None = None
 
@@ -82,9 +93,11 @@ class CountTokensRequest(Request):
     tools: list[Annotated[ToolParam | OtherTool, Field(union_mode="left_to_right")]] | None = None
     tool_choice: ToolChoice | None = None
     thinking: ThinkingParam | None = None
+    output_config: OutputConfig | None = None
     # Claude Code sends these; they concern Anthropic's platform (context editing, MCP, containers).
     context_management: dict[str, Any] | None = None
     mcp_servers: list[dict[str, Any]] | None = None
+    cache_control: dict[str, Any] | None = None  # automatic caching: the prefix cache does it anyway
 
 
 class CreateMessage(CountTokensRequest):
@@ -97,6 +110,12 @@ class CreateMessage(CountTokensRequest):
     stream: bool | None = False
     service_tier: str | None = None
     container: str | dict[str, Any] | None = None
+    # Where and how fast Anthropic runs a request, and which account it bills: nothing to do on a local server.
+    speed: Literal["standard", "fast"] | None = None
+    inference_geo: str | None = None
+    user_profile_id: str | None = None
+    workspace_id: str | None = None
+    diagnostics: dict[str, Any] | None = None  # refused: no cache-miss reports here
 
 
 # ---------------------------------------------------------------- the answer

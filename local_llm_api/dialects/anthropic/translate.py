@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from ...core.chat import Answer
 from ...core.errors import invalid_request, unsupported
-from ...core.request import ChatRequest, ForcedTool, Message, Sampling, Tool, ToolCall, ToolChoice
+from ...core.request import ChatRequest, ForcedTool, JSONOutput, Message, Sampling, Tool, ToolCall, ToolChoice
 from .protocol import (
     CountTokensRequest,
     CreateMessage,
@@ -72,6 +72,8 @@ def refuse_unsupported(req: CountTokensRequest) -> None:
         raise unsupported("mcp_servers", "(Anthropic's MCP connector) is not supported by this server")
     if isinstance(req, CreateMessage) and req.container is not None:
         raise unsupported("container")
+    if isinstance(req, CreateMessage) and req.diagnostics is not None:
+        raise unsupported("diagnostics", "(prompt-cache miss reports) is not supported by this server")
 
 
 def tools_of(req: CountTokensRequest) -> tuple[list[Tool], ToolChoice | None, bool | None]:
@@ -101,8 +103,11 @@ def chat_request(req: CountTokensRequest) -> ChatRequest:
         max_tokens: int | None = req.max_tokens
     else:
         sampling, max_tokens = Sampling(), None
+    fmt = req.output_config.format if req.output_config else None
+    # Compiled leniently, like tool schemas: keywords a grammar cannot enforce do not fail the request.
+    output = JSONOutput(fmt.schema_, strict=False, param="output_config.format.schema") if fmt else None
     return ChatRequest(messages=messages_of(req), model=req.model, sampling=sampling, max_tokens=max_tokens,
-                       tools=tools, tool_choice=choice, parallel_tool_calls=parallel)
+                       tools=tools, tool_choice=choice, parallel_tool_calls=parallel, output=output)
 
 
 def stop_reason(answer: Answer) -> StopReason:
