@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     # Security
     api_key_required: bool = False
     api_key: str = Field("", description="One key or several, comma-separated.")
+    cors_origins: str = Field("", description="Browser origins allowed to call the API, comma-separated, or *; "
+                              "empty: pages on this machine only (localhost, 127.0.0.1, [::1] on any port; app://, file://, "
+                              "tauri://, vscode-webview://).")
 
     # Server and logs
     host: str = "127.0.0.1"

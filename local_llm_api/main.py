@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from . import __version__
 from .api import admin, web
+from .api.cors import add_cors
 from .api.errors import ErrorRenderers, install_error_handlers
 from .api.metrics import metrics_registry
 from .api.metrics import router as metrics_router
@@ -25,6 +26,9 @@ from .config import Settings, SettingsError, load_settings
 from .core.errors import APIError
 from .dialects.anthropic import errors as anthropic_errors
 from .dialects.anthropic import routes as anthropic
+from .dialects.ollama import errors as ollama_errors
+from .dialects.ollama import models as ollama_models
+from .dialects.ollama import routes as ollama
 from .dialects.openai import errors as openai_errors
 from .dialects.openai import routes as openai
 from .dialects.responses import routes as responses
@@ -67,8 +71,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.started_at = time.time()
     renderers = ErrorRenderers(default=openai_errors.error_response)
     renderers.add(r"^(/api)?/v1/messages(/|$)", anthropic_errors.error_response)
+    renderers.add(r"^/api/(?!v1(/|$))", ollama_errors.error_response)  # Ollama's /api/*, not our /api/v1
     install_error_handlers(app, renderers)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes, renderers=renderers)
+    add_cors(app, settings)
     app.include_router(web.router)
     app.include_router(admin.health_router)
     app.include_router(admin.router)
@@ -77,6 +83,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(openai.router, prefix=prefix)
         app.include_router(responses.router, prefix=prefix)
         app.include_router(anthropic.router, prefix=prefix)
+    app.include_router(ollama_models.version_router, prefix="/api")
+    app.include_router(ollama_models.router, prefix="/api")
+    app.include_router(ollama.router, prefix="/api")
     return app
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -45,6 +46,7 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.time)
     in_flight: int = 0
+    keep_alive: float | None = None  # seconds idle before unloading, set by a request (Ollama's keep_alive); None: configured
 
 
 class ModelManager:
@@ -191,14 +193,24 @@ class ModelManager:
         spec_value = entry.spec.keep_alive if entry.spec else None
         return self.settings.keep_alive if spec_value is None else spec_value
 
+    def idle_limit(self, model: LoadedModel) -> float:
+        """Seconds this model may stay idle before it is unloaded (inf: it stays loaded)."""
+        if model.keep_alive is not None:
+            return model.keep_alive
+        return self.keep_alive_of(model.entry) or math.inf
+
+    def expires_at(self, model: LoadedModel) -> float:
+        """When the model will be unloaded if no request comes (inf: never)."""
+        return (time.time() if model.in_flight else model.last_used) + self.idle_limit(model)
+
     async def _keep_alive_loop(self) -> None:
         while True:
             await asyncio.sleep(KEEP_ALIVE_CHECK_SECONDS)
             now = time.time()
             for model in list(self.loaded.values()):
-                keep = self.keep_alive_of(model.entry)
-                if keep and model.in_flight == 0 and now - model.last_used > keep:
-                    log.info("unloading %s: idle for %.0fs (keep-alive %.0fs)", model.entry.name, now - model.last_used, keep)
+                limit = self.idle_limit(model)
+                if model.in_flight == 0 and now - model.last_used >= limit:
+                    log.info("unloading %s: idle for %.0fs (keep-alive %.0fs)", model.entry.name, now - model.last_used, limit)
                     await self._unload(model)
 
     async def unload(self, name: str) -> ModelEntry:
@@ -265,10 +277,10 @@ class ModelManager:
             raise APIError(503, f"Model '{entry.name}' is still downloading; see GET /models for progress.",
                            type="server_error", param="model", code="model_downloading", headers={"Retry-After": "10"})
 
-    async def pull(self, repo: str, file: str | None, revision: str | None) -> PullStatus:
+    async def pull(self, repo: str, file: str | None, revision: str | None, quant: str | None = None) -> PullStatus:
         """Start downloading a Hub model into MODEL_DIR (one download per target); progress in `pulls`."""
         try:
-            status = await asyncio.to_thread(plan, repo, file, revision)
+            status = await asyncio.to_thread(plan, repo, file, revision, quant)
         except PullError as exc:
             raise APIError(400, str(exc), param="repo", code="pull_failed") from None
         if self.downloading(status.name):

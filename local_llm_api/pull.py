@@ -31,8 +31,9 @@ class PullStatus:
     error: str | None = None
 
 
-def plan(repo: str, file: str | None = None, revision: str | None = None) -> PullStatus:
-    """What pulling `repo` means: one GGUF file (named, or the only one), or the whole model folder."""
+def plan(repo: str, file: str | None = None, revision: str | None = None, quant: str | None = None) -> PullStatus:
+    """What pulling `repo` means: one GGUF file (named, the one whose name holds `quant` such as Q4_K_M, or the
+    only one), or the whole model folder."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -51,6 +52,12 @@ def plan(repo: str, file: str | None = None, revision: str | None = None) -> Pul
         if not file.endswith(".gguf"):
             raise PullError(f"'{file}' is not a .gguf file; leave --file out to pull the whole model folder")
         return PullStatus(repo, Path(file).name, file)
+    if quant is not None:
+        matching = [f for f in ggufs if quant.lower() in Path(f).name.lower()]
+        if len(matching) != 1:
+            found = "none" if not matching else f"{len(matching)}"
+            raise PullError(f"repo '{repo}' has {found} GGUF files matching '{quant}'; its GGUF files: {', '.join(ggufs) or 'none'}")
+        return PullStatus(repo, Path(matching[0]).name, matching[0])
     if "config.json" in files or "modules.json" in files:
         return PullStatus(repo, repo.split("/")[-1], None, unit="files")
     if len(ggufs) == 1:

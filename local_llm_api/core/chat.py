@@ -119,8 +119,10 @@ def prepare(model: LoadedModel, req: ChatRequest) -> tuple[OutputPlan, list[int]
     backend = model.backend
     plan = plan_output(req, backend.facts.chat_template)
     check_schemas(backend, plan)
+    if req.raw_prompt is not None:
+        return plan, backend.tokenize(req.raw_prompt, add_special=True)
     room = (req.max_tokens or 1) if req.truncate else None
-    return plan, prompt_tokens(backend, req.messages, plan, room=room)
+    return plan, prompt_tokens(backend, req.messages, plan, room=room, context=req.context(backend.facts.context_size))
 
 
 async def start_chat(req: ChatRequest, manager: ModelManager, settings: Settings) -> ChatRun:
@@ -132,7 +134,7 @@ async def start_chat(req: ChatRequest, manager: ModelManager, settings: Settings
         # Compiling schemas and tokenizing only read the vocabulary: they need not queue behind generations.
         plan, prompt = await asyncio.to_thread(prepare, model, req)
         facts = model.backend.facts
-        budget = token_budget(len(prompt), req.max_tokens, facts, settings,
+        budget = token_budget(len(prompt), req.max_tokens, req.context(facts.context_size), settings,
                               req.max_tokens_param if req.max_tokens is not None else "messages")
         jobs = [ChoiceJob(i, prompt, sampling_params(req.sampling, settings, facts, budget, i, grammar=plan.grammar,
                                                      logprobs=req.logprobs, extra_stop=plan.stop))

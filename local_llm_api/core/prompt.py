@@ -64,13 +64,15 @@ def prompt_text(backend: Backend, messages: list[Message], plan: OutputPlan) -> 
         raise invalid_request(f"The model's chat template rejected these messages: {exc}", "messages") from None
 
 
-def prompt_tokens(backend: Backend, messages: list[Message], plan: OutputPlan, *, room: int | None = None) -> list[int]:
+def prompt_tokens(backend: Backend, messages: list[Message], plan: OutputPlan, *, room: int | None = None,
+                  context: int | None = None) -> list[int]:
     """The prompt's tokens. With `room`, the oldest turns (never system messages, never the last message) are
-    dropped until the prompt leaves `room` tokens of the context for the answer."""
+    dropped until the prompt leaves `room` tokens of the context (the model's, or `context`) for the answer."""
+    context = context or backend.facts.context_size
     messages = list(messages)
     while True:
         tokens = backend.tokenize(prompt_text(backend, messages, plan), add_special=True)
-        if room is None or len(tokens) + room <= backend.facts.context_size:
+        if room is None or len(tokens) + room <= context:
             return tokens
         droppable = [i for i, m in enumerate(messages[:-1]) if m.role != "system"]
         if not droppable:

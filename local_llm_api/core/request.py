@@ -112,3 +112,9 @@ class ChatRequest:
     output: JSONOutput | None = None
     logprobs: int | None = None  # None: none; k: the drawn token's and the k most likely
     truncate: bool = False  # drop the oldest turns when the prompt does not fit, instead of a 400
+    context_limit: int | None = None  # fewer context tokens than the model's (Ollama's num_ctx); never more
+    raw_prompt: str | None = None  # read as-is instead of `messages` rendered with the chat template (Ollama's raw)
+
+    def context(self, model_context: int) -> int:
+        """The context this request runs in: the model's, or the smaller one it asked for."""
+        return min(self.context_limit or model_context, model_context)

@@ -21,11 +21,12 @@ def logit_bias_tokens(bias: dict[str, int] | None, vocab_size: int) -> dict[int,
     return tokens
 
 
-def token_budget(prompt_tokens: int, requested: int | None, facts: ModelFacts, settings: Settings, param: str) -> int:
-    """How many tokens a completion may generate; 400 context_length_exceeded when the prompt leaves no room."""
-    room = facts.context_size - prompt_tokens
+def token_budget(prompt_tokens: int, requested: int | None, context: int, settings: Settings, param: str) -> int:
+    """How many tokens a completion may generate in `context` tokens (the model's per-request context, or less
+    when the request asks for less); 400 context_length_exceeded when the prompt leaves no room."""
+    room = context - prompt_tokens
     if requested is not None and requested > room or room <= 0:
-        raise context_length_exceeded(prompt_tokens, requested or 0, facts.context_size, param)
+        raise context_length_exceeded(prompt_tokens, requested or 0, context, param)
     if requested is not None:
         return requested
     return min(room, settings.max_tokens or room)

@@ -1,5 +1,6 @@
-"""Server-sent events: one body generator for every dialect, which releases the model when the stream ends
-and turns an error raised mid-stream into the dialect's own error event."""
+"""Streamed bodies: server-sent events (OpenAI, Responses, Anthropic) and newline-delimited JSON (Ollama).
+One body generator for every dialect releases the model when the stream ends and turns an error raised
+mid-stream into the dialect's own error frame."""
 
 from __future__ import annotations
 
@@ -17,6 +18,22 @@ def sse_data(data: str, event: str | None = None) -> str:
     return (f"event: {event}\n" if event else "") + f"data: {data}\n\n"
 
 
+async def _guarded(frames: AsyncIterator[str], on_close: Callable[[], Awaitable[object]],
+                   error_frame: Callable[[APIError], str], done: str | None) -> AsyncIterator[str]:
+    try:
+        async for frame in frames:
+            yield frame
+    except APIError as exc:
+        yield error_frame(exc)
+    except Exception as exc:
+        log.exception("error while streaming")
+        yield error_frame(APIError(500, f"Internal error while streaming: {type(exc).__name__}", type="server_error"))
+    finally:
+        await on_close()
+    if done is not None:
+        yield done
+
+
 def sse_response(
     events: AsyncIterator[str],
     on_close: Callable[[], Awaitable[object]],
@@ -26,20 +43,12 @@ def sse_response(
 ) -> StreamingResponse:
     """Stream `events`; an error mid-stream becomes `error_event(error)` (the HTTP status is already sent);
     `done`, when the dialect has one (OpenAI's `[DONE]`), always ends the stream."""
-
-    async def body() -> AsyncIterator[str]:
-        try:
-            async for event in events:
-                yield event
-        except APIError as exc:
-            yield error_event(exc)
-        except Exception as exc:
-            log.exception("error while streaming")
-            yield error_event(APIError(500, f"Internal error while streaming: {type(exc).__name__}", type="server_error"))
-        finally:
-            await on_close()
-        if done is not None:
-            yield done
-
-    return StreamingResponse(body(), media_type="text/event-stream",
+    return StreamingResponse(_guarded(events, on_close, error_event, done), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
+
+
+def ndjson_response(lines: AsyncIterator[str], on_close: Callable[[], Awaitable[object]],
+                    error_line: Callable[[APIError], str]) -> StreamingResponse:
+    """Stream JSON objects one per line (each of `lines` ends with a newline), as Ollama does."""
+    return StreamingResponse(_guarded(lines, on_close, error_line, None), media_type="application/x-ndjson",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -68,7 +68,7 @@ async def create_completion(
         echoes = [echo_text(backend, p) if req.echo else "" for p in prompts]
         jobs = []
         for p, tokens in enumerate(token_prompts):
-            budget = token_budget(len(tokens), req.max_tokens, backend.facts, settings, "max_tokens" if req.max_tokens else "prompt")
+            budget = token_budget(len(tokens), req.max_tokens, backend.facts.context_size, settings, "max_tokens" if req.max_tokens else "prompt")
             jobs += [ChoiceJob(p * n + i, tokens, sampling_params(params, settings, backend.facts, budget, i, logprobs=req.logprobs))
                      for i in range(n)]
         ensure_capacity(model.backend, jobs)

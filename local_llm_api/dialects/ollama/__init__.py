@@ -1,0 +1,1 @@
+"""Ollama's native API under /api (beside, never inside, /api/v1)."""

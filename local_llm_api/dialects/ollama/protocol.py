@@ -1,0 +1,282 @@
+"""Ollama's native API (https://docs.ollama.com/api): the request bodies this server takes and the objects it
+answers. Every field Ollama documents is declared; unknown ones are refused with a 400 naming them."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, Field
+
+from ..base import DropNone, Request
+
+Duration = float | int | str  # keep_alive: seconds, or a Go duration string such as "5m", "1h30m", "-1"
+Format = Literal["", "json"] | dict[str, Any]
+
+
+class Options(Request):
+    """`options`. The first group is honoured; the rest are accepted only at a value that changes nothing here
+    (see `translate.refuse_unsupported_options`)."""
+
+    num_ctx: int | None = Field(None, ge=1, description="Context for this request, within the model's own.")
+    num_predict: int | None = Field(None, ge=-2, description="Most tokens to generate; -1 or -2: up to the context.")
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_k: int | None = Field(None, ge=0)
+    top_p: float | None = Field(None, ge=0, le=1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    seed: int | None = None
+    stop: list[str] | str | None = None
+    repeat_penalty: float | None = Field(None, gt=0)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    repeat_last_n: int | None = None
+    num_keep: int | None = None
+    typical_p: float | None = None
+    tfs_z: float | None = None
+    mirostat: int | None = None
+    mirostat_tau: float | None = None
+    mirostat_eta: float | None = None
+    penalize_newline: bool | None = None
+    # Load-time options: on this server they are settings of the model, not of a request.
+    numa: bool | None = None
+    num_batch: int | None = None
+    num_gpu: int | None = None
+    main_gpu: int | None = None
+    low_vram: bool | None = None
+    f16_kv: bool | None = None
+    logits_all: bool | None = None
+    vocab_only: bool | None = None
+    use_mmap: bool | None = None
+    use_mlock: bool | None = None
+    embedding_only: bool | None = None
+    num_thread: int | None = None
+
+
+class FunctionCall(Request):
+    name: str
+    arguments: dict[str, Any] | str = Field(default_factory=dict)
+    index: int | None = None
+
+
+class ToolCall(Request):
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCall
+
+
+class ChatMessage(Request):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = ""
+    images: list[str] | None = None
+    thinking: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
+
+
+class FunctionSpec(Request):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolSpec(Request):
+    type: Literal["function"] = "function"
+    function: FunctionSpec
+
+
+class Generation(Request):
+    """What /api/chat and /api/generate share."""
+
+    model: str = Field(min_length=1)
+    stream: bool = True
+    format: Format | None = None
+    options: Options | None = None
+    keep_alive: Duration | None = None
+    think: bool | Literal["low", "medium", "high"] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    truncate: bool | None = Field(None, description="Drop the oldest turns when the prompt does not fit (default true).")
+
+
+class ChatRequest(Generation):
+    messages: list[ChatMessage] = Field(default_factory=list)
+    tools: list[ToolSpec] | None = None
+
+
+class GenerateRequest(Generation):
+    prompt: str | None = None
+    suffix: str | None = None
+    system: str | None = None
+    template: str | None = None
+    context: list[int] | None = None
+    raw: bool | None = None
+    images: list[str] | None = None
+
+
+class EmbedRequest(Request):
+    model: str = Field(min_length=1)
+    input: str | list[str]
+    truncate: bool = True
+    options: Options | None = None
+    keep_alive: Duration | None = None
+    dimensions: int | None = Field(None, ge=1)
+
+
+class EmbeddingsRequest(Request):
+    """The older /api/embeddings: one prompt, one vector."""
+
+    model: str = Field(min_length=1)
+    prompt: str
+    options: Options | None = None
+    keep_alive: Duration | None = None
+
+
+class ModelName(Request):
+    """/api/show, /api/delete: Ollama's clients send `model`; older ones `name`."""
+
+    model: str = Field(min_length=1, validation_alias=AliasChoices("model", "name"))
+    verbose: bool | None = None
+
+
+class PullRequest(Request):
+    model: str = Field(min_length=1, validation_alias=AliasChoices("model", "name"))
+    insecure: bool | None = None
+    stream: bool = True
+
+
+class CopyRequest(Request):
+    source: str = Field(min_length=1)
+    destination: str = Field(min_length=1)
+
+
+# ---------------------------------------------------------------- answers
+
+
+def timestamp(seconds: float | None = None) -> str:
+    moment = datetime.now(timezone.utc) if seconds is None else datetime.fromtimestamp(seconds, timezone.utc)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+class Details(BaseModel):
+    parent_model: str = ""
+    format: str
+    family: str | None = None
+    families: list[str] | None = None
+    parameter_size: str | None = None
+    quantization_level: str | None = None
+
+
+class ListedModel(BaseModel):
+    name: str
+    model: str
+    modified_at: str
+    size: int
+    digest: str
+    details: Details
+
+
+class TagsResponse(BaseModel):
+    models: list[ListedModel]
+
+
+class RunningModel(ListedModel):
+    expires_at: str
+    size_vram: int
+    context_length: int
+
+
+class PsResponse(BaseModel):
+    models: list[RunningModel]
+
+
+class ShowResponse(BaseModel):
+    modelfile: str
+    parameters: str
+    template: str
+    details: Details
+    model_info: dict[str, Any]
+    capabilities: list[str]
+    modified_at: str
+
+
+class VersionResponse(BaseModel):
+    version: str
+
+
+class OutFunction(BaseModel):
+    index: int
+    name: str
+    arguments: dict[str, Any]
+
+
+class OutToolCall(BaseModel):
+    id: str
+    function: OutFunction
+
+
+class OutMessage(DropNone):
+    role: Literal["assistant"] = "assistant"
+    content: str = ""
+    tool_calls: list[OutToolCall] | None = None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class Logprob(TopLogprob):
+    top_logprobs: list[TopLogprob] | None = None
+
+
+class Timings(DropNone):
+    """The final object's figures, in nanoseconds and tokens."""
+
+    done_reason: str | None = None
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+    prompt_eval_duration: int | None = None
+    eval_count: int | None = None
+    eval_duration: int | None = None
+
+
+class ChatChunk(Timings):
+    model: str
+    created_at: str
+    message: OutMessage
+    done: bool
+    logprobs: list[Logprob] | None = None
+
+
+class GenerateChunk(Timings):
+    model: str
+    created_at: str
+    response: str
+    done: bool
+    logprobs: list[Logprob] | None = None
+
+
+class EmbedResponse(DropNone):
+    model: str
+    embeddings: list[list[float]]
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+
+
+class EmbeddingsResponse(BaseModel):
+    embedding: list[float]
+
+
+class ProgressLine(DropNone):
+    status: str
+    digest: str | None = None
+    total: int | None = None
+    completed: int | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: str

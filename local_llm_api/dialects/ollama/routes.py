@@ -1,0 +1,275 @@
+"""Ollama's generation routes: POST /api/chat and /api/generate (NDJSON streams by default, one object with
+`stream: false`), /api/embed and the older /api/embeddings. Same engines, batching, memory budget and API keys
+as every other route; errors in Ollama's `{"error": ...}` shape."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
+
+from ...api.auth import require_api_key
+from ...core.chat import Answer, ChatRun, TextDelta, start_chat
+from ...core.errors import context_length_exceeded, invalid_request
+from ...core.generation import TokenCounts, until_disconnected
+from ...core.request import ChatRequest as CoreChat
+from ...core.streaming import ndjson_response
+from ...manager import LoadedModel, ModelManager
+from .errors import error_line
+from .protocol import (
+    ChatChunk,
+    ChatRequest,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    EmbedRequest,
+    EmbedResponse,
+    ErrorResponse,
+    GenerateChunk,
+    GenerateRequest,
+    OutMessage,
+    timestamp,
+)
+from .translate import (
+    chat_request,
+    generate_request,
+    keep_alive_seconds,
+    logprobs,
+    model_name,
+    refuse_unsupported_options,
+    tool_calls,
+)
+
+ERRORS: dict[int | str, dict[str, object]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 503)}
+STREAM = {200: {"content": {"application/x-ndjson": {}}, "description": "JSON lines by default; one object with `stream: false`"}}
+
+
+
+class JSONBodyRoute(APIRoute):
+    """Reads the body as JSON whatever its Content-Type: Ollama's own examples (`curl -d '{...}'`) and several
+    clients send JSON as form data or with no type at all."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            kind = request.headers.get("content-type", "")
+            if "json" not in kind and request.method != "GET":
+                headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+                request = Request({**request.scope, "headers": [*headers, (b"content-type", b"application/json")]},
+                                  request.receive)
+            return await handler(request)
+
+        return route
+
+
+router = APIRouter(dependencies=[Depends(require_api_key)], responses=ERRORS, tags=["ollama"], route_class=JSONBodyRoute)
+
+
+def _ns(seconds: float) -> int:
+    return max(0, int(seconds * 1e9))
+
+
+@dataclass
+class Clock:
+    """The durations of Ollama's final object."""
+
+    started: float = field(default_factory=time.perf_counter)
+    loaded: float | None = None
+    first_token: float | None = None
+
+    def token(self) -> None:
+        if self.first_token is None:
+            self.first_token = time.perf_counter()
+
+    def timings(self, answer: Answer, prompt_tokens: int) -> dict[str, object]:
+        end = time.perf_counter()
+        loaded = self.loaded or self.started
+        first = self.first_token or end
+        reason = "length" if answer.finish_reason == "length" else "stop"
+        return {"done_reason": reason, "total_duration": _ns(end - self.started), "load_duration": _ns(loaded - self.started),
+                "prompt_eval_count": prompt_tokens, "prompt_eval_duration": _ns(first - loaded),
+                "eval_count": answer.completion_tokens, "eval_duration": _ns(end - first)}
+
+
+def _line(chunk: BaseModel) -> str:
+    return chunk.model_dump_json() + "\n"
+
+
+def _manager(request: Request) -> ModelManager:
+    return request.app.state.manager
+
+
+def _keep(model: LoadedModel, seconds: float | None) -> None:
+    if seconds is not None:
+        model.keep_alive = seconds
+
+
+async def _load_or_unload(manager: ModelManager, name: str, keep: float | None) -> str:
+    """A request with nothing to generate loads the model (or, with keep_alive 0, unloads it): Ollama's way."""
+    entry = manager.resolve(name)
+    if keep == 0:
+        if entry.name in manager.loaded:
+            await manager.unload(entry.name)
+        return "unload"
+    _keep(await manager.load(entry.name), keep)
+    return "load"
+
+
+async def _start(core: CoreChat, request: Request, keep: float | None, clock: Clock) -> ChatRun:
+    run = await start_chat(core, _manager(request), request.app.state.settings)
+    clock.loaded = time.perf_counter()
+    _keep(run.model, keep)
+    request.state.model = run.model.entry.name
+    return run
+
+
+async def _collect(run: ChatRun, clock: Clock) -> Answer:
+    answer = Answer(0)
+    async for event in run.events():
+        if isinstance(event, TextDelta):
+            clock.token()
+        answer.add(event)
+    return answer
+
+
+@router.post("/chat", response_model=ChatChunk, response_model_exclude_none=True, responses=STREAM)
+async def chat(req: ChatRequest, request: Request) -> Response:
+    clock, keep, name = Clock(), keep_alive_seconds(req.keep_alive), model_name(req.model)
+    core = chat_request(req, name)
+    if not req.messages:
+        reason = await _load_or_unload(_manager(request), name, keep)
+        return JSONResponse(ChatChunk(model=req.model, created_at=timestamp(), message=OutMessage(), done=True,
+                                      done_reason=reason).model_dump())
+    run = await _start(core, request, keep, clock)
+    if req.stream:
+        return ndjson_response(_chat_lines(run, req.model, clock, request), run.aclose, error_line)
+    async with run:
+        answer = await until_disconnected(request, _collect(run, clock))
+    request.state.usage = TokenCounts(run.prompt_tokens, answer.completion_tokens)
+    chunk = ChatChunk(model=req.model, created_at=timestamp(), done=True,
+                      message=OutMessage(content=answer.content or "", tool_calls=tool_calls(answer)),
+                      logprobs=logprobs(run.model.backend, answer.logprobs) if core.logprobs is not None else None,
+                      **clock.timings(answer, run.prompt_tokens))
+    return JSONResponse(chunk.model_dump())
+
+
+async def _chat_lines(run: ChatRun, model: str, clock: Clock, request: Request) -> AsyncIterator[str]:
+    answer = Answer(0)
+    async for event in run.events():
+        answer.add(event)
+        if not isinstance(event, TextDelta):
+            continue
+        clock.token()
+        if event.text or event.logprobs:
+            yield _line(ChatChunk(model=model, created_at=timestamp(), message=OutMessage(content=event.text), done=False,
+                                  logprobs=logprobs(run.model.backend, event.logprobs) if event.logprobs else None))
+    calls = tool_calls(answer)
+    if calls:  # as Ollama does: the calls in a chunk of their own, before the final one
+        yield _line(ChatChunk(model=model, created_at=timestamp(), message=OutMessage(tool_calls=calls), done=False))
+    request.state.usage = TokenCounts(run.prompt_tokens, answer.completion_tokens)
+    yield _line(ChatChunk(model=model, created_at=timestamp(), message=OutMessage(), done=True,
+                          **clock.timings(answer, run.prompt_tokens)))
+
+
+@router.post("/generate", response_model=GenerateChunk, response_model_exclude_none=True, responses=STREAM)
+async def generate(req: GenerateRequest, request: Request) -> Response:
+    clock, keep, name = Clock(), keep_alive_seconds(req.keep_alive), model_name(req.model)
+    core = generate_request(req, name)
+    if not req.prompt:
+        reason = await _load_or_unload(_manager(request), name, keep)
+        return JSONResponse(GenerateChunk(model=req.model, created_at=timestamp(), response="", done=True,
+                                          done_reason=reason).model_dump())
+    run = await _start(core, request, keep, clock)
+    if req.stream:
+        return ndjson_response(_generate_lines(run, req.model, clock, request), run.aclose, error_line)
+    async with run:
+        answer = await until_disconnected(request, _collect(run, clock))
+    request.state.usage = TokenCounts(run.prompt_tokens, answer.completion_tokens)
+    chunk = GenerateChunk(model=req.model, created_at=timestamp(), response=answer.content or "", done=True,
+                          logprobs=logprobs(run.model.backend, answer.logprobs) if core.logprobs is not None else None,
+                          **clock.timings(answer, run.prompt_tokens))
+    return JSONResponse(chunk.model_dump())
+
+
+async def _generate_lines(run: ChatRun, model: str, clock: Clock, request: Request) -> AsyncIterator[str]:
+    answer = Answer(0)
+    async for event in run.events():
+        answer.add(event)
+        if isinstance(event, TextDelta):
+            clock.token()
+            if event.text or event.logprobs:
+                yield _line(GenerateChunk(model=model, created_at=timestamp(), response=event.text, done=False,
+                                          logprobs=logprobs(run.model.backend, event.logprobs) if event.logprobs else None))
+    request.state.usage = TokenCounts(run.prompt_tokens, answer.completion_tokens)
+    yield _line(GenerateChunk(model=model, created_at=timestamp(), response="", done=True,
+                              **clock.timings(answer, run.prompt_tokens)))
+
+
+# ---------------------------------------------------------------- embeddings
+
+
+def _embedding_tokens(model: LoadedModel, texts: list[str], truncate: bool, num_ctx: int | None) -> list[list[int]]:
+    backend = model.backend
+    limit = min(num_ctx or backend.facts.context_size, backend.facts.context_size)
+    out = []
+    for text in texts:
+        tokens = backend.tokenize(text, add_special=True)
+        if len(tokens) > limit:
+            if not truncate:
+                raise context_length_exceeded(len(tokens), 0, limit, "input")
+            tokens = tokens[:limit]
+        out.append(tokens)
+    return out
+
+
+def _shorten(vector: list[float], dimensions: int | None) -> list[float]:
+    """Ollama's `dimensions`: the first n values, normalised again."""
+    if dimensions is None or dimensions == len(vector):
+        return vector
+    cut = vector[:dimensions]
+    norm = math.sqrt(sum(v * v for v in cut)) or 1.0
+    return [v / norm for v in cut]
+
+
+async def _embed(request: Request, model_field: str, texts: list[str], truncate: bool, req: EmbedRequest | EmbeddingsRequest,
+                 dimensions: int | None) -> tuple[str, list[list[float]], int, Clock]:
+    refuse_unsupported_options(req.options, embeddings=True)
+    clock, keep = Clock(), keep_alive_seconds(req.keep_alive)
+    num_ctx = req.options.num_ctx if req.options else None
+    async with _manager(request).use(model_name(model_field), "embedding") as model:
+        clock.loaded = time.perf_counter()
+        _keep(model, keep)
+        size = model.backend.facts.embedding_size
+        if dimensions is not None and dimensions > size:
+            raise invalid_request(f"This model makes {size}-dimensional embeddings; 'dimensions' can be at most {size}.",
+                                  "dimensions")
+        tokens = await asyncio.to_thread(_embedding_tokens, model, texts, truncate, num_ctx)
+        vectors = await model.backend.embed(tokens) if tokens else []
+    count = sum(len(t) for t in tokens)
+    request.state.model = model.entry.name
+    request.state.usage = TokenCounts(count, 0)
+    return model.entry.name, [_shorten(v, dimensions) for v in vectors], count, clock
+
+
+@router.post("/embed", response_model_exclude_none=True)
+async def embed(req: EmbedRequest, request: Request) -> EmbedResponse:
+    texts = [req.input] if isinstance(req.input, str) else list(req.input)
+    _, vectors, count, clock = await _embed(request, req.model, texts, req.truncate, req, req.dimensions)
+    end = time.perf_counter()
+    return EmbedResponse(model=req.model, embeddings=vectors, total_duration=_ns(end - clock.started),
+                         load_duration=_ns((clock.loaded or end) - clock.started), prompt_eval_count=count)
+
+
+@router.post("/embeddings")
+async def embeddings(req: EmbeddingsRequest, request: Request) -> EmbeddingsResponse:
+    # An empty prompt only loads the model, as with Ollama.
+    _, vectors, _, _ = await _embed(request, req.model, [req.prompt] if req.prompt else [], True, req, None)
+    return EmbeddingsResponse(embedding=vectors[0] if vectors else [])
