@@ -8,6 +8,7 @@ llama.cpp's; a folder with `modules.json` is a sentence-transformers embedding m
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .config import BackendChoice, Settings, SettingsError
 
-
-Capability = Literal["chat", "completion", "embedding"]
+Capability = Literal["chat", "completion", "embedding", "rerank"]
 
 
 class ModelSpec(BaseModel):
@@ -75,6 +75,8 @@ class ModelEntry:
 
     @property
     def capabilities(self) -> list[Capability]:
+        if self.backend == BackendChoice.cross_encoder:
+            return ["rerank"]
         return ["embedding"] if self.embedding_only else ["chat", "completion", "embedding"]
 
 
@@ -96,10 +98,25 @@ def read_models_file(path: Path) -> list[ModelSpec]:
     return specs
 
 
+def is_cross_encoder(folder: Path) -> bool:
+    """A reranker: saved by sentence-transformers as a CrossEncoder, or a Transformers sequence classifier."""
+    for name, check in (("config_sentence_transformers.json", lambda c: c.get("model_type") == "CrossEncoder"),
+                        ("config.json", lambda c: any(str(a).endswith("ForSequenceClassification") for a in c.get("architectures") or ()))):
+        try:
+            config = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(config, dict) and check(config):
+            return True
+    return False
+
+
 def detect_backend(path: Path) -> BackendChoice | None:
     """The backend for a model on disk, from what it is; None for anything that is not a model."""
     if path.is_file():
         return BackendChoice.llama_cpp if path.suffix == ".gguf" else None
+    if is_cross_encoder(path):
+        return BackendChoice.cross_encoder
     if (path / "modules.json").is_file() or (path / "config_sentence_transformers.json").is_file():
         return BackendChoice.sentence_transformers
     if (path / "config.json").is_file():

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shutil
 import sys
-import importlib.util
 from pathlib import Path
 
 from .config import SettingsError, load_settings

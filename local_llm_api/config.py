@@ -16,6 +16,7 @@ class BackendChoice(str, Enum):
     llama_cpp = "llama-cpp"
     transformers = "transformers"
     sentence_transformers = "sentence-transformers"
+    cross_encoder = "cross-encoder"  # rerankers: CrossEncoder folders, sequence-classification models
 
 
 class LogLevel(str, Enum):
@@ -69,6 +70,8 @@ class Settings(BaseSettings):
 
     # Several models at once
     models_config: Path | None = Field(None, description="A YAML file declaring models (see README).")
+    rerank_model: str = Field("", description="The model /rerank uses when a request names none; unset: the only "
+                              "cross-encoder in MODEL_DIR, else the only embedding model, else DEFAULT_MODEL.")
     max_loaded_models: int = Field(0, ge=0, description="Most models loaded at once; 0 = no limit.")
     memory_budget: ByteSize = Field(ByteSize(0), description="Most model bytes loaded at once (e.g. 8GB); 0 = no limit.")
     keep_alive: float = Field(0, ge=0, description="Unload a model idle this many seconds; 0 keeps models loaded.")
@@ -122,8 +125,9 @@ class Settings(BaseSettings):
         """Cross-field rules that a single field's validator cannot express."""
         if self.api_key_required and not self.api_keys:
             raise SettingsError("API_KEY", "API_KEY_REQUIRED is true but API_KEY is empty")
-        if self.model_backend == BackendChoice.sentence_transformers:
-            raise SettingsError("MODEL_BACKEND", "choose auto, llama-cpp or transformers (embedding folders are found by themselves)")
+        if self.model_backend in (BackendChoice.sentence_transformers, BackendChoice.cross_encoder):
+            raise SettingsError("MODEL_BACKEND", "choose auto, llama-cpp or transformers (embedding and reranking folders are "
+                                                  "found by themselves)")
 
 
 class SettingsError(Exception):

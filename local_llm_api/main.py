@@ -33,6 +33,7 @@ from .dialects.openai import errors as openai_errors
 from .dialects.openai import routes as openai
 from .dialects.responses import routes as responses
 from .dialects.responses.store import ResponseStore
+from .dialects.utility import rerank, tokenizer
 from .logs import setup_logging
 from .manager import ModelManager
 
@@ -83,6 +84,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(openai.router, prefix=prefix)
         app.include_router(responses.router, prefix=prefix)
         app.include_router(anthropic.router, prefix=prefix)
+    for prefix in ("", "/v1", "/api/v1"):  # llama.cpp's server has /tokenize and /rerank at the root, vLLM both
+        app.include_router(tokenizer.router, prefix=prefix)
+        app.include_router(rerank.router, prefix=prefix)
     app.include_router(ollama_models.version_router, prefix="/api")
     app.include_router(ollama_models.router, prefix="/api")
     app.include_router(ollama.router, prefix="/api")

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from .core.errors import APIError, invalid_request, model_not_found
 from .backends.base import Backend, ModelLoadError
 from .catalog import Capability, Catalog, ModelEntry
 from .config import BackendChoice, Settings
+from .core.errors import APIError, invalid_request, model_not_found
 from .pull import PullError, PullStatus, download, plan
 
 log = logging.getLogger("local_llm_api.manager")
@@ -155,6 +155,10 @@ class ModelManager:
             from .backends.sentence_transformers import SentenceTransformersBackend
 
             return SentenceTransformersBackend(entry, self.settings)
+        if entry.backend == BackendChoice.cross_encoder:
+            from .backends.cross_encoder import CrossEncoderBackend
+
+            return CrossEncoderBackend(entry, self.settings)
         from .backends.transformers_lm import TransformersBackend
 
         return TransformersBackend(entry, self.settings)
@@ -241,13 +245,15 @@ class ModelManager:
     # ---------------------------------------------------------------- per request
 
     @asynccontextmanager
-    async def use(self, name: str | None, capability: Capability) -> AsyncIterator[LoadedModel]:
-        """The loaded model for one request, loading it first when allowed; counted as busy meanwhile."""
+    async def use(self, name: str | None, capability: Capability | None) -> AsyncIterator[LoadedModel]:
+        """The loaded model for one request (any model when `capability` is None), loading it first when allowed;
+        counted as busy meanwhile."""
         entry = self.resolve(name)
         self._refuse_while_downloading(entry)
-        if capability not in entry.capabilities:
+        if capability is not None and capability not in entry.capabilities:
+            kind = "an embedding model" if entry.embedding_only else f"a {entry.backend.value} model"
             raise invalid_request(
-                f"Model '{entry.name}' is an embedding model; it serves {', '.join(entry.capabilities)} requests only.",
+                f"Model '{entry.name}' is {kind}; it serves {', '.join(entry.capabilities)} requests only.",
                 "model",
                 "model_not_supported",
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 from local_llm_api.catalog import Catalog, ModelEntry
 from local_llm_api.config import BackendChoice, SettingsError, load_settings
 from local_llm_api.core.errors import APIError
+from local_llm_api.dialects.ollama.models import hub_reference
+from local_llm_api.dialects.ollama.translate import keep_alive_seconds, model_name
 from local_llm_api.manager import LoadedModel, ModelManager
 from local_llm_api.prompting.chat_template import CHATML, LLAMA3, ChatTemplateError, fallback_template, render_chat
 from local_llm_api.prompting.text import StopMatcher, Utf8Stream
@@ -212,3 +215,32 @@ def test_making_room_unloads_least_recently_used_idle_models(tmp_path: Path) -> 
     with pytest.raises(APIError) as raised:
         asyncio.run(run(too_big))
     assert raised.value.status == 400 and raised.value.body.code == "model_too_large"
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    (None, None), (0, 0.0), (300, 300.0), ("0", 0.0), ("10", 10.0), ("5m", 300.0), ("1h30m", 5400.0),
+    ("1.5s", 1.5), ("250ms", 0.25), (-1, math.inf), ("-1", math.inf), ("-5m", math.inf),
+])
+def test_ollama_keep_alive_durations(value: object, seconds: float | None) -> None:
+    assert keep_alive_seconds(value) == seconds  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["5 parsecs", "m", "", "1h30", "nan"])
+def test_ollama_keep_alive_refuses_what_is_not_a_duration(value: str) -> None:
+    with pytest.raises(APIError) as caught:
+        keep_alive_seconds(value)
+    assert caught.value.status == 400 and caught.value.body.param == "keep_alive"
+
+
+@pytest.mark.parametrize(("name", "reference"), [
+    ("hf.co/org/repo", ("org/repo", None, None)),
+    ("hf.co/org/repo:latest", ("org/repo", None, None)),
+    ("https://huggingface.co/org/repo:Q4_K_M", ("org/repo", None, "Q4_K_M")),
+    ("org/repo:model.Q8_0.gguf", ("org/repo", "model.Q8_0.gguf", None)),
+])
+def test_ollama_pull_names_as_hub_references(name: str, reference: tuple[str, str | None, str | None]) -> None:
+    assert hub_reference(name) == reference
+
+
+def test_ollama_model_names_drop_latest_only() -> None:
+    assert model_name("SmolLM2:latest") == "SmolLM2" and model_name("SmolLM2:q8") == "SmolLM2:q8"

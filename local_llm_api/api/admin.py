@@ -13,11 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import __version__
 from ..backends.base import EngineStats
 from ..catalog import ModelEntry
+from ..dialects.openai.errors import ErrorResponse
 from ..manager import ModelManager, ModelState
 from ..pull import PullStatus
 from ..system import GpuInfo, gpu_info
 from .auth import require_api_key
-from ..dialects.openai.errors import ErrorResponse
 
 
 class SystemInfo(BaseModel):

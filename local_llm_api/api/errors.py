@@ -53,7 +53,9 @@ def validation_error(exc: RequestValidationError) -> APIError:
     # says nothing, so the list's own error is the one to show.
     errors = exc.errors()
     first = next((e for e in errors if tuple(e.get("loc", ()))[-1:] != ("str",)), errors[0])
-    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
+    loc = [str(part) for part in first.get("loc", ())]
+    if loc and loc[0] in ("body", "query", "path", "header", "cookie"):  # where FastAPI found it; a body field may be "query"
+        loc = loc[1:]
     # Pydantic adds union branch names (`str`, `list[int]`, `TextPart`...) to the location; keep the field path.
     param = ".".join(p for p in loc if not _UNION_BRANCH.match(p))
     if first.get("type") == "json_invalid":

@@ -145,7 +145,16 @@ class Backend(ABC):
     def tokenize(self, text: str, *, add_special: bool) -> list[int]: ...
 
     @abstractmethod
-    def token_bytes(self, token: int) -> bytes: ...
+    def token_bytes(self, token: int) -> bytes:
+        """What the token adds to an answer's text (special tokens add nothing)."""
+
+    def token_piece(self, token: int) -> bytes:
+        """The token as a person inspecting it wants to see it: special tokens spelled out (/tokenize, /detokenize)."""
+        return self.token_bytes(token)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """Token ids back to text, special tokens spelled out."""
+        return b"".join(self.token_piece(t) for t in tokens).decode("utf-8", "replace")
 
     @abstractmethod
     def generate(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[GenerationChunk]:
@@ -154,6 +163,10 @@ class Backend(ABC):
     @abstractmethod
     async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
         """One pooled, L2-normalised vector per input."""
+
+    async def rerank(self, query: str, documents: list[str]) -> tuple[list[float], int]:
+        """Relevance scores of `documents` for `query` and the tokens read: cross-encoders only."""
+        raise NotImplementedError("this model does not rerank")  # the API refuses before this
 
     @abstractmethod
     def check_capacity(self, sequences: int) -> None:

@@ -21,8 +21,8 @@ from ..config import Settings
 from ..prompting.chat_template import fallback_template
 from ..structured.constraint import ConstraintFactory
 from .base import ModelFacts, ModelLoadError, SamplingParams
-from .engine import EngineBackend
 from .batching import BatchEngine
+from .engine import EngineBackend
 
 GGUF_MAGIC = b"GGUF"
 
@@ -160,11 +160,17 @@ class LlamaCppBackend(EngineBackend):
         return self._model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=add_special)
 
     def token_bytes(self, token: int) -> bytes:
+        return self._piece(token, special=False)
+
+    def token_piece(self, token: int) -> bytes:
+        return self._piece(token, special=True)
+
+    def _piece(self, token: int, *, special: bool) -> bytes:
         buffer = ctypes.create_string_buffer(64)
-        n = self._lib.llama_token_to_piece(self._model.vocab, token, buffer, 64, 0, False)
+        n = self._lib.llama_token_to_piece(self._model.vocab, token, buffer, 64, 0, special)
         if n < 0:  # a piece longer than the buffer: llama.cpp says how long
             buffer = ctypes.create_string_buffer(-n)
-            n = self._lib.llama_token_to_piece(self._model.vocab, token, buffer, -n, 0, False)
+            n = self._lib.llama_token_to_piece(self._model.vocab, token, buffer, -n, 0, special)
         return buffer.raw[:n]
 
     async def embed(self, inputs: list[list[int]]) -> list[list[float]]:

@@ -1,5 +1,6 @@
-"""Embedding models in the sentence-transformers layout, run by the sentence-transformers library itself:
-`modules.json` decides the modules (transformer, pooling as its config says, normalisation or not)."""
+"""Models run by the sentence-transformers library itself: embedding models (`SentenceTransformer`, whose
+`modules.json` decides the modules: transformer, pooling as its config says, normalisation or not), and,
+in `cross_encoder.py`, rerankers (`CrossEncoder`). What both kinds share lives in `LibraryBackend`."""
 
 from __future__ import annotations
 
@@ -16,38 +17,35 @@ from .transformers_lm import local_source, prepare_torch
 BATCH = 32  # inputs per forward pass
 
 
-class SentenceTransformersBackend(Backend):
-    kind = "sentence-transformers"
+class LibraryBackend(Backend):
+    """A sentence-transformers model class loaded from a local folder (or a Hub repo), run on one worker thread."""
 
-    def __init__(self, entry: ModelEntry, settings: Settings) -> None:
+    _facts: ModelFacts
+
+    def _load(self, entry: ModelEntry, settings: Settings, class_name: str) -> Any:
         torch, device, dtype = prepare_torch(settings)
         try:
-            from sentence_transformers import SentenceTransformer
+            import sentence_transformers
         except ImportError as exc:
             raise ModelLoadError("sentence-transformers is not installed: `pip install local-llm-api[transformers]`") from exc
         folder, gguf_file = local_source(entry)
         if gguf_file:
-            raise ModelLoadError(f"'{entry.name}' is a GGUF file, not a sentence-transformers folder")
+            raise ModelLoadError(f"'{entry.name}' is a GGUF file, not a sentence-transformers {class_name} folder")
         trust = bool(entry.spec and entry.spec.trust_remote_code)
         try:
-            self._model = SentenceTransformer(str(folder), device=str(device), trust_remote_code=trust,
-                                              model_kwargs={"dtype": dtype})
+            model = getattr(sentence_transformers, class_name)(str(folder), device=str(device), trust_remote_code=trust,
+                                                               model_kwargs={"dtype": dtype})
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            raise ModelLoadError(f"sentence-transformers could not load '{entry.name}': {exc}") from exc
-        self._torch = torch
-        self._device = device
-        tokenizer = self._model.tokenizer
-        self._facts = ModelFacts(
-            context_size=self._model.max_seq_length,
-            embedding_size=getattr(self._model, "get_embedding_dimension", self._model.get_sentence_embedding_dimension)() or 0,
-            vocab_size=len(tokenizer),
-            chat_template="",
-            bos_token="",
-            eos_token="",
-        )
-        self._pad = tokenizer.pad_token_id or 0
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+            raise ModelLoadError(f"sentence-transformers could not load '{entry.name}' as a {class_name}: {exc}") from exc
+        self._model = model
+        self._torch, self._device = torch, device
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.kind)
         self._counters = {"requests": 0, "prompt": 0}
+        return model
+
+    def _count(self, tokens: int) -> None:
+        self._counters["requests"] += 1
+        self._counters["prompt"] += tokens
 
     @property
     def facts(self) -> ModelFacts:
@@ -59,8 +57,11 @@ class SentenceTransformersBackend(Backend):
     def token_bytes(self, token: int) -> bytes:
         return self._model.tokenizer.decode([token]).encode("utf-8")
 
+    def detokenize(self, tokens: list[int]) -> str:
+        return self._model.tokenizer.decode(tokens)  # WordPiece joins its "##" pieces only when decoding whole
+
     def generate(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[GenerationChunk]:
-        raise NotImplementedError("an embedding model does not generate text")  # the API refuses before this
+        raise NotImplementedError(f"a {self.kind} model does not generate text")  # the API refuses before this
 
     def check_capacity(self, sequences: int) -> None:
         return None
@@ -68,6 +69,29 @@ class SentenceTransformersBackend(Backend):
     def stats(self) -> EngineStats:
         return EngineStats(slots=1, running=0, queued=0, max_queue=0, requests_total=self._counters["requests"],
                            prompt_tokens_total=self._counters["prompt"])
+
+    async def close(self) -> None:
+        self._worker.shutdown(wait=True)
+        del self._model
+        if self._device.type == "cuda":
+            self._torch.cuda.empty_cache()
+
+
+class SentenceTransformersBackend(LibraryBackend):
+    kind = "sentence-transformers"
+
+    def __init__(self, entry: ModelEntry, settings: Settings) -> None:
+        model = self._load(entry, settings, "SentenceTransformer")
+        tokenizer = model.tokenizer
+        self._facts = ModelFacts(
+            context_size=model.max_seq_length,
+            embedding_size=getattr(model, "get_embedding_dimension", model.get_sentence_embedding_dimension)() or 0,
+            vocab_size=len(tokenizer),
+            chat_template="",
+            bos_token="",
+            eos_token="",
+        )
+        self._pad = tokenizer.pad_token_id or 0
 
     async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
         return await asyncio.get_running_loop().run_in_executor(self._worker, self._embed, inputs)
@@ -90,12 +114,5 @@ class SentenceTransformersBackend(Backend):
                     features["token_type_ids"] = torch.zeros_like(features["input_ids"])
                 out = self._model(features)["sentence_embedding"]
                 vectors.extend(out.float().cpu().tolist())
-        self._counters["requests"] += 1
-        self._counters["prompt"] += sum(len(t) for t in inputs)
+        self._count(sum(len(t) for t in inputs))
         return vectors
-
-    async def close(self) -> None:
-        self._worker.shutdown(wait=True)
-        del self._model
-        if self._device.type == "cuda":
-            self._torch.cuda.empty_cache()

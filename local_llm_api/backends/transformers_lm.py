@@ -150,6 +150,9 @@ class TransformersBackend(EngineBackend):
     def token_bytes(self, token: int) -> bytes:
         return self._token_bytes(token)
 
+    def token_piece(self, token: int) -> bytes:
+        return self._token_bytes(token) or (self._tokenizer.convert_ids_to_tokens(token) or "").encode("utf-8")
+
     async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
         return await asyncio.get_running_loop().run_in_executor(self._embedder, self._embed, inputs)
 

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ...api.auth import require_api_key
+from ...api.json_route import JSONBodyRoute
 from ...catalog import ModelEntry
 from ...core.errors import APIError, invalid_request
 from ...manager import LoadedModel, ModelManager
@@ -35,7 +36,7 @@ from .protocol import (
     VersionResponse,
     timestamp,
 )
-from .routes import ERRORS, JSONBodyRoute
+from .routes import ERRORS
 from .translate import listed_name, model_name
 
 # The Ollama API version these routes follow; apps gate features (tools, structured output) on it.
@@ -117,7 +118,7 @@ async def show(req: ModelName, request: Request) -> ShowResponse:
     modelfile = "\n".join([f"# Modelfile of {listed_name(entry.stem)}, as served by local-llm-api",
                            f"FROM {entry.path or entry.repo}", f'TEMPLATE """{template}"""',
                            *(f"PARAMETER {k} {v}" for k, v in parameters.items() if v is not None)])
-    capabilities = ["embedding"] if entry.embedding_only else ["completion", "tools"]
+    capabilities = ["completion", "tools"] if "chat" in entry.capabilities else ["embedding"] if entry.embedding_only else []
     return ShowResponse(modelfile=modelfile, parameters=parameter_text, template=template, details=_details(facts),
                         model_info=facts.metadata, capabilities=capabilities, modified_at=timestamp(entry.created))
 

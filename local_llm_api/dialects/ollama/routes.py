@@ -7,16 +7,16 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from ...api.auth import require_api_key
+from ...api.json_route import JSONBodyRoute
 from ...core.chat import Answer, ChatRun, TextDelta, start_chat
 from ...core.errors import context_length_exceeded, invalid_request
 from ...core.generation import TokenCounts, until_disconnected
@@ -34,7 +34,10 @@ from .protocol import (
     ErrorResponse,
     GenerateChunk,
     GenerateRequest,
+    Generation,
+    Logprob,
     OutMessage,
+    OutToolCall,
     timestamp,
 )
 from .translate import (
@@ -50,24 +53,6 @@ from .translate import (
 ERRORS: dict[int | str, dict[str, object]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 503)}
 STREAM = {200: {"content": {"application/x-ndjson": {}}, "description": "JSON lines by default; one object with `stream: false`"}}
 
-
-
-class JSONBodyRoute(APIRoute):
-    """Reads the body as JSON whatever its Content-Type: Ollama's own examples (`curl -d '{...}'`) and several
-    clients send JSON as form data or with no type at all."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            kind = request.headers.get("content-type", "")
-            if "json" not in kind and request.method != "GET":
-                headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
-                request = Request({**request.scope, "headers": [*headers, (b"content-type", b"application/json")]},
-                                  request.receive)
-            return await handler(request)
-
-        return route
 
 
 router = APIRouter(dependencies=[Depends(require_api_key)], responses=ERRORS, tags=["ollama"], route_class=JSONBodyRoute)
@@ -108,8 +93,8 @@ def _manager(request: Request) -> ModelManager:
 
 
 def _keep(model: LoadedModel, seconds: float | None) -> None:
-    if seconds is not None:
-        model.keep_alive = seconds
+    """Each Ollama request sets the model's keep-alive, as Ollama does; one without it goes back to the configured one."""
+    model.keep_alive = seconds
 
 
 async def _load_or_unload(manager: ModelManager, name: str, keep: float | None) -> str:
@@ -140,77 +125,71 @@ async def _collect(run: ChatRun, clock: Clock) -> Answer:
     return answer
 
 
-@router.post("/chat", response_model=ChatChunk, response_model_exclude_none=True, responses=STREAM)
-async def chat(req: ChatRequest, request: Request) -> Response:
-    clock, keep, name = Clock(), keep_alive_seconds(req.keep_alive), model_name(req.model)
-    core = chat_request(req, name)
-    if not req.messages:
-        reason = await _load_or_unload(_manager(request), name, keep)
-        return JSONResponse(ChatChunk(model=req.model, created_at=timestamp(), message=OutMessage(), done=True,
-                                      done_reason=reason).model_dump())
+class Frame(Protocol):
+    """One object of an answer in its route's shape: chat's `message` or generate's `response`."""
+
+    def __call__(self, text: str = "", *, done: bool = False, calls: list[OutToolCall] | None = None,
+                 logprobs: list[Logprob] | None = None, **timings: Any) -> BaseModel: ...
+
+
+def _chat_frame(model: str) -> Frame:
+    def frame(text: str = "", *, done: bool = False, calls: list[OutToolCall] | None = None,
+              logprobs: list[Logprob] | None = None, **timings: Any) -> BaseModel:
+        return ChatChunk(model=model, created_at=timestamp(), message=OutMessage(content=text, tool_calls=calls), done=done,
+                         logprobs=logprobs, **timings)
+
+    return frame
+
+
+def _generate_frame(model: str) -> Frame:
+    def frame(text: str = "", *, done: bool = False, calls: list[OutToolCall] | None = None,
+              logprobs: list[Logprob] | None = None, **timings: Any) -> BaseModel:
+        return GenerateChunk(model=model, created_at=timestamp(), response=text, done=done, logprobs=logprobs, **timings)
+
+    return frame
+
+
+async def _answer(core: CoreChat, req: Generation, frame: Frame, nothing_to_do: bool, request: Request) -> Response:
+    """What /api/chat and /api/generate share: load-only requests, then one object or an NDJSON stream."""
+    clock, keep = Clock(), keep_alive_seconds(req.keep_alive)
+    if nothing_to_do:
+        reason = await _load_or_unload(_manager(request), core.model or "", keep)
+        return JSONResponse(frame(done=True, done_reason=reason).model_dump())
     run = await _start(core, request, keep, clock)
     if req.stream:
-        return ndjson_response(_chat_lines(run, req.model, clock, request), run.aclose, error_line)
+        return ndjson_response(_lines(run, frame, clock, request), run.aclose, error_line)
     async with run:
         answer = await until_disconnected(request, _collect(run, clock))
     request.state.usage = TokenCounts(run.prompt_tokens, answer.completion_tokens)
-    chunk = ChatChunk(model=req.model, created_at=timestamp(), done=True,
-                      message=OutMessage(content=answer.content or "", tool_calls=tool_calls(answer)),
-                      logprobs=logprobs(run.model.backend, answer.logprobs) if core.logprobs is not None else None,
-                      **clock.timings(answer, run.prompt_tokens))
-    return JSONResponse(chunk.model_dump())
+    probabilities = logprobs(run.model.backend, answer.logprobs) if core.logprobs is not None else None
+    return JSONResponse(frame(answer.content or "", done=True, calls=tool_calls(answer), logprobs=probabilities,
+                              **clock.timings(answer, run.prompt_tokens)).model_dump())
 
 
-async def _chat_lines(run: ChatRun, model: str, clock: Clock, request: Request) -> AsyncIterator[str]:
-    answer = Answer(0)
-    async for event in run.events():
-        answer.add(event)
-        if not isinstance(event, TextDelta):
-            continue
-        clock.token()
-        if event.text or event.logprobs:
-            yield _line(ChatChunk(model=model, created_at=timestamp(), message=OutMessage(content=event.text), done=False,
-                                  logprobs=logprobs(run.model.backend, event.logprobs) if event.logprobs else None))
-    calls = tool_calls(answer)
-    if calls:  # as Ollama does: the calls in a chunk of their own, before the final one
-        yield _line(ChatChunk(model=model, created_at=timestamp(), message=OutMessage(tool_calls=calls), done=False))
-    request.state.usage = TokenCounts(run.prompt_tokens, answer.completion_tokens)
-    yield _line(ChatChunk(model=model, created_at=timestamp(), message=OutMessage(), done=True,
-                          **clock.timings(answer, run.prompt_tokens)))
-
-
-@router.post("/generate", response_model=GenerateChunk, response_model_exclude_none=True, responses=STREAM)
-async def generate(req: GenerateRequest, request: Request) -> Response:
-    clock, keep, name = Clock(), keep_alive_seconds(req.keep_alive), model_name(req.model)
-    core = generate_request(req, name)
-    if not req.prompt:
-        reason = await _load_or_unload(_manager(request), name, keep)
-        return JSONResponse(GenerateChunk(model=req.model, created_at=timestamp(), response="", done=True,
-                                          done_reason=reason).model_dump())
-    run = await _start(core, request, keep, clock)
-    if req.stream:
-        return ndjson_response(_generate_lines(run, req.model, clock, request), run.aclose, error_line)
-    async with run:
-        answer = await until_disconnected(request, _collect(run, clock))
-    request.state.usage = TokenCounts(run.prompt_tokens, answer.completion_tokens)
-    chunk = GenerateChunk(model=req.model, created_at=timestamp(), response=answer.content or "", done=True,
-                          logprobs=logprobs(run.model.backend, answer.logprobs) if core.logprobs is not None else None,
-                          **clock.timings(answer, run.prompt_tokens))
-    return JSONResponse(chunk.model_dump())
-
-
-async def _generate_lines(run: ChatRun, model: str, clock: Clock, request: Request) -> AsyncIterator[str]:
+async def _lines(run: ChatRun, frame: Frame, clock: Clock, request: Request) -> AsyncIterator[str]:
     answer = Answer(0)
     async for event in run.events():
         answer.add(event)
         if isinstance(event, TextDelta):
             clock.token()
             if event.text or event.logprobs:
-                yield _line(GenerateChunk(model=model, created_at=timestamp(), response=event.text, done=False,
-                                          logprobs=logprobs(run.model.backend, event.logprobs) if event.logprobs else None))
+                yield _line(frame(event.text, logprobs=logprobs(run.model.backend, event.logprobs) if event.logprobs else None))
+    calls = tool_calls(answer)
+    if calls:  # as Ollama does: the calls in an object of their own, before the final one
+        yield _line(frame(calls=calls))
     request.state.usage = TokenCounts(run.prompt_tokens, answer.completion_tokens)
-    yield _line(GenerateChunk(model=model, created_at=timestamp(), response="", done=True,
-                              **clock.timings(answer, run.prompt_tokens)))
+    yield _line(frame(done=True, **clock.timings(answer, run.prompt_tokens)))
+
+
+@router.post("/chat", response_model=ChatChunk, response_model_exclude_none=True, responses=STREAM)
+async def chat(req: ChatRequest, request: Request) -> Response:
+    return await _answer(chat_request(req, model_name(req.model)), req, _chat_frame(req.model), not req.messages, request)
+
+
+@router.post("/generate", response_model=GenerateChunk, response_model_exclude_none=True, responses=STREAM)
+async def generate(req: GenerateRequest, request: Request) -> Response:
+    return await _answer(generate_request(req, model_name(req.model)), req, _generate_frame(req.model), not req.prompt,
+                         request)
 
 
 # ---------------------------------------------------------------- embeddings

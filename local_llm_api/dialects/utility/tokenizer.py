@@ -1,0 +1,89 @@
+"""POST /tokenize, /detokenize and /apply-template: what the model reads, exactly as the chat route builds it
+(same template, same tools prompt, same tokenizer), so a client can count and inspect before it sends."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends, Request
+
+from ...api.auth import require_api_key
+from ...api.json_route import JSONBodyRoute
+from ...backends.base import Backend
+from ...core.errors import invalid_request
+from ...core.output import plan_output
+from ...core.prompt import prompt_text, prompt_tokens
+from ...core.request import ChatRequest
+from ...manager import ModelManager
+from ..openai.protocol import ChatCompletionRequest
+from ..openai.routes import ERRORS
+from ..openai.translate import chat_request
+from .protocol import (
+    ApplyTemplateResponse,
+    ChatPrompt,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    Piece,
+    TokenizeRequest,
+    TokenizeResponse,
+)
+
+router = APIRouter(dependencies=[Depends(require_api_key)], responses=ERRORS, tags=["utility"], route_class=JSONBodyRoute)
+
+
+def _manager(request: Request) -> ModelManager:
+    return request.app.state.manager
+
+
+def _chat(body: ChatPrompt | TokenizeRequest) -> ChatRequest:
+    fields = body.model_dump(exclude_none=True, exclude={"content", "prompt", "add_special", "with_pieces"})
+    return chat_request(ChatCompletionRequest.model_validate(fields))
+
+
+def _render(backend: Backend, req: ChatRequest) -> str:
+    return prompt_text(backend, req.messages, plan_output(req, backend.facts.chat_template))
+
+
+@router.post("/apply-template")
+async def apply_template(body: ChatPrompt, request: Request) -> ApplyTemplateResponse:
+    """The exact prompt text the chat route feeds the model for these messages and tools."""
+    req = _chat(body)
+    async with _manager(request).use(body.model, "chat") as model:
+        prompt = await asyncio.to_thread(_render, model.backend, req)
+    return ApplyTemplateResponse(prompt=prompt, model=model.entry.name)
+
+
+def _tokenize(backend: Backend, body: TokenizeRequest) -> list[int]:
+    if body.messages is not None:
+        req = _chat(body)
+        return prompt_tokens(backend, req.messages, plan_output(req, backend.facts.chat_template))
+    return backend.tokenize(body.content if body.content is not None else body.prompt or "", add_special=body.add_special)
+
+
+def _piece(backend: Backend, token: int) -> str | list[int]:
+    raw = backend.token_piece(token)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return list(raw)  # part of a character: the bytes, as llama.cpp's server gives them
+
+
+@router.post("/tokenize")
+async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
+    async with _manager(request).use(body.model, "chat" if body.messages is not None else None) as model:
+        backend = model.backend
+        tokens = await asyncio.to_thread(_tokenize, backend, body)
+        out: list[int] | list[Piece] = [Piece(id=t, piece=_piece(backend, t)) for t in tokens] if body.with_pieces else tokens
+    return TokenizeResponse(tokens=out, count=len(tokens), max_model_len=backend.facts.context_size, model=model.entry.name)
+
+
+@router.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
+    async with _manager(request).use(body.model, None) as model:
+        backend = model.backend
+        vocab = backend.facts.vocab_size
+        bad = next((i for i, t in enumerate(body.tokens) if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise invalid_request(f"Token id {body.tokens[bad]} is outside the vocabulary (0..{vocab - 1}).", f"tokens[{bad}]")
+        text = await asyncio.to_thread(backend.detokenize, body.tokens)
+    return DetokenizeResponse(content=text, model=model.entry.name)
