@@ -215,7 +215,13 @@ class ModelManager:
                 limit = self.idle_limit(model)
                 if model.in_flight == 0 and now - model.last_used >= limit:
                     log.info("unloading %s: idle for %.0fs (keep-alive %.0fs)", model.entry.name, now - model.last_used, limit)
-                    await self._unload(model)
+                    await self._unload_logged(model)  # one model failing to free must not end the loop
+
+    async def _unload_logged(self, model: LoadedModel) -> None:
+        try:
+            await self._unload(model)
+        except Exception:
+            log.exception("unloading %s failed", model.entry.name)
 
     async def unload(self, name: str) -> ModelEntry:
         entry = self.resolve(name)
@@ -239,8 +245,9 @@ class ModelManager:
             self._keep_alive_task.cancel()
         for task in list(self._loading.values()):
             task.cancel()
-        for name in list(self.loaded):
-            await self.unload(name)
+        # The loaded models themselves, not their names: a file deleted meanwhile no longer resolves.
+        for model in list(self.loaded.values()):
+            await self._unload_logged(model)
 
     # ---------------------------------------------------------------- per request
 

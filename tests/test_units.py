@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from local_llm_api import manager as manager_module
 from local_llm_api.catalog import Catalog, ModelEntry
 from local_llm_api.config import BackendChoice, SettingsError, load_settings
 from local_llm_api.core.errors import APIError
@@ -244,3 +245,37 @@ def test_ollama_pull_names_as_hub_references(name: str, reference: tuple[str, st
 
 def test_ollama_model_names_drop_latest_only() -> None:
     assert model_name("SmolLM2:latest") == "SmolLM2" and model_name("SmolLM2:q8") == "SmolLM2:q8"
+
+
+class BrokenBackend(FakeBackend):
+    async def close(self) -> None:
+        raise RuntimeError("cannot free")
+
+
+def test_keep_alive_loop_survives_a_failing_unload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(manager_module, "KEEP_ALIVE_CHECK_SECONDS", 0.01)
+    manager = _manager_with(tmp_path, {"broken": 1, "fine": 1}, keep_alive=0.01)
+    manager.loaded["broken"].backend = BrokenBackend()  # type: ignore[assignment]
+    fine = manager.loaded["fine"].backend
+
+    async def run() -> bool:
+        manager.start_keep_alive()
+        for _ in range(500):
+            if fine.closed:  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0.01)
+        assert manager._keep_alive_task is not None
+        alive = not manager._keep_alive_task.done()
+        manager._keep_alive_task.cancel()
+        return alive
+
+    assert asyncio.run(run()) and fine.closed and not manager.loaded  # type: ignore[attr-defined]
+
+
+def test_close_frees_every_model_even_when_one_fails_or_its_file_is_gone(tmp_path: Path) -> None:
+    # These entries' files do not exist (deleted while loaded): close must not look them up by name.
+    manager = _manager_with(tmp_path, {"a": 1, "broken": 1, "c": 1})
+    manager.loaded["broken"].backend = BrokenBackend()  # type: ignore[assignment]
+    backends = {name: model.backend for name, model in manager.loaded.items()}
+    asyncio.run(manager.close())
+    assert not manager.loaded and backends["a"].closed and backends["c"].closed  # type: ignore[attr-defined]

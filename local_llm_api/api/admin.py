@@ -123,12 +123,13 @@ def info(manager: ModelManager, entry: ModelEntry) -> ModelInfo:
 @health_router.get("/health")
 async def health(request: Request) -> Health:
     memory = psutil.virtual_memory()
+    engines = {name: model.backend.stats() for name, model in manager_of(request).loaded.items()}
     return Health(
-        status="ok",
+        status="ok" if all(e.alive for e in engines.values()) else "degraded",  # a stopped engine: unload and reload it
         version=__version__,
         uptime_seconds=round(time.time() - request.app.state.started_at, 1),
         loaded_models=list(manager_of(request).loaded),
-        engines={name: model.backend.stats() for name, model in manager_of(request).loaded.items()},
+        engines=engines,
         system=SystemInfo(
             platform=platform.platform(),
             python=platform.python_version(),

@@ -25,6 +25,7 @@ class EngineCollector(Collector):
             "running": GaugeMetricFamily("llm_running_sequences", "Sequences being decoded", labels=["model"]),
             "queued": GaugeMetricFamily("llm_queue_length", "Requests waiting for a slot", labels=["model"]),
             "tokens_per_second": GaugeMetricFamily("llm_tokens_per_second", "Generated tokens/s over the last 10 s", labels=["model"]),
+            "alive": GaugeMetricFamily("llm_engine_alive", "1 while the model's engine thread runs", labels=["model"]),
         }
         counters = {
             "prompt_tokens_total": CounterMetricFamily("llm_prompt_tokens", "Prompt tokens admitted", labels=["model"]),
@@ -36,7 +37,7 @@ class EngineCollector(Collector):
         for name, model in list(self.manager.loaded.items()):
             stats = model.backend.stats()
             for key, family in {**gauges, **counters}.items():
-                family.add_metric([name], getattr(stats, key))
+                family.add_metric([name], float(getattr(stats, key)))
             buckets = [("+Inf" if bound == float("inf") else str(bound), count) for bound, count in stats.ttft_buckets.items()]
             ttft.add_metric([name], buckets, stats.ttft_sum)
         loaded = GaugeMetricFamily("llm_models_loaded", "Models in memory")

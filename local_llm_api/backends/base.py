@@ -68,6 +68,7 @@ class ModelFacts:
 class EngineStats(BaseModel):
     """A backend's scheduling figures, for /health and /metrics."""
 
+    alive: bool = True  # the engine thread is running (a dead one fails its requests at once with 503)
     slots: int
     running: int
     queued: int
@@ -85,6 +86,10 @@ class EngineStats(BaseModel):
 
 class ModelLoadError(Exception):
     """The model file could not be loaded; the message says why, for the client."""
+
+
+class EngineStoppedError(Exception):
+    """The model's engine thread is gone; its requests cannot run (503)."""
 
 
 class QueueFullError(Exception):

@@ -90,6 +90,10 @@ class BatchEngine(Engine):
     def _release(self) -> None:
         self._lib.llama_batch_free(self._batch)
 
+    def _discard(self, sequence: Sequence) -> None:
+        assert isinstance(sequence, LlamaSequence)
+        sequence.sampler.close()
+
     def _running_count(self) -> int:
         return len(self._running())
 
@@ -181,18 +185,28 @@ class BatchEngine(Engine):
             sequence = slot.sequence
             if not wants_token or sequence is None:
                 continue
-            logprobs = None
-            if sequence.shapes_logits:
-                # The sampler reads the context's logits row: shaping it in place is what it then samples from.
-                row = np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self._context.ctx, index), shape=(self._n_vocab,))
-                logprobs = self._shape_logits(sequence, row)
-            token = self._lib.llama_sampler_sample(sequence.sampler.sampler, self._context.ctx, index)
+            try:
+                logprobs = None
+                if sequence.shapes_logits:
+                    # The sampler reads the context's logits row: shaping it in place is what it then samples from.
+                    row = np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self._context.ctx, index), shape=(self._n_vocab,))
+                    logprobs = self._shape_logits(sequence, row)
+                token = self._lib.llama_sampler_sample(sequence.sampler.sampler, self._context.ctx, index)
+                finished = self._deliver(sequence, token, now, self._logprob_of(sequence, logprobs, token))
+            except Exception as exc:  # this sequence's grammar, sampler or text: it alone fails, the others go on
+                log.error("a sequence failed on its own: %s: %s", type(exc).__name__, exc)
+                self._finish(slot, exc)
+                continue
             produced += 1
-            if self._deliver(sequence, token, now, self._logprob_of(sequence, logprobs, token)):
+            if finished:
                 self._free(slot)
             else:
                 sequence.pending.append(token)
         self._record_step(now, produced)
+
+    def _fail_running(self, error: BaseException) -> None:
+        for slot in self._running():
+            self._finish(slot, error)
 
     def _finish(self, slot: Slot, error: BaseException) -> None:
         if slot.sequence is not None:

@@ -21,7 +21,15 @@ import numpy as np
 
 from ..structured.constraint import ConstraintFactory, TokenConstraint
 from ..structured.logprobs import TokenLogprob, log_softmax, token_logprob
-from .base import Backend, EngineStats, GenerationChunk, QueueFullError, SamplingParams, SequenceText
+from .base import (
+    Backend,
+    EngineStats,
+    EngineStoppedError,
+    GenerationChunk,
+    QueueFullError,
+    SamplingParams,
+    SequenceText,
+)
 
 log = logging.getLogger("local_llm_api.engine")
 
@@ -84,12 +92,25 @@ class Engine(ABC):
         """Admit waiting sequences (under `self._wake`'s lock only when it takes from `_waiting`), drop
         cancelled ones, and run one model step; called while there is work."""
 
+    @abstractmethod
+    def _fail_running(self, error: BaseException) -> None:
+        """End every admitted sequence with `error` and reset what they held (KV cache, batch rows)."""
+
     def _release(self) -> None:  # noqa: B027  (optional hook: engines with nothing to free skip it)
         """Free what the engine holds once its thread has stopped."""
 
+    def _discard(self, sequence: Sequence) -> None:  # noqa: B027  (optional hook)
+        """Free what a sequence that never ran holds (its sampler)."""
+
     # ---------------------------------------------------------------- the request side (event loop)
 
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def check_capacity(self, sequences: int) -> None:
+        if not self.alive:
+            raise EngineStoppedError(f"the engine of '{self._name}' has stopped; unload and load the model again")
         if len(self._waiting) + sequences > self.max_queue:
             raise QueueFullError(f"{len(self._waiting)} requests are waiting (MAX_QUEUE={self.max_queue})")
 
@@ -105,6 +126,9 @@ class Engine(ABC):
             # Compiling a large schema can take milliseconds to a second: off the event loop.
             sequence.constraint = await asyncio.to_thread(self._constraints.new, params.grammar)
         with self._wake:
+            if not self.alive:
+                self._discard(sequence)
+                raise EngineStoppedError(f"the engine of '{self._name}' has stopped")
             self._waiting.append(sequence)
             self._wake.notify()
         try:
@@ -116,7 +140,13 @@ class Engine(ABC):
                 if item.finish_reason is not None:
                     return
         finally:
-            sequence.cancelled = True  # no-op when finished; otherwise the engine drops it next step
+            sequence.cancelled = True  # no-op when finished; a running one the engine drops at its next step
+            with self._wake:  # one still waiting leaves the queue now, so that it holds no place in MAX_QUEUE
+                waiting = sequence in self._waiting
+                if waiting:
+                    self._waiting.remove(sequence)
+            if waiting:
+                self._discard(sequence)
 
     def close(self) -> None:
         with self._wake:
@@ -135,7 +165,28 @@ class Engine(ABC):
                     self._wake.wait()
                 if self._stopping:
                     return
-            self._step()
+            try:
+                self._step()
+            except Exception as exc:  # a bug outside the guarded model call: fail what is in play, keep serving
+                log.exception("engine step failed; failing the requests in play")
+                self._recover(exc)
+
+    def _recover(self, error: BaseException) -> None:
+        try:
+            self._fail_running(error)
+        except Exception:
+            log.exception("could not reset the engine after a failure")
+        with self._wake:
+            waiting, self._waiting = list(self._waiting), deque()
+        for sequence in waiting:  # they may have been part of what failed (admission): they fail too, cleanly
+            sequence.emit(error)
+            self._discard(sequence)
+
+    @staticmethod
+    def _fail_sequence(sequence: Sequence, error: BaseException) -> None:
+        """One sequence failed on its own (its sampler, grammar or text): only it ends."""
+        log.error("a sequence failed on its own: %s: %s", type(error).__name__, error)
+        sequence.emit(error)
 
     def _pop_waiting(self) -> Sequence | None:
         """The next waiting sequence that is still wanted, in arrival order."""
@@ -144,6 +195,7 @@ class Engine(ABC):
                 sequence = self._waiting.popleft()
                 if not sequence.cancelled:
                     return sequence
+                self._discard(sequence)
         return None
 
     @staticmethod
@@ -197,6 +249,7 @@ class Engine(ABC):
             cumulative += count
             buckets[bound] = cumulative
         return EngineStats(
+            alive=self.alive,
             slots=self.n_slots,
             running=self._running_count(),
             queued=len(self._waiting),

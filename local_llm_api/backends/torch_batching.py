@@ -100,9 +100,12 @@ class TorchBatchEngine(Engine):
                 self._decode()
         except Exception as exc:  # the error reaches the requests in play; the engine keeps going
             log.exception("forward pass failed")
-            for sequence in self._rows + self._reading:
-                sequence.emit(exc)
-            self._release()
+            self._fail_running(exc)
+
+    def _fail_running(self, error: BaseException) -> None:
+        for sequence in self._rows + self._reading:
+            sequence.emit(error)
+        self._release()
 
     def _read_prompt(self, sequence: TorchSequence) -> None:
         from transformers import DynamicCache
@@ -123,9 +126,14 @@ class TorchBatchEngine(Engine):
             return
         self._reading.remove(sequence)
         now = time.perf_counter()
-        token, logprob = self._sample(sequence, out.logits[0, -1])
+        try:
+            token, logprob = self._sample(sequence, out.logits[0, -1])
+            finished = self._deliver(sequence, token, now, logprob)
+        except Exception as exc:  # this sequence's sampler, grammar or text: it alone fails
+            self._fail_sequence(sequence, exc)
+            return
         self._record_step(now, 1)
-        if self._deliver(sequence, token, now, logprob):
+        if finished:
             self._counters["requests"] += 1
             return
         sequence.next_token = token
@@ -146,8 +154,13 @@ class TorchBatchEngine(Engine):
         now = time.perf_counter()
         staying = []
         for row, sequence in enumerate(rows):
-            token, logprob = self._sample(sequence, logits[row])
-            if self._deliver(sequence, token, now, logprob):
+            try:
+                token, logprob = self._sample(sequence, logits[row])
+                finished = self._deliver(sequence, token, now, logprob)
+            except Exception as exc:  # this sequence's sampler, grammar or text: it alone fails, the others go on
+                self._fail_sequence(sequence, exc)
+                continue
+            if finished:
                 self._counters["requests"] += 1
             else:
                 sequence.next_token = token

@@ -48,6 +48,8 @@ class TokenSampler:
         if 0 < self._params.top_k < scores.shape[-1]:
             scores, candidates = scores.topk(self._params.top_k, dim=-1)
         scores = self._warpers(None, scores)  # type: ignore[arg-type]  (these warpers ignore input_ids)
+        # Extreme penalties or biases can overflow: +inf becomes the largest float (softmax stays finite), NaN excluded.
+        scores = torch.nan_to_num(scores, nan=float("-inf"), posinf=torch.finfo(scores.dtype).max)
         probabilities = torch.softmax(scores, dim=-1)
         choice = int(torch.multinomial(probabilities[0], 1, generator=self._generator))
         return int(candidates[0, choice]) if candidates is not None else choice

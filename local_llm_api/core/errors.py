@@ -67,3 +67,8 @@ def context_length_exceeded(prompt_tokens: int, max_tokens: int, context: int, p
 def server_busy(reason: str) -> APIError:
     return APIError(429, f"The server is busy: {reason}. Retry shortly.", type="requests",
                     code="rate_limit_exceeded", headers={"Retry-After": "1"})
+
+
+def client_closed_request() -> APIError:
+    """The client left before its answer was ready: recorded as 499 (nginx's code for it), never as a 500."""
+    return APIError(499, "The client closed the connection before the answer was ready.", code="client_closed_request")

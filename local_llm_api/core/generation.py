@@ -10,9 +10,9 @@ from typing import TypeVar
 
 from starlette.requests import Request
 
-from ..backends.base import Backend, GenerationChunk, QueueFullError, SamplingParams
+from ..backends.base import Backend, EngineStoppedError, GenerationChunk, QueueFullError, SamplingParams
 from ..structured.logprobs import TokenLogprob
-from .errors import server_busy
+from .errors import APIError, client_closed_request, server_busy
 
 log = logging.getLogger("local_llm_api.generation")
 T = TypeVar("T")
@@ -49,6 +49,13 @@ def ensure_capacity(backend: Backend, jobs: list[ChoiceJob]) -> None:
         backend.check_capacity(len(jobs))
     except QueueFullError as exc:
         raise server_busy(str(exc)) from None
+    except EngineStoppedError as exc:
+        raise engine_stopped(exc) from None
+
+
+def engine_stopped(exc: EngineStoppedError) -> APIError:
+    return APIError(503, f"The model cannot serve: {exc}.", type="server_error", code="engine_stopped",
+                    headers={"Retry-After": "5"})
 
 
 async def stream_choices(backend: Backend, jobs: list[ChoiceJob]) -> AsyncIterator[tuple[int, GenerationChunk]]:
@@ -67,6 +74,8 @@ async def stream_choices(backend: Backend, jobs: list[ChoiceJob]) -> AsyncIterat
         remaining = len(jobs)
         while remaining:
             item = await merged.get()
+            if isinstance(item, EngineStoppedError):
+                raise engine_stopped(item)
             if isinstance(item, BaseException):
                 raise item
             if item[1].finish_reason is not None:
@@ -100,7 +109,7 @@ async def until_disconnected(request: Request, work: Awaitable[T], poll_seconds:
             if await request.is_disconnected():
                 log.info("client disconnected; cancelling generation")
                 task.cancel()
-                raise asyncio.CancelledError
+                raise client_closed_request()
     finally:
         if not task.done():
             task.cancel()

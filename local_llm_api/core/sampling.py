@@ -7,6 +7,11 @@ from ..config import Settings
 from .errors import context_length_exceeded, invalid_request
 from .request import Sampling
 
+# Below these, the arithmetic overflows (logits / 1e-300 is infinite, then NaN after softmax) while the intent
+# is plain: a temperature this small is greedy decoding, a repeat penalty this small is the smallest we apply.
+GREEDY_BELOW_TEMPERATURE = 1e-6
+MIN_REPEAT_PENALTY = 1e-3
+
 
 def logit_bias_tokens(bias: dict[str, int] | None, vocab_size: int) -> dict[int, float]:
     tokens: dict[int, float] = {}
@@ -39,13 +44,14 @@ def sampling_params(sampling: Sampling, settings: Settings, facts: ModelFacts, m
     def pick(value: float | int | None, default: float | int) -> float | int:
         return default if value is None else value
 
+    temperature = float(pick(sampling.temperature, settings.temperature))
     return SamplingParams(
         max_tokens=max_tokens,
-        temperature=float(pick(sampling.temperature, settings.temperature)),
+        temperature=0.0 if temperature < GREEDY_BELOW_TEMPERATURE else temperature,
         top_p=float(pick(sampling.top_p, settings.top_p)),
         top_k=int(pick(sampling.top_k, settings.top_k)),
         min_p=float(pick(sampling.min_p, settings.min_p)),
-        repeat_penalty=float(pick(sampling.repeat_penalty, settings.repeat_penalty)),
+        repeat_penalty=max(float(pick(sampling.repeat_penalty, settings.repeat_penalty)), MIN_REPEAT_PENALTY),
         presence_penalty=float(sampling.presence_penalty or 0.0),
         frequency_penalty=float(sampling.frequency_penalty or 0.0),
         seed=None if sampling.seed is None else (sampling.seed + choice) % 2**32,

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from .errors import APIError
 
@@ -34,6 +35,23 @@ async def _guarded(frames: AsyncIterator[str], on_close: Callable[[], Awaitable[
         yield done
 
 
+class ClosingStreamingResponse(StreamingResponse):
+    """Runs `on_close` (which must be idempotent) when the response ends, however it ends: when the client has
+    left before the first byte, the body generator never starts, so its own `finally` would never release
+    the model."""
+
+    def __init__(self, body: AsyncIterator[str], on_close: Callable[[], Awaitable[object]], media_type: str,
+                 headers: dict[str, str]) -> None:
+        super().__init__(body, media_type=media_type, headers=headers)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._on_close()
+
+
 def sse_response(
     events: AsyncIterator[str],
     on_close: Callable[[], Awaitable[object]],
@@ -43,12 +61,12 @@ def sse_response(
 ) -> StreamingResponse:
     """Stream `events`; an error mid-stream becomes `error_event(error)` (the HTTP status is already sent);
     `done`, when the dialect has one (OpenAI's `[DONE]`), always ends the stream."""
-    return StreamingResponse(_guarded(events, on_close, error_event, done), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
+    return ClosingStreamingResponse(_guarded(events, on_close, error_event, done), on_close, "text/event-stream",
+                                    {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
 
 
 def ndjson_response(lines: AsyncIterator[str], on_close: Callable[[], Awaitable[object]],
                     error_line: Callable[[APIError], str]) -> StreamingResponse:
     """Stream JSON objects one per line (each of `lines` ends with a newline), as Ollama does."""
-    return StreamingResponse(_guarded(lines, on_close, error_line, None), media_type="application/x-ndjson",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return ClosingStreamingResponse(_guarded(lines, on_close, error_line, None), on_close, "application/x-ndjson",
+                                    {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,112 @@
+"""Nothing takes a model down: request lifetimes that always release the model, cancelled requests that leave
+the queue at once, a failing sequence that fails alone, an engine whose thread is supervised."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import MODEL, NO_END, Server, running_server
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"{what} never held"
+        time.sleep(0.05)
+
+
+def model_info(server: Server) -> dict:
+    return next(m for m in httpx.get(f"{server.url}/models", timeout=10).json()["data"] if m["id"] == MODEL)
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
+def test_a_stream_abandoned_before_its_first_byte_releases_the_model(tmp_path: Path, model_dir: Path, path: str) -> None:
+    # A client that gives up while the model loads leaves before the response starts: the body never runs.
+    with running_server(tmp_path, model_dir, wait_for_model=False, PRELOAD_MODEL="false") as server:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+        # Long answers: released at once only if the server notices that nobody reads them.
+        body |= {"max_tokens": 1500, "logit_bias": NO_END} if path.startswith("/v1") else {"options": {"num_predict": 1500}}
+        with httpx.Client(base_url=server.url, timeout=httpx.Timeout(10, read=0.05)) as client, pytest.raises(httpx.ReadTimeout):
+            client.post(path, json=body)
+        wait_until(lambda: model_info(server)["state"] == "loaded", what="the load")
+        wait_until(lambda: model_info(server)["active_requests"] == 0, timeout=5, what="the model's release")
+        unloaded = httpx.post(f"{server.url}/models/{MODEL}/unload", timeout=20)
+        assert unloaded.status_code == 200 and unloaded.json()["state"] == "available"
+
+
+@pytest.mark.parametrize("spec_version", ["2.3", "2.4"])
+def test_a_streamed_response_releases_its_model_even_if_its_body_never_starts(spec_version: str) -> None:
+    # The ASGI server fails the response's first send (the client is gone): the body generator never starts,
+    # so only the response itself can release the model.
+    from local_llm_api.core.streaming import ndjson_response, sse_response
+
+    async def scenario(make: Callable) -> int:  # type: ignore[type-arg]
+        closed = 0
+
+        async def on_close() -> None:
+            nonlocal closed
+            closed += 1
+
+        async def frames():  # type: ignore[no-untyped-def]
+            yield "never sent\n"
+
+        async def receive() -> dict:
+            await asyncio.sleep(3600)  # the disconnect is seen through send failing
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            raise OSError("client gone")
+
+        response = make(frames(), on_close)
+        with contextlib.suppress(Exception):
+            await response({"type": "http", "asgi": {"spec_version": spec_version}}, receive, send)
+        return closed
+
+    for make in (lambda f, c: sse_response(f, c, str), lambda f, c: ndjson_response(f, c, str)):
+        assert asyncio.run(scenario(make)) >= 1
+
+
+def _queued(server: Server) -> int:
+    return httpx.get(f"{server.url}/health", timeout=10).json()["engines"][MODEL]["queued"]
+
+
+def test_requests_cancelled_while_waiting_leave_the_queue_at_once(tmp_path: Path, model_dir: Path) -> None:
+    long = {"model": MODEL, "messages": [{"role": "user", "content": "Write a long story."}], "stream": True,
+            "max_tokens": 1500, "logit_bias": NO_END}
+    with running_server(tmp_path, model_dir, PARALLEL_SLOTS="1", MAX_QUEUE="2") as server:
+        with httpx.Client(base_url=server.url, timeout=60) as holder, holder.stream("POST", "/v1/chat/completions", json=long) as running:
+            lines = running.iter_lines()  # kept: a dropped line iterator closes the response
+            next(lines)  # it holds the only slot
+            for _ in range(2):
+                with httpx.Client(base_url=server.url, timeout=60) as client, \
+                        client.stream("POST", "/v1/chat/completions", json=long) as waiting:
+                    assert waiting.status_code == 200
+                    wait_until(lambda: _queued(server) >= 1, what="the request queued")
+                # Leaving the block closes the connection: the request is cancelled while it waits.
+            wait_until(lambda: _queued(server) == 0, timeout=5, what="the cancelled requests leaving the queue")
+            # The queue has room for two again (no spurious 429), and still for two only.
+            with httpx.Client(base_url=server.url, timeout=60) as a, a.stream("POST", "/v1/chat/completions", json=long) as first, \
+                    httpx.Client(base_url=server.url, timeout=60) as b, b.stream("POST", "/v1/chat/completions", json=long) as second:
+                assert first.status_code == second.status_code == 200
+                wait_until(lambda: _queued(server) == 2, what="both queued")
+                third = httpx.post(f"{server.url}/v1/chat/completions", json=long, timeout=60)
+                assert third.status_code == 429
+
+
+def test_a_client_leaving_is_not_an_error(tmp_path: Path, model_dir: Path) -> None:
+    long = {"model": MODEL, "messages": [{"role": "user", "content": "Write a long story."}], "max_tokens": 1500,
+            "logit_bias": NO_END}
+    with running_server(tmp_path, model_dir) as server:
+        with httpx.Client(base_url=server.url, timeout=1.0) as impatient, pytest.raises(httpx.ReadTimeout):
+            impatient.post("/v1/chat/completions", json=long)
+        log = server.wait_for_log("path=/v1/chat/completions status=499")  # nginx's "client closed request"
+        assert "Traceback" not in log and "status=500" not in log
+        stderr = next(tmp_path.glob("server-*.stderr")).read_text()
+        assert "Exception in ASGI application" not in stderr and "CancelledError" not in stderr
