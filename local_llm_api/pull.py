@@ -35,16 +35,18 @@ def plan(repo: str, file: str | None = None, revision: str | None = None, quant:
     """What pulling `repo` means: one GGUF file (named, the one whose name holds `quant` such as Q4_K_M, or the
     only one), or the whole model folder."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
         files = HfApi().list_repo_files(repo, revision=revision)
+    except HFValidationError as exc:
+        raise PullError(f"'{repo}' is not a valid Hugging Face repo id: {exc}") from None
     except RepositoryNotFoundError:
         raise PullError(f"the Hugging Face Hub has no repo '{repo}' (or it needs a token: set HF_TOKEN)") from None
     except RevisionNotFoundError:
         raise PullError(f"repo '{repo}' has no revision '{revision}'") from None
-    except (HfHubHTTPError, OSError) as exc:
-        raise PullError(f"the Hugging Face Hub could not be reached for '{repo}': {exc}") from None
+    except Exception as exc:  # HTTP and network errors differ between huggingface_hub versions (OSError, httpx...)
+        raise PullError(f"the Hugging Face Hub could not be reached for '{repo}': {type(exc).__name__}: {exc}") from None
     ggufs = sorted(f for f in files if f.endswith(".gguf"))
     if file is not None:
         if file not in files:

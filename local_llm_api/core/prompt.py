@@ -23,6 +23,8 @@ def template_messages(messages: list[Message], plan: OutputPlan, template: str) 
         item: dict[str, Any] = {"role": message.role, "content": message.content}
         if message.name:
             item["name"] = message.name
+        if message.reasoning:
+            item["reasoning_content"] = message.reasoning  # templates of reasoning models render it; others ignore it
         calls = message.tool_calls
         if calls and takes_tools:
             item["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": _arguments(c)}}

@@ -27,6 +27,7 @@ class Message:
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None  # a tool message: the call it answers
     name: str | None = None
+    reasoning: str | None = None  # an assistant turn's reasoning, shown to templates as `reasoning_content`
 
 
 @dataclass(frozen=True)

@@ -94,3 +94,5 @@ def render_chat(
         )
     except TemplateError as exc:
         raise ChatTemplateError(str(exc)) from exc
+    except Exception as exc:  # a template is code: it can fail at run time in any way (TypeError, KeyError...)
+        raise ChatTemplateError(f"{type(exc).__name__}: {exc}") from exc

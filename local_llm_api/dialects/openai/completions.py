@@ -66,6 +66,9 @@ async def create_completion(
         backend = model.backend
         token_prompts = [await asyncio.to_thread(tokenize_prompt, backend, p, i) for i, p in enumerate(prompts)]
         echoes = [echo_text(backend, p) if req.echo else "" for p in prompts]
+        if req.max_tokens == 0:
+            await stack.aclose()
+            return _nothing_to_generate(req, model.entry.name, echoes, sum(len(t) for t in token_prompts), request)
         jobs = []
         for p, tokens in enumerate(token_prompts):
             budget = token_budget(len(tokens), req.max_tokens, backend.facts.context_size, settings, "max_tokens" if req.max_tokens else "prompt")
@@ -93,6 +96,33 @@ async def create_completion(
         choices.append(CompletionChoice(index=r.index, text=echo_of[r.index] + r.text, finish_reason=r.finish_reason,  # type: ignore[arg-type]
                                         logprobs=logprobs))
     return CompletionResponse(id=new_id("cmpl"), created=now(), model=model.entry.name, choices=choices, usage=request.state.usage)
+
+
+def _nothing_to_generate(req: CompletionRequest, name: str, echoes: list[str], prompt_tokens: int,
+                         request: Request) -> Response | CompletionResponse:
+    """`max_tokens: 0`: each choice is its (echoed) prompt alone, finished for length, as OpenAI answers it."""
+    n = req.n or 1
+    empty = CompletionLogprobs(tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[]) if req.logprobs is not None else None
+    choices = [CompletionChoice(index=p * n + i, text=echo, finish_reason="length", logprobs=empty)
+               for p, echo in enumerate(echoes) for i in range(n)]
+    request.state.model = name
+    request.state.usage = usage(prompt_tokens, 0)
+    response = CompletionResponse(id=new_id("cmpl"), created=now(), model=name, choices=choices, usage=request.state.usage)
+    if not req.stream:
+        return response
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    frames = [sse_data(response.model_copy(update={"choices": [c]}).model_dump_json(exclude={"usage"})) for c in choices]
+    if include_usage:
+        frames.append(sse_data(response.model_copy(update={"choices": []}).model_dump_json()))
+
+    async def events() -> AsyncIterator[str]:
+        for frame in frames:
+            yield frame
+
+    async def nothing_to_release() -> None:
+        return None
+
+    return sse_response(events(), nothing_to_release, error_event, DONE)
 
 
 async def _stream(

@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, StrictInt, model_serializer, model_validator
 
 from ..base import DropNone, Request, Typed
 
@@ -27,6 +27,7 @@ class TextPart(Request):
     type: Literal["text"]
     text: str
     prompt_cache_breakpoint: dict[str, Any] | None = None
+    cache_control: dict[str, Any] | None = None  # Anthropic-style marker some clients add; prompt caching here is automatic
 
 
 class OtherPart(Typed):
@@ -48,16 +49,23 @@ class ToolCall(BaseModel):
 
 
 class ChatMessage(Request):
+    """Every field the spec gives a message, as clients echo them back in the history; `reasoning_content` (sent back
+    by clients of reasoning models) goes to the chat template, which renders it where it knows it."""
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
+    function_call: FunctionCall | None = None  # the spec's deprecated single call: read as a tool call
     tool_call_id: str | None = None
     refusal: str | None = None
+    annotations: list[dict[str, Any]] | None = None  # citations of an earlier answer: no bearing on the next one
+    audio: dict[str, Any] | None = None  # an earlier audio answer: refused unless null (text models)
+    reasoning_content: str | None = None
 
     @model_validator(mode="after")
     def _content_rules(self) -> ChatMessage:
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+        if self.content is None and not (self.role == "assistant" and (self.tool_calls or self.function_call)):
             raise ValueError(f"'content' is required for a {self.role} message")
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a tool message needs 'tool_call_id'")
@@ -165,8 +173,12 @@ class ChatCompletionRequest(SamplingFields):
     moderation: dict[str, Any] | None = None
 
 
+# Token ids are strict integers: `true` is not token 1.
+TokenIds = list[StrictInt]
+
+
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | list[str] | TokenIds | list[TokenIds]
     max_tokens: int | None = Field(16, ge=0)
     echo: bool | None = False
     suffix: str | None = None
@@ -175,7 +187,7 @@ class CompletionRequest(SamplingFields):
 
 
 class EmbeddingRequest(Request):
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | list[str] | TokenIds | list[TokenIds]
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)

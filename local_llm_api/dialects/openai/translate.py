@@ -69,18 +69,19 @@ def message_text(message: ChatMessage, index: int) -> str:
     return "\n".join(part.text for part in content if isinstance(part, TextPart))
 
 
+def message_of(m: ChatMessage, i: int) -> Message:
+    if m.audio is not None:
+        raise unsupported(f"messages[{i}].audio", "(an earlier audio answer) is not supported: this server serves text models")
+    calls = [ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ()]
+    if m.function_call is not None:  # the deprecated single call, in the history as a tool call
+        calls.append(ToolCall(f"call_{i}", m.function_call.name, m.function_call.arguments))
+    return Message(role="system" if m.role == "developer" else m.role, content=message_text(m, i), tool_calls=tuple(calls),
+                   tool_call_id=m.tool_call_id, name=m.name, reasoning=m.reasoning_content)
+
+
 def chat_request(req: ChatCompletionRequest) -> ChatRequest:
     refuse_unsupported_chat_fields(req)
-    messages = [
-        Message(
-            role="system" if m.role == "developer" else m.role,
-            content=message_text(m, i),
-            tool_calls=tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ()),
-            tool_call_id=m.tool_call_id,
-            name=m.name,
-        )
-        for i, m in enumerate(req.messages)
-    ]
+    messages = [message_of(m, i) for i, m in enumerate(req.messages)]
     tools = [Tool(t.function.name, t.function.description, t.function.parameters, bool(t.function.strict),
                   param=f"tools[{i}].function") for i, t in enumerate(req.tools or [])]
     choice = req.tool_choice

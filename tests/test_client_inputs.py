@@ -1,0 +1,60 @@
+"""What real clients send: the fields the OpenAI spec gives each message (echoed back in the history by
+clients), common harmless extensions, and inputs that used to reach a 500 instead of a clear 4xx."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from local_llm_api.prompting.chat_template import ChatTemplateError, render_chat
+
+from .conftest import sse_events
+
+HISTORY = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": [{"type": "text", "text": "Hi", "cache_control": {"type": "ephemeral"}}]},
+    {"role": "assistant", "content": "Hello!", "function_call": None, "refusal": None, "annotations": [], "audio": None,
+     "name": "bot", "reasoning_content": "The user greets me."},
+    {"role": "assistant", "content": None, "function_call": {"name": "lookup", "arguments": "{\"q\": \"x\"}"}},
+    {"role": "user", "content": "And now?"},
+]
+
+
+def test_echoed_message_fields_are_accepted(client: httpx.Client) -> None:
+    answer = client.post("/v1/chat/completions", json={"messages": HISTORY, "max_tokens": 3})
+    assert answer.status_code == 200, answer.text
+    refused = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"},
+                          {"role": "assistant", "content": "x", "audio": {"id": "audio_1"}}], "max_tokens": 3})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "messages[1].audio"
+    # A legacy function_call in the history is shown to the model as the call it was.
+    prompt = client.post("/apply-template", json={"messages": HISTORY}).json()["prompt"]
+    assert "lookup" in prompt
+
+
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/v1/completions", {"prompt": [[False]], "max_tokens": 2}, "prompt"),
+    ("/v1/completions", {"prompt": [True, 1], "max_tokens": 2}, "prompt"),
+    ("/v1/embeddings", {"input": [False]}, "input"),
+    ("/models/pull", {"repo": "x/y.git"}, "repo"),
+    ("/models/pull", {"repo": "a/.."}, "repo"),
+])
+def test_inputs_that_used_to_reach_a_500(client: httpx.Client, path: str, body: dict, param: str) -> None:
+    refused = client.post(path, json=body)
+    assert refused.status_code == 400 and refused.json()["error"]["param"].split(".")[0] == param, refused.text
+
+
+def test_completions_with_max_tokens_zero_generate_nothing(client: httpx.Client) -> None:
+    plain = client.post("/v1/completions", json={"prompt": ["Hi", "Yo"], "max_tokens": 0, "n": 2, "echo": True}).json()
+    assert [c["text"] for c in plain["choices"]] == ["Hi", "Hi", "Yo", "Yo"]
+    assert {c["finish_reason"] for c in plain["choices"]} == {"length"} and plain["usage"]["completion_tokens"] == 0
+    with client.stream("POST", "/v1/completions", json={"prompt": "Hi", "max_tokens": 0, "stream": True,
+                                                         "stream_options": {"include_usage": True}}) as response:
+        events = sse_events(response)
+    assert events[-1] == "[DONE]" and '"finish_reason":"length"' in events[0] and '"completion_tokens":0' in events[-2]
+
+
+def test_a_chat_template_failing_at_run_time_is_the_templates_error() -> None:
+    with pytest.raises(ChatTemplateError, match="TypeError"):
+        render_chat("{{ messages[0]['content'] + 1 }}", [{"role": "user", "content": "Hi"}], bos_token="", eos_token="")
+    with pytest.raises(ChatTemplateError):
+        render_chat("{{ messages[5]['content'].upper() }}", [{"role": "user", "content": "Hi"}], bos_token="", eos_token="")
