@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     # Security
     api_key_required: bool = False
     api_key: str = Field("", description="One key or several, comma-separated.")
+    allowed_hosts: str = Field("", description="Host names the server answers to besides localhost, its hostname and IP "
+                               "addresses (comma-separated, *.example.com, or *); bound to all interfaces, unset means any.")
     cors_origins: str = Field("", description="Browser origins allowed to call the API, comma-separated, or *; "
                               "empty: pages on this machine only (localhost, 127.0.0.1, [::1] on any port; app://, file://, "
                               "tauri://, vscode-webview://).")

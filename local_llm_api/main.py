@@ -18,6 +18,7 @@ from . import __version__
 from .api import admin, web
 from .api.cors import add_cors
 from .api.errors import ErrorRenderers, install_error_handlers
+from .api.hosts import HostCheckMiddleware
 from .api.metrics import metrics_registry
 from .api.metrics import router as metrics_router
 from .api.middleware import RequestContextMiddleware
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     renderers.add(r"^(/api)?/v1/messages(/|$)", anthropic_errors.error_response)
     renderers.add(r"^/api/(?!v1(/|$))", ollama_errors.error_response)  # Ollama's /api/*, not our /api/v1
     install_error_handlers(app, renderers)
+    app.add_middleware(HostCheckMiddleware, settings=settings, renderers=renderers)  # inside: refusals are logged too
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes, renderers=renderers)
     add_cors(app, settings)
     app.include_router(web.router)

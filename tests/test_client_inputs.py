@@ -58,3 +58,27 @@ def test_a_chat_template_failing_at_run_time_is_the_templates_error() -> None:
         render_chat("{{ messages[0]['content'] + 1 }}", [{"role": "user", "content": "Hi"}], bos_token="", eos_token="")
     with pytest.raises(ChatTemplateError):
         render_chat("{{ messages[5]['content'].upper() }}", [{"role": "user", "content": "Hi"}], bos_token="", eos_token="")
+
+
+@pytest.mark.parametrize(("host", "status"), [
+    ("localhost", 200), ("localhost:8000", 200), ("127.0.0.1:9", 200), ("[::1]:8000", 200), ("10.1.2.3", 200),
+    ("app.localhost", 200), ("evil.example", 403), ("evil.example:8000", 403), ("localhost.evil.example", 403),
+])
+def test_host_names_that_are_not_this_machine_are_refused(client: httpx.Client, host: str, status: int) -> None:
+    # DNS rebinding: a page on evil.example, resolved to 127.0.0.1, reaches us with its own name as Host.
+    answer = client.get("/v1/models", headers={"Host": host})
+    assert answer.status_code == status
+    if status == 403:
+        assert answer.json()["error"]["code"] == "host_not_allowed"
+        assert client.post("/api/chat", headers={"Host": host}, json={}).json() == {"error": answer.json()["error"]["message"]}
+
+
+def test_allowed_hosts_setting() -> None:
+    from local_llm_api.api.hosts import allowed_host_names, host_allowed
+    from local_llm_api.config import load_settings
+
+    assert allowed_host_names(load_settings(None, host="0.0.0.0")) is None  # bound to all interfaces: no check
+    named = allowed_host_names(load_settings(None, host="0.0.0.0", allowed_hosts="api.example, *.corp.example"))
+    assert named is not None and host_allowed("api.example:443", named) and host_allowed("x.corp.example", named)
+    assert not host_allowed("corp.example.evil", named) and not host_allowed("evil.example", named)
+    assert allowed_host_names(load_settings(None, allowed_hosts="*")) is None
