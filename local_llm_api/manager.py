@@ -148,8 +148,9 @@ class ModelManager:
         if entry.backend == BackendChoice.llama_cpp:
             from .backends.llama_cpp import LlamaCppBackend
 
-            if entry.path is None or not entry.path.is_file():
-                raise ModelLoadError("the llama.cpp backend serves .gguf files; declare `path` to one")
+            from_hub = entry.repo is not None and entry.spec is not None and (entry.spec.file or "").endswith(".gguf")
+            if (entry.path is None or not entry.path.is_file()) and not from_hub:
+                raise ModelLoadError("the llama.cpp backend serves .gguf files; declare `path` to one, or `repo` with `file`")
             return LlamaCppBackend(entry, self.settings)
         if entry.backend == BackendChoice.sentence_transformers:
             from .backends.sentence_transformers import SentenceTransformersBackend

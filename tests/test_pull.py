@@ -99,3 +99,21 @@ def test_api_pull_shows_progress_then_serves_the_model(tmp_path: Path, hub_env: 
                                 ({"repo": "test/two-ggufs"}, "repo"), ({"repo": "test/minilm", "colour": 1}, "colour")):
                 refused = client.post("/models/pull", json=body)
                 assert refused.status_code == 400 and refused.json()["error"]["param"] == param, refused.text
+
+
+def test_a_declared_gguf_repo_and_file_is_downloaded_and_served(tmp_path: Path, hub_env: dict) -> None:
+    # The README's models-config example: `repo:` + `file:` of a GGUF repo, fetched through huggingface_hub.
+    config = tmp_path / "models.yaml"
+    config.write_text(f"models:\n  - name: smol-from-hub\n    repo: test/smol-gguf\n    file: {bundled_model_path().name}\n")
+    models = tmp_path / "models"
+    models.mkdir()
+    with FakeHub(repos()) as hub:
+        env = {**hub_env, "HF_ENDPOINT": hub.url, "PRELOAD_MODEL": "false", "DEFAULT_MODEL": "", "MODELS_CONFIG": str(config)}
+        with running_server(tmp_path, models, wait_for_model=False, **env) as server, server.client() as client:
+            answer = client.post("/v1/chat/completions", json={"model": "smol-from-hub", "max_tokens": 3,
+                                                               "messages": [{"role": "user", "content": "Hi"}]})
+            assert answer.status_code == 200, answer.text
+            listed = {m["id"]: m for m in client.get("/models").json()["data"]}["smol-from-hub"]
+            assert listed["state"] == "loaded" and listed["backend"] == "llama-cpp" and listed["repo"] == "test/smol-gguf"
+    cached = list((tmp_path / "hub-cache").rglob(bundled_model_path().name))
+    assert cached and cached[0].stat().st_size == bundled_model_path().stat().st_size

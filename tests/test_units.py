@@ -279,3 +279,11 @@ def test_close_frees_every_model_even_when_one_fails_or_its_file_is_gone(tmp_pat
     backends = {name: model.backend for name, model in manager.loaded.items()}
     asyncio.run(manager.close())
     assert not manager.loaded and backends["a"].closed and backends["c"].closed  # type: ignore[attr-defined]
+
+
+def test_context_size_zero_is_the_training_context_capped() -> None:
+    from local_llm_api.backends.llama_cpp import TRAINING_CONTEXT_CAP, per_slot_context
+
+    assert per_slot_context(None, 2048, "m") == 2048
+    assert per_slot_context(None, 131072, "m") == TRAINING_CONTEXT_CAP
+    assert per_slot_context(65536, 131072, "m") == 65536  # asked for: given

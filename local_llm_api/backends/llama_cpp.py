@@ -23,6 +23,7 @@ from ..structured.constraint import ConstraintFactory
 from .base import ModelFacts, ModelLoadError, SamplingParams
 from .batching import BatchEngine
 from .engine import EngineBackend
+from .hub import fetch
 
 GGUF_MAGIC = b"GGUF"
 
@@ -49,15 +50,35 @@ def check_gguf_file(path: Path) -> None:
         raise ModelLoadError(f"'{path.name}' is not a GGUF file (it does not start with the GGUF magic bytes)")
 
 
+log = logging.getLogger("local_llm_api.llama_cpp")
+
+# CONTEXT_SIZE=0 asks for the training context, per slot and allocated up front: 128k tokens x 4 slots is a KV
+# cache of tens of GB for a 7B model. Without an explicit size, this is the most a slot gets.
+TRAINING_CONTEXT_CAP = 8192
+
+
+def per_slot_context(requested: int | None, trained: int, name: str) -> int:
+    """Tokens of KV cache per slot: the size asked for, else the training context capped at TRAINING_CONTEXT_CAP."""
+    if requested:
+        return requested
+    if trained > TRAINING_CONTEXT_CAP:
+        log.warning("%s was trained on %d tokens; CONTEXT_SIZE=0 gives each slot %d (set CONTEXT_SIZE for more)",
+                    name, trained, TRAINING_CONTEXT_CAP)
+        return TRAINING_CONTEXT_CAP
+    return trained
+
+
 class LlamaCppBackend(EngineBackend):
     kind = "llama-cpp"
 
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
         lib = _import_llama_cpp()
         internals = lib._internals
-        assert entry.path is not None
-        path = entry.path
         spec = entry.spec
+        path = entry.path
+        if path is None or not path.is_file():  # a declared `repo` + `file`: from huggingface_hub's cache, downloaded once
+            assert entry.repo is not None and spec is not None and spec.file is not None
+            path = fetch(entry.repo, spec.revision, spec.file)
         check_gguf_file(path)
         self._lib = lib
         self._internals = internals
@@ -71,7 +92,8 @@ class LlamaCppBackend(EngineBackend):
             raise ModelLoadError(f"llama.cpp could not load '{path.name}': {exc}") from exc
         model = self._model
         meta = model.metadata()
-        per_sequence = (spec.context_size if spec else None) or settings.context_size or model.n_ctx_train()
+        per_sequence = per_slot_context((spec.context_size if spec else None) or settings.context_size, model.n_ctx_train(),
+                                        entry.name)
         slots = settings.parallel_slots
         try:
             context = self._context(n_ctx=per_sequence * slots, n_seq_max=slots, batch=settings.batch_size, embeddings=False)
