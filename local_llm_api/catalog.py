@@ -130,6 +130,29 @@ def size_on_disk(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+@dataclass(frozen=True)
+class _FolderFacts:
+    backend: BackendChoice | None
+    size: int
+
+
+_folder_facts: dict[Path, tuple[tuple[int, frozenset[str]], _FolderFacts]] = {}
+
+
+def folder_facts(path: Path) -> _FolderFacts:
+    """What a folder is and its size, remembered while the folder's modification time and file names stay the
+    same (names too: some file systems keep times in whole seconds), so that a look-up does not read every
+    model's configs and files again."""
+    key = (path.stat().st_mtime_ns, frozenset(os.listdir(path)))
+    known = _folder_facts.get(path)
+    if known is not None and known[0] == key:
+        return known[1]
+    detected = detect_backend(path)
+    facts = _FolderFacts(detected, size_on_disk(path) if detected is not None else 0)
+    _folder_facts[path] = (key, facts)
+    return facts
+
+
 class Catalog:
     def __init__(self, settings: Settings, specs: list[ModelSpec]) -> None:
         self.settings = settings
@@ -148,7 +171,10 @@ class Catalog:
         if default and all(e.name != default for e in found):
             found.append(self._declared(ModelSpec(name=default, **_source_of(default, self.root))))
         taken = {e.path.resolve() for e in found if e.path is not None}
-        return found + [e for e in self._discovered() if e.path is not None and e.path.resolve() not in taken]
+        discovered = self._discovered()
+        if taken:
+            discovered = [e for e in discovered if e.path is not None and e.path.resolve() not in taken]
+        return found + discovered
 
     def inside_root(self, path: Path) -> bool:
         return path.resolve().is_relative_to(self.root)
@@ -158,15 +184,16 @@ class Catalog:
         if path is not None and path.exists():
             stat = path.stat()
             backend = self._backend_for(path, spec.backend) or BackendChoice.transformers
-            return ModelEntry(spec.name, backend, path, None, size_on_disk(path), int(stat.st_mtime), spec)
+            size = stat.st_size if path.is_file() else folder_facts(path).size
+            return ModelEntry(spec.name, backend, path, None, size, int(stat.st_mtime), spec)
         backend = spec.backend
         if backend == BackendChoice.auto:
             backend = BackendChoice.llama_cpp if (spec.file or "").endswith(".gguf") else BackendChoice.transformers
         return ModelEntry(spec.name, backend, path, spec.repo, 0, 0, spec)
 
     def _discovered(self) -> list[ModelEntry]:
-        """Walk MODEL_DIR (on every look-up, so it stays cheap): hidden folders such as download caches and
-        the insides of model folders are not entered."""
+        """Walk MODEL_DIR (on every look-up, so it stays cheap: what a folder is comes from `folder_facts`): hidden
+        folders such as download caches and the insides of model folders are not entered."""
         if not self.root.is_dir():
             return []
         entries: list[ModelEntry] = []
@@ -178,22 +205,25 @@ class Catalog:
                 sub = here / name
                 if name.startswith("."):
                     continue
-                if detect_backend(sub) is not None:
+                if folder_facts(sub).backend is not None:
                     candidates.append(sub)  # a model folder: a model, not more folders to search
                 else:
                     keep.append(name)
             subfolders[:] = keep
             for path in candidates:
-                if not self.inside_root(path):
+                # os.walk does not follow links, so only a candidate itself can lead out of MODEL_DIR.
+                if path.is_symlink() and not self.inside_root(path):
                     continue  # symlinks that lead out of MODEL_DIR are not ours to serve
                 backend = self._backend_for(path, BackendChoice.auto)
                 if backend is not None:
                     name = path.relative_to(self.root).as_posix()
-                    entries.append(ModelEntry(name, backend, path, None, size_on_disk(path), int(path.stat().st_mtime)))
+                    stat = path.stat()
+                    size = stat.st_size if path.is_file() else folder_facts(path).size
+                    entries.append(ModelEntry(name, backend, path, None, size, int(stat.st_mtime)))
         return sorted(entries, key=lambda e: e.name)
 
     def _backend_for(self, path: Path, declared: BackendChoice) -> BackendChoice | None:
-        detected = detect_backend(path)
+        detected = detect_backend(path) if path.is_file() else folder_facts(path).backend
         if declared != BackendChoice.auto:
             return declared if detected is not None else None
         forced = self.settings.model_backend

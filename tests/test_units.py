@@ -287,3 +287,17 @@ def test_context_size_zero_is_the_training_context_capped() -> None:
     assert per_slot_context(None, 2048, "m") == 2048
     assert per_slot_context(None, 131072, "m") == TRAINING_CONTEXT_CAP
     assert per_slot_context(65536, 131072, "m") == 65536  # asked for: given
+
+
+def test_discovery_sees_changes_to_a_remembered_folder(tmp_path: Path) -> None:
+    import json
+
+    catalog = Catalog.from_settings(load_settings(None, model_dir=tmp_path))
+    folder = tmp_path / "later-a-model"
+    folder.mkdir()
+    assert catalog.entries() == []  # an empty folder, remembered as not a model
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    found = catalog.entries()
+    assert [e.name for e in found] == ["later-a-model"] and found[0].backend == BackendChoice.transformers
+    (folder / "modules.json").write_text("[]")
+    assert catalog.entries()[0].backend == BackendChoice.sentence_transformers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import time
@@ -145,7 +146,7 @@ async def health(request: Request) -> Health:
 @router.get("/models")
 async def models(request: Request) -> ModelInfoList:
     manager = manager_of(request)
-    listed = [info(manager, e) for e in manager.discover()]
+    listed = [info(manager, e) for e in await asyncio.to_thread(manager.discover)]
     names = {m.id for m in listed}
     return ModelInfoList(data=listed + [pending(p) for name, p in manager.pulls.items() if name not in names])
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
@@ -65,7 +67,7 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> EmbeddingRespo
 @router.get("/models", tags=["openai"])
 async def list_models(request: Request) -> ModelList:
     manager = manager_of(request)
-    return ModelList(data=[card(manager, e) for e in manager.discover()])
+    return ModelList(data=[card(manager, e) for e in await asyncio.to_thread(manager.discover)])
 
 
 @router.get("/models/{model_id:path}", tags=["openai"])
