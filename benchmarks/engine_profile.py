@@ -16,7 +16,8 @@ import llama_cpp
 
 from local_llm_api.backends.base import SamplingParams
 from local_llm_api.backends.llama_cpp import LlamaCppBackend
-from local_llm_api.config import load_settings
+from local_llm_api.catalog import ModelEntry
+from local_llm_api.config import BackendChoice, load_settings
 
 timings: dict[object, list[float]] = defaultdict(list)
 _decode, _sample = llama_cpp.llama_decode, llama_cpp.llama_sampler_sample
@@ -42,7 +43,8 @@ llama_cpp.llama_sampler_sample = timed_sample
 
 async def run(model: Path, threads: int, sequences: int, max_tokens: int) -> None:
     settings = load_settings(env_file=None, threads=threads, parallel_slots=sequences, context_size=2048)
-    backend = LlamaCppBackend(model, settings)
+    entry = ModelEntry(model.name, BackendChoice.llama_cpp, model, None, model.stat().st_size, 0)
+    backend = LlamaCppBackend(entry, settings)
     prompt = backend.tokenize("<|im_start|>user\nWrite a long story about a dragon.<|im_end|>\n<|im_start|>assistant\n", add_special=True)
     params = SamplingParams(max_tokens=max_tokens, temperature=0.7, top_p=0.95, top_k=40, min_p=0.05,
                             repeat_penalty=1.0, logit_bias={0: -100, 2: -100, 4: -100})

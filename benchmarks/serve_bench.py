@@ -83,22 +83,25 @@ class PeakMemory:
 
 
 async def one_request(client: httpx.AsyncClient, url: str, body: dict) -> tuple[int, float]:
-    """Stream one chat completion; return (completion tokens, time to first token)."""
+    """Stream one chat completion; return (completion tokens, time to first token). Tokens are the server's own
+    count (`usage`, asked for with stream_options); a server that sends none is counted by content chunks."""
     started = time.perf_counter()
     first: float | None = None
-    tokens = 0
-    async with client.stream("POST", url, json=body) as response:
+    chunks, usage = 0, None
+    async with client.stream("POST", url, json={**body, "stream_options": {"include_usage": True}}) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                usage = chunk["usage"]["completion_tokens"]
             for choice in chunk.get("choices", []):
                 if choice.get("delta", {}).get("content"):
-                    tokens += 1
+                    chunks += 1
                     if first is None:
                         first = time.perf_counter() - started
-    return tokens, first if first is not None else time.perf_counter() - started
+    return usage if usage is not None else chunks, first if first is not None else time.perf_counter() - started
 
 
 async def closed_loop(base_url: str, model: str, concurrency: int, requests_per_client: int, max_tokens: int, name: str,

@@ -1,0 +1,55 @@
+"""Every benchmark script runs (tiny settings, no timing asserted), so that the figures in docs/benchmarks.md can
+always be reproduced with the commands given there."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from local_llm_api.cli import bundled_model_path
+
+from .conftest import free_port
+from .models import smollm2_transformers_folder
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True,
+                          timeout=240, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_serve_bench() -> None:
+    out = run("serve_bench.py", "--port", str(free_port()), "--model", str(bundled_model_path()), "--threads", "1", "--concurrency", "1",
+              "--requests-per-client", "1", "--max-tokens", "4", "--skip", "llama-cpp-python-server", "direct", "prefix")
+    assert "| local-llm-api" in out
+
+
+def test_transformers_bench() -> None:
+    out = run("transformers_bench.py", "--port", str(free_port()), "--model-dir", str(smollm2_transformers_folder()), "--threads", "1",
+              "--concurrency", "1", "--requests-per-client", "1", "--max-tokens", "4", "--skip", "transformers-serve",
+              "transformers-serve-cb")
+    assert "| local-llm-api (transformers)" in out
+
+
+def test_structured_bench() -> None:
+    out = run("structured_bench.py", "--port", str(free_port()), "--model", str(bundled_model_path()), "--threads", "1", "--concurrency", "1",
+              "--requests-per-client", "1", "--max-tokens", "8", "--skip-llama-cpp-python")
+    assert "forced tool call" in out
+
+
+def test_engine_profile() -> None:
+    out = run("engine_profile.py", "--model", str(bundled_model_path()), "--threads", "1", "--sequences", "1",
+              "--max-tokens", "4")
+    assert "tokens/s" in out
+
+
+@pytest.mark.parametrize("baseline", [False, True])
+def test_discovery_bench(baseline: bool) -> None:
+    out = run("discovery_bench.py", "--models", "3", "--files", "2", "--repeat", "3", *(["--baseline", str(ROOT)] if baseline else []))
+    assert out.count("entries() median") == 1 + baseline
