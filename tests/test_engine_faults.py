@@ -119,3 +119,20 @@ def test_a_stopped_engine_refuses_at_once(tmp_path: Path) -> None:
         backend.check_capacity(1)
     with pytest.raises(EngineStoppedError):
         asyncio.run(tokens_of(backend, [1, 2, 3], params(3)))
+
+
+def test_unloading_a_transformers_model_frees_its_weights() -> None:
+    import gc
+    import weakref
+
+    from local_llm_api.backends.transformers_lm import TransformersBackend
+
+    folder = smollm2_transformers_folder()
+    backend = TransformersBackend(ModelEntry(folder.name, BackendChoice.transformers, folder, None, 0, 0),
+                                  load_settings(None, threads=1, context_size=256, parallel_slots=1))
+    prompt = backend.tokenize("Hi", add_special=True)
+    assert asyncio.run(tokens_of(backend, prompt, params(3))) == 3
+    weights = weakref.ref(backend._model)
+    asyncio.run(backend.close())
+    gc.collect()
+    assert weights() is None  # nothing holds the model: on a GPU, empty_cache() can then return its memory

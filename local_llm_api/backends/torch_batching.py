@@ -75,6 +75,10 @@ class TorchBatchEngine(Engine):
     def _running_count(self) -> int:
         return len(self._rows) + len(self._reading)
 
+    def close(self) -> None:
+        super().close()
+        self._model = None  # the last reference besides the backend's: the weights can be freed
+
     def _release(self) -> None:
         self._cache = self._mask = None
         self._rows.clear()

@@ -8,6 +8,7 @@ last hidden states, L2-normalised, like the GGUF backend's.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import re
@@ -167,9 +168,10 @@ class TransformersBackend(EngineBackend):
         return vectors
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._engine.close)
+        await asyncio.to_thread(self._engine.close)  # the engine lets go of the model too
         self._embedder.shutdown(wait=True)
         del self._model
+        gc.collect()  # the model's modules refer to each other: free them now, before the CUDA cache is emptied
         if self._device.type == "cuda":
             self._torch.cuda.empty_cache()
 
