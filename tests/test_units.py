@@ -301,3 +301,12 @@ def test_discovery_sees_changes_to_a_remembered_folder(tmp_path: Path) -> None:
     assert [e.name for e in found] == ["later-a-model"] and found[0].backend == BackendChoice.transformers
     (folder / "modules.json").write_text("[]")
     assert catalog.entries()[0].backend == BackendChoice.sentence_transformers
+
+
+def test_gguf_embeddings_pool_as_the_model_says() -> None:
+    from local_llm_api.backends.llama_cpp import pooling_type
+
+    assert pooling_type({"general.architecture": "llama"}) == 1  # a generative model: mean
+    assert pooling_type({"general.architecture": "bert", "bert.pooling_type": "2"}) == 2  # CLS
+    assert pooling_type({"general.architecture": "qwen3", "qwen3.pooling_type": "3"}) == 3  # last token
+    assert pooling_type({"general.architecture": "bert", "bert.pooling_type": "4"}) == 1  # a ranker's score is no embedding

@@ -1,8 +1,8 @@
 """GGUF models through llama-cpp-python's low-level API.
 
 One model in memory, two llama.cpp contexts over it: one for generation, driven by the continuous
-batching engine (`batching.py`) with PARALLEL_SLOTS sequences, and one for embeddings (mean pooling),
-made on the first embedding request.
+batching engine (`batching.py`) with PARALLEL_SLOTS sequences, and one for embeddings (the model's own pooling,
+else mean), made on the first embedding request.
 """
 
 from __future__ import annotations
@@ -55,6 +55,19 @@ log = logging.getLogger("local_llm_api.llama_cpp")
 # CONTEXT_SIZE=0 asks for the training context, per slot and allocated up front: 128k tokens x 4 slots is a KV
 # cache of tens of GB for a 7B model. Without an explicit size, this is the most a slot gets.
 TRAINING_CONTEXT_CAP = 8192
+
+
+MEAN_POOLING, OWN_POOLINGS = 1, {1, 2, 3}  # llama.cpp's mean, CLS and last-token pooling
+
+
+def pooling_type(meta: dict[str, str]) -> int:
+    """How to pool embeddings: as a GGUF embedding model's metadata says (`<arch>.pooling_type`: mean, CLS or last
+    token); mean for generative models, which say nothing (and for rankers, whose pooling is a score)."""
+    try:
+        value = int(meta.get(f"{meta.get('general.architecture', '')}.pooling_type", ""))
+    except ValueError:
+        return MEAN_POOLING
+    return value if value in OWN_POOLINGS else MEAN_POOLING
 
 
 def per_slot_context(requested: int | None, trained: int, name: str) -> int:
@@ -142,7 +155,7 @@ class LlamaCppBackend(EngineBackend):
         params.kv_unified = False  # each slot its own KV stream of CONTEXT_SIZE tokens
         params.embeddings = embeddings
         if embeddings:
-            params.pooling_type = self._lib.LLAMA_POOLING_TYPE_MEAN
+            params.pooling_type = pooling_type(self._model.metadata())
         return self._internals.LlamaContext(model=self._model, params=params, verbose=False)
 
     def _token_text(self, token: int) -> str:
