@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     # Security
     api_key_required: bool = False
     api_key: str = Field("", description="One key or several, comma-separated.")
+    admin_api_key: str = Field("", description="A separate key for the routes that manage models (pull, load, unload, "
+                                "delete, copy); unset: the API key, and on a server reachable beyond loopback without "
+                                "any key those routes are refused.")
+    pull_max_bytes: ByteSize = Field(ByteSize(50 * 2**30), description="Largest download a pull may start (e.g. 20GB); 0 = no cap.")
     allowed_hosts: str = Field("", description="Host names the server answers to besides localhost, its hostname and IP "
                                "addresses (comma-separated, *.example.com, or *); bound to all interfaces, unset means any.")
     cors_origins: str = Field("", description="Browser origins allowed to call the API, comma-separated, or *; "

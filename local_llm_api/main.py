@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from . import __version__
 from .api import admin, web
-from .api.cors import add_cors
+from .api.cors import CrossOriginWriteGuard, add_cors
 from .api.errors import ErrorRenderers, install_error_handlers
 from .api.hosts import HostCheckMiddleware
 from .api.metrics import metrics_registry
@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     renderers.add(r"^(/api)?/v1/messages(/|$)", anthropic_errors.error_response)
     renderers.add(r"^/api/(?!v1(/|$))", ollama_errors.error_response)  # Ollama's /api/*, not our /api/v1
     install_error_handlers(app, renderers)
+    app.add_middleware(CrossOriginWriteGuard, settings=settings, renderers=renderers)
     app.add_middleware(HostCheckMiddleware, settings=settings, renderers=renderers)  # inside: refusals are logged too
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes, renderers=renderers)
     add_cors(app, settings)

@@ -294,11 +294,14 @@ class ModelManager:
     async def pull(self, repo: str, file: str | None, revision: str | None, quant: str | None = None) -> PullStatus:
         """Start downloading a Hub model into MODEL_DIR (one download per target); progress in `pulls`."""
         try:
-            status = await asyncio.to_thread(plan, repo, file, revision, quant)
+            status = await asyncio.to_thread(plan, repo, file, revision, quant, int(self.settings.pull_max_bytes))
         except PullError as exc:
             raise APIError(400, str(exc), param="repo", code="pull_failed") from None
         if self.downloading(status.name):
             return self.pulls[status.name]
+        if status.name in self.loaded:  # never write over the files of a model that is serving
+            raise APIError(409, f"Model '{status.name}' is loaded: unload it before pulling over it.", param="repo",
+                           code="model_in_use")
         self.pulls[status.name] = status
 
         async def run() -> None:

@@ -9,6 +9,7 @@ MODEL_DIR/<repo name>. Either way discovery finds it at once. Progress is kept i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,23 +30,36 @@ class PullStatus:
     total: int | None = None
     unit: Literal["bytes", "files"] = "bytes"
     error: str | None = None
+    size: int = 0  # bytes to download, as the Hub lists them
 
 
-def plan(repo: str, file: str | None = None, revision: str | None = None, quant: str | None = None) -> PullStatus:
+def plan(repo: str, file: str | None = None, revision: str | None = None, quant: str | None = None,
+         max_bytes: int = 0) -> PullStatus:
     """What pulling `repo` means: one GGUF file (named, the one whose name holds `quant` such as Q4_K_M, or the
-    only one), or the whole model folder."""
+    only one), or the whole model folder; refused when it is larger than `max_bytes` (0: no cap)."""
+    status = _choose(repo, file, revision, quant)
+    if max_bytes and status.size > max_bytes:
+        raise PullError(f"'{repo}' is {status.size / 2**30:.1f} GiB to download, more than PULL_MAX_BYTES allows "
+                        f"({max_bytes / 2**30:.1f} GiB)")
+    return status
+
+
+def _choose(repo: str, file: str | None, revision: str | None, quant: str | None) -> PullStatus:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.hf_api import RepoFile
 
     try:
-        files = HfApi().list_repo_files(repo, revision=revision)
+        sizes = {entry.path: getattr(entry, "size", 0) or 0
+                 for entry in HfApi().list_repo_tree(repo, revision=revision, recursive=True) if isinstance(entry, RepoFile)}
+        files = list(sizes)
     except HFValidationError as exc:
         raise PullError(f"'{repo}' is not a valid Hugging Face repo id: {exc}") from None
     except RepositoryNotFoundError:
         raise PullError(f"the Hugging Face Hub has no repo '{repo}' (or it needs a token: set HF_TOKEN)") from None
     except RevisionNotFoundError:
         raise PullError(f"repo '{repo}' has no revision '{revision}'") from None
-    except Exception as exc:  # HTTP and network errors differ between huggingface_hub versions (OSError, httpx...)
+    except Exception as exc:  # noqa: BLE001  (HTTP and network errors differ between huggingface_hub versions)
         raise PullError(f"the Hugging Face Hub could not be reached for '{repo}': {type(exc).__name__}: {exc}") from None
     ggufs = sorted(f for f in files if f.endswith(".gguf"))
     if file is not None:
@@ -53,17 +67,18 @@ def plan(repo: str, file: str | None = None, revision: str | None = None, quant:
             raise PullError(f"repo '{repo}' has no file '{file}'" + (f"; its GGUF files: {', '.join(ggufs)}" if ggufs else ""))
         if not file.endswith(".gguf"):
             raise PullError(f"'{file}' is not a .gguf file; leave --file out to pull the whole model folder")
-        return PullStatus(repo, Path(file).name, file)
+        return PullStatus(repo, Path(file).name, file, size=sizes[file])
     if quant is not None:
         matching = [f for f in ggufs if quant.lower() in Path(f).name.lower()]
         if len(matching) != 1:
             found = "none" if not matching else f"{len(matching)}"
             raise PullError(f"repo '{repo}' has {found} GGUF files matching '{quant}'; its GGUF files: {', '.join(ggufs) or 'none'}")
-        return PullStatus(repo, Path(matching[0]).name, matching[0])
+        return PullStatus(repo, Path(matching[0]).name, matching[0], size=sizes[matching[0]])
     if "config.json" in files or "modules.json" in files:
-        return PullStatus(repo, repo.split("/")[-1], None, unit="files")
+        wanted = sum(size for name, size in sizes.items() if any(fnmatch(name, pattern) for pattern in MODEL_FILES))
+        return PullStatus(repo, repo.split("/")[-1], None, unit="files", size=wanted)
     if len(ggufs) == 1:
-        return PullStatus(repo, Path(ggufs[0]).name, ggufs[0])
+        return PullStatus(repo, Path(ggufs[0]).name, ggufs[0], size=sizes[ggufs[0]])
     if ggufs:
         raise PullError(f"repo '{repo}' has {len(ggufs)} GGUF files; choose one with file: {', '.join(ggufs)}")
     raise PullError(f"repo '{repo}' has neither GGUF files nor a model config.json")

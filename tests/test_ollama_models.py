@@ -102,3 +102,49 @@ def test_cors_origins_setting(tmp_path: Path) -> None:
         local = client.options("/v1/chat/completions", headers={"Origin": "http://localhost:3000", **preflight})
         assert local.status_code == 400  # the list replaces the local default
         assert client.get("/api/version", headers={"Origin": "https://app.example"}).headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_managing_models_needs_the_admin_key_and_a_same_site_page(tmp_path: Path, hub_env: dict[str, str]) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "spare.gguf").write_bytes(bundled_model_path().read_bytes())
+    env = {**hub_env, "PRELOAD_MODEL": "false", "DEFAULT_MODEL": "", "API_KEY_REQUIRED": "true", "API_KEY": KEY,
+           "ADMIN_API_KEY": "admin-key", "PULL_MAX_BYTES": "1MB"}
+    with running_server(tmp_path, models, wait_for_model=False, **env) as server, server.client() as client:
+        user, admin = {"Authorization": f"Bearer {KEY}"}, {"Authorization": "Bearer admin-key"}
+        assert client.get("/api/tags", headers=user).status_code == 200
+        assert client.get("/api/tags", headers=admin).status_code == 200  # the admin key opens every route
+        for method, path, body in (("DELETE", "/api/delete", {"model": "spare"}), ("POST", "/api/copy", {"source": "spare", "destination": "x"}),
+                                   ("POST", "/api/pull", {"model": "hf.co/test/smol-gguf"}), ("POST", "/models/spare/load", None),
+                                   ("POST", "/models/pull", {"repo": "test/smol-gguf"})):
+            refused = client.request(method, path, json=body, headers=user)
+            assert refused.status_code == 401 and "ADMIN_API_KEY" in refused.text, (path, refused.text)
+        # A page of another site cannot make a browser send writes (CORS only hides the answers).
+        forged = client.request("DELETE", "/api/delete", json={"model": "spare"}, headers={**admin, "Origin": "https://evil.example"})
+        assert forged.status_code == 403 and "origin" in forged.json()["error"] and (models / "spare.gguf").exists()
+        # Pulls are capped in size before anything is downloaded.
+        too_big = client.post("/models/pull", json={"repo": "test/smol-gguf"}, headers=admin)
+        assert too_big.status_code == 400 and "PULL_MAX_BYTES" in too_big.json()["error"]["message"]
+        # A loaded model is never written over by a pull.
+        assert client.post("/models/spare/load", headers=admin).status_code == 200
+
+
+def test_admin_routes_without_any_key_only_on_loopback() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from starlette.requests import Request
+
+    from local_llm_api.api.auth import require_admin_key
+    from local_llm_api.config import load_settings
+    from local_llm_api.core.errors import APIError
+
+    def call(**settings: object) -> None:
+        app = SimpleNamespace(state=SimpleNamespace(settings=load_settings(None, **settings)))
+        asyncio.run(require_admin_key(Request({"type": "http", "headers": [], "app": app})))
+
+    call(host="127.0.0.1")  # a local server: its user manages it
+    with pytest.raises(APIError) as refused:
+        call(host="0.0.0.0")  # reachable from other machines, and no key: anyone could fill the disk
+    assert refused.value.status == 403 and refused.value.body.code == "admin_key_required"
+    call(host="0.0.0.0", api_key_required=True, api_key="k")  # the API key (checked by the router) suffices

@@ -117,3 +117,14 @@ def test_a_declared_gguf_repo_and_file_is_downloaded_and_served(tmp_path: Path, 
             assert listed["state"] == "loaded" and listed["backend"] == "llama-cpp" and listed["repo"] == "test/smol-gguf"
     cached = list((tmp_path / "hub-cache").rglob(bundled_model_path().name))
     assert cached and cached[0].stat().st_size == bundled_model_path().stat().st_size
+
+
+def test_a_pull_never_writes_over_a_loaded_model(tmp_path: Path, hub_env: dict) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / bundled_model_path().name).write_bytes(bundled_model_path().read_bytes())
+    with FakeHub(repos()) as hub:
+        env = {**hub_env, "HF_ENDPOINT": hub.url}
+        with running_server(tmp_path, models, **env) as server, server.client() as client:  # preloaded
+            refused = client.post("/models/pull", json={"repo": "test/smol-gguf"})
+            assert refused.status_code == 409 and refused.json()["error"]["code"] == "model_in_use"

@@ -18,7 +18,7 @@ from ..dialects.openai.errors import ErrorResponse
 from ..manager import ModelManager, ModelState
 from ..pull import PullStatus
 from ..system import GpuInfo, gpu_info
-from .auth import require_api_key
+from .auth import require_admin_key, require_api_key
 
 
 class SystemInfo(BaseModel):
@@ -151,21 +151,21 @@ async def models(request: Request) -> ModelInfoList:
     return ModelInfoList(data=listed + [pending(p) for name, p in manager.pulls.items() if name not in names])
 
 
-@router.post("/models/pull", status_code=202)
+@router.post("/models/pull", status_code=202, dependencies=[Depends(require_admin_key)])
 async def pull_model(body: PullRequest, request: Request) -> ModelInfo:
     """Download a model from the Hugging Face Hub into MODEL_DIR; follow its progress in GET /models."""
     pull = await manager_of(request).pull(body.repo, body.file, body.revision)
     return pending(pull)
 
 
-@router.post("/models/{name:path}/load")
+@router.post("/models/{name:path}/load", dependencies=[Depends(require_admin_key)])
 async def load_model(name: str, request: Request) -> ModelInfo:
     manager = manager_of(request)
     model = await manager.load(name)
     return info(manager, model.entry)
 
 
-@router.post("/models/{name:path}/unload")
+@router.post("/models/{name:path}/unload", dependencies=[Depends(require_admin_key)])
 async def unload_model(name: str, request: Request) -> ModelInfo:
     manager = manager_of(request)
     entry = await manager.unload(name)

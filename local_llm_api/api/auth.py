@@ -1,4 +1,5 @@
-"""API keys: `Authorization: Bearer <key>` or `X-API-Key: <key>`, compared in constant time."""
+"""API keys: `Authorization: Bearer <key>` or `X-API-Key: <key>`, compared in constant time; and the admin key
+that the routes managing models (pull, load, unload, delete, copy) need."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hmac
 from fastapi import Request
 
 from ..core.errors import APIError
+from .hosts import is_loopback
 
 
 def presented_key(request: Request) -> str | None:
@@ -33,8 +35,8 @@ async def require_api_key(request: Request) -> None:
     # Compare against every key, whatever matches, so timing tells nothing about which or how much.
     candidate = key.encode()
     matched = False
-    for known in settings.api_keys:
-        matched |= hmac.compare_digest(candidate, known.encode())
+    for known in (*settings.api_keys, *((settings.admin_api_key,) if settings.admin_api_key else ())):
+        matched |= hmac.compare_digest(candidate, known.encode())  # the admin key opens every route
     if not matched:
         raise APIError(
             401,
@@ -43,3 +45,20 @@ async def require_api_key(request: Request) -> None:
             code="invalid_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+
+async def require_admin_key(request: Request) -> None:
+    """ADMIN_API_KEY when set; else the API key (checked by the router). With no key at all, only a server on
+    loopback lets these routes through: reachable from other machines, anyone could fill the disk or delete models."""
+    settings = request.app.state.settings
+    if settings.admin_api_key:
+        key = presented_key(request) or ""
+        if not hmac.compare_digest(key.encode(), settings.admin_api_key.encode()):
+            raise APIError(401, "This route manages models: it needs the admin key (ADMIN_API_KEY), as 'Authorization: "
+                           "Bearer <key>' or 'X-API-Key: <key>'.", type="authentication_error", code="invalid_admin_key",
+                           headers={"WWW-Authenticate": "Bearer"})
+        return
+    if not settings.api_key_required and not is_loopback(settings.host):
+        raise APIError(403, "Managing models (pull, load, unload, delete, copy) is refused on a server reachable from other "
+                       "machines without a key: set ADMIN_API_KEY (or API_KEY_REQUIRED with API_KEY).",
+                       type="permission_error", code="admin_key_required")

@@ -24,7 +24,7 @@ def _is_ip(name: str) -> bool:
     return True
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -36,7 +36,7 @@ def _is_loopback(host: str) -> bool:
 def allowed_host_names(settings: Settings) -> set[str] | None:
     """The host names to accept (IP addresses always pass); None: any."""
     configured = {h.strip().lower() for h in settings.allowed_hosts.split(",") if h.strip()}
-    if "*" in configured or (not configured and not _is_loopback(settings.host)):
+    if "*" in configured or (not configured and not is_loopback(settings.host)):
         return None
     return configured | {"localhost", socket.gethostname().lower()}
 

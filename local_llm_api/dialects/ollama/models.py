@@ -13,7 +13,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ...api.auth import require_api_key
+from ...api.auth import require_admin_key, require_api_key
 from ...api.json_route import JSONBodyRoute
 from ...catalog import ModelEntry
 from ...core.errors import APIError, invalid_request
@@ -164,7 +164,10 @@ async def _pull_lines(pull: PullStatus) -> AsyncIterator[str]:
         yield ProgressLine(status=status).model_dump_json() + "\n"
 
 
-@router.post("/pull", responses={200: {"content": {"application/x-ndjson": {}}}})
+ADMIN = [Depends(require_admin_key)]
+
+
+@router.post("/pull", responses={200: {"content": {"application/x-ndjson": {}}}}, dependencies=ADMIN)
 async def pull(req: PullRequest, request: Request) -> Response:
     """Download from the Hugging Face Hub into MODEL_DIR; progress as Ollama's status lines."""
     if req.insecure:
@@ -187,7 +190,7 @@ def _removable(manager: ModelManager, entry: ModelEntry) -> Path:
     return entry.path
 
 
-@router.delete("/delete", responses={200: {"description": "Deleted"}, 404: {"model": ErrorResponse}})
+@router.delete("/delete", responses={200: {"description": "Deleted"}, 404: {"model": ErrorResponse}}, dependencies=ADMIN)
 async def delete(req: ModelName, request: Request) -> Response:
     manager = _manager(request)
     entry = manager.resolve(model_name(req.model))
@@ -198,7 +201,7 @@ async def delete(req: ModelName, request: Request) -> Response:
     return Response(status_code=200)
 
 
-@router.post("/copy", responses={200: {"description": "Copied"}})
+@router.post("/copy", responses={200: {"description": "Copied"}}, dependencies=ADMIN)
 async def copy_model(req: CopyRequest, request: Request) -> Response:
     manager = _manager(request)
     entry = manager.resolve(model_name(req.source))
