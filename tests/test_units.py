@@ -310,3 +310,22 @@ def test_gguf_embeddings_pool_as_the_model_says() -> None:
     assert pooling_type({"general.architecture": "bert", "bert.pooling_type": "2"}) == 2  # CLS
     assert pooling_type({"general.architecture": "qwen3", "qwen3.pooling_type": "3"}) == 3  # last token
     assert pooling_type({"general.architecture": "bert", "bert.pooling_type": "4"}) == 1  # a ranker's score is no embedding
+
+
+def test_a_tokenizer_that_cannot_take_grammars_is_a_400_not_a_500() -> None:
+    from local_llm_api.core.output import OutputPlan, check_schemas
+    from local_llm_api.structured.constraint import ConstraintFactory
+
+    builds = []
+
+    def unadaptable() -> None:
+        builds.append(1)
+        raise KeyError("no byte fallback tokens")
+
+    backend = type("B", (), {"constraints": ConstraintFactory(unadaptable)})()
+    plan = OutputPlan(grammar='start: "x"')
+    for _ in range(2):
+        with pytest.raises(APIError) as refused:
+            check_schemas(backend, plan)  # type: ignore[arg-type]
+        assert refused.value.status == 400 and refused.value.body.code == "model_not_supported"
+    assert len(builds) == 1  # the failure is remembered, not rebuilt for every request

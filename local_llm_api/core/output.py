@@ -17,7 +17,7 @@ from typing import Any
 
 from ..backends.base import Backend
 from ..prompting.tool_calls import ToolFormat, tool_format
-from ..structured.constraint import GrammarError, import_llguidance
+from ..structured.constraint import ConstraintFactory, GrammarError, UnconstrainableModel, import_llguidance
 from .errors import invalid_request
 from .request import ChatRequest, ForcedTool
 
@@ -116,8 +116,17 @@ def check_schemas(backend: Backend, plan: OutputPlan) -> None:
     if plan.grammar is None and not plan.schemas:
         return
     constraints = backend.constraints
+    param = "tools" if plan.tool_format else plan.schemas[0][0] if plan.schemas else "response_format"
     if constraints is None:
-        raise invalid_request("This model cannot constrain its output.", "tools" if plan.tool_format else "response_format")
+        raise invalid_request("This model cannot constrain its output.", param)
+    try:
+        _check(constraints, plan)
+    except UnconstrainableModel as exc:
+        raise invalid_request(f"This model's tokenizer cannot be used to enforce a grammar ({exc}), so forced tool calls "
+                              "and JSON output are not available on it.", param, "model_not_supported") from None
+
+
+def _check(constraints: ConstraintFactory, plan: OutputPlan) -> None:
     if plan.grammar is not None:
         try:
             constraints.check(plan.grammar)

@@ -22,6 +22,10 @@ class GrammarError(ValueError):
     """The grammar (a JSON schema or tool signature) cannot be compiled; the message says why."""
 
 
+class UnconstrainableModel(Exception):
+    """The model's tokenizer cannot be described to llguidance: no grammar can run on this model."""
+
+
 def import_llguidance() -> Any:
     try:
         import llguidance
@@ -70,13 +74,21 @@ class ConstraintFactory:
     def __init__(self, build_tokenizer: Callable[[], Any]) -> None:
         self._build_tokenizer = build_tokenizer
         self._tokenizer: Any = None
+        self._failure: UnconstrainableModel | None = None  # remembered: building it again would fail again
         self._compiled: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
 
     def _lltokenizer(self) -> Any:
         with self._lock:
             if self._tokenizer is None:
-                self._tokenizer = self._build_tokenizer()
+                if self._failure is not None:
+                    raise self._failure
+                try:
+                    self._tokenizer = self._build_tokenizer()
+                except Exception as exc:  # noqa: BLE001  (whatever the adapter raises, the answer is the same)
+                    self._failure = UnconstrainableModel(f"{type(exc).__name__}: {exc}")
+                    log.error("this model's tokenizer cannot be used for grammars: %s", self._failure)
+                    raise self._failure from exc
             return self._tokenizer
 
     def _pristine(self, grammar: str) -> Any:
