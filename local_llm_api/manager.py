@@ -21,9 +21,11 @@ from enum import Enum
 from pathlib import Path
 
 from .backends.base import Backend, ModelLoadError
+from .backends.llama_cpp import per_slot_context
 from .catalog import Capability, Catalog, ModelEntry
 from .config import BackendChoice, Settings
 from .core.errors import APIError, invalid_request, model_not_found
+from .model_files import describe
 from .pull import PullError, PullStatus, download, plan
 
 log = logging.getLogger("local_llm_api.manager")
@@ -46,6 +48,10 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.time)
     in_flight: int = 0
+    memory_bytes: int = 0  # what it counts toward MEMORY_BUDGET: weights and KV caches (0: its weights)
+
+    def __post_init__(self) -> None:
+        self.memory_bytes = self.memory_bytes or self.entry.size_bytes
     keep_alive: float | None = None  # seconds idle before unloading, set by a request (Ollama's keep_alive); None: configured
 
 
@@ -126,7 +132,7 @@ class ModelManager:
         started = time.perf_counter()
         try:
             async with self._room:
-                await self._make_room(entry)
+                needed = await self._make_room(entry)
                 log.info("loading model %s (%s)", entry.name, entry.backend.value)
                 backend = await asyncio.to_thread(self._create_backend, entry)
         except APIError:
@@ -139,7 +145,7 @@ class ModelManager:
         finally:
             self._loading.pop(entry.name, None)
         self.failures.pop(entry.name, None)
-        model = LoadedModel(entry, backend)
+        model = LoadedModel(entry, backend, memory_bytes=needed)
         self.loaded[entry.name] = model
         log.info("loaded model %s in %.2fs", entry.name, time.perf_counter() - started)
         return model
@@ -166,17 +172,38 @@ class ModelManager:
 
     # ---------------------------------------------------------------- limits
 
-    async def _make_room(self, entry: ModelEntry) -> None:
-        """Unload least recently used idle models until `entry` fits the limits, or refuse with 503."""
+    def footprint(self, entry: ModelEntry) -> int:
+        """Bytes a model takes once loaded: its weights, and for a generative model the KV cache of every slot
+        (allocated up front by llama.cpp, plus its embedding context; grown on demand by Transformers, counted at
+        its most). Reads the model's header: call it off the event loop."""
+        if "chat" not in entry.capabilities:
+            return entry.size_bytes
+        facts = describe(entry)
+        spec_context = entry.spec.context_size if entry.spec else None
+        trained = facts.context_length or 0
+        if entry.backend == BackendChoice.llama_cpp:
+            per_slot = per_slot_context(spec_context or self.settings.context_size, trained, entry.name) if trained else 0
+            tokens, value_bytes = per_slot * (self.settings.parallel_slots + 1), 2  # f16 cache; +1: the embedding context
+        else:
+            per_slot = min(spec_context or self.settings.context_size or trained, trained or 1 << 62)
+            tokens = per_slot * self.settings.parallel_slots
+            value_bytes = 2 if self.settings.transformers_dtype in ("float16", "bfloat16") else 4  # auto on CPU: float32
+        return entry.size_bytes + tokens * facts.kv_values_per_token * value_bytes
+
+    async def _make_room(self, entry: ModelEntry) -> int:
+        """Unload least recently used idle models until `entry` fits the limits, or refuse with 503; return what the
+        model will count toward MEMORY_BUDGET."""
         settings = self.settings
         budget = int(settings.memory_budget)
-        if budget and entry.size_bytes > budget:
-            raise APIError(400, f"Model '{entry.name}' ({entry.size_bytes} bytes) is larger than MEMORY_BUDGET "
-                           f"({budget} bytes).", param="model", code="model_too_large")
+        needed = await asyncio.to_thread(self.footprint, entry) if budget else entry.size_bytes
+        if budget and needed > budget:
+            raise APIError(400, f"Model '{entry.name}' needs {needed} bytes ({entry.size_bytes} of weights, the rest KV cache "
+                           f"for {settings.parallel_slots} slots) and MEMORY_BUDGET is {budget} bytes.", param="model",
+                           code="model_too_large")
 
         def over() -> bool:
             count = settings.max_loaded_models and len(self.loaded) + 1 > settings.max_loaded_models
-            memory = budget and sum(m.entry.size_bytes for m in self.loaded.values()) + entry.size_bytes > budget
+            memory = budget and sum(m.memory_bytes for m in self.loaded.values()) + needed > budget
             return bool(count or memory)
 
         while over():
@@ -188,6 +215,7 @@ class ModelManager:
             victim = min(idle, key=lambda m: m.last_used)
             log.info("unloading %s (least recently used) to make room for %s", victim.entry.name, entry.name)
             await self._unload(victim)
+        return needed
 
     def start_keep_alive(self) -> None:
         """Unload models idle longer than their keep-alive, in the background."""

@@ -32,6 +32,7 @@ class ModelFileFacts:
     embedding_length: int | None = None
     chat_template: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)  # GGUF-style keys (general.architecture...)
+    kv_values_per_token: int = 0  # keys and values one token adds to the KV cache, over all layers (0: unknown)
 
     @property
     def parameter_size(self) -> str | None:
@@ -91,9 +92,16 @@ def _describe_gguf(path: Path) -> ModelFileFacts:
     parameters = sum(int(t.n_elements) for t in reader.tensors)
     meta["general.parameter_count"] = parameters
     template = meta.pop("tokenizer.chat_template", None)
+    heads = meta.get(f"{arch}.attention.head_count")
+    width = meta.get(f"{arch}.embedding_length")
+    kv = 0
+    if isinstance(heads, int) and heads and isinstance(width, int):
+        kv_heads = meta.get(f"{arch}.attention.head_count_kv", heads)
+        key = meta.get(f"{arch}.attention.key_length", width // heads)
+        kv = int(meta.get(f"{arch}.block_count", 0)) * int(kv_heads) * (int(key) + int(meta.get(f"{arch}.attention.value_length", key)))
     return ModelFileFacts(format="gguf", family=arch, parameter_count=parameters, quantization=quantization,
-                          context_length=meta.get(f"{arch}.context_length"), embedding_length=meta.get(f"{arch}.embedding_length"),
-                          chat_template=template, metadata=meta)
+                          context_length=meta.get(f"{arch}.context_length"), embedding_length=width,
+                          chat_template=template, metadata=meta, kv_values_per_token=kv)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -119,9 +127,14 @@ def _describe_folder(path: Path) -> ModelFileFacts:
     if family:
         meta.update({f"{family}.context_length": context, f"{family}.embedding_length": width,
                      f"{family}.block_count": config.get("num_hidden_layers")})
+    heads = config.get("num_attention_heads")
+    kv = 0
+    if isinstance(heads, int) and heads and isinstance(width, int):
+        head_dim = config.get("head_dim") or width // heads
+        kv = int(config.get("num_hidden_layers", 0)) * int(config.get("num_key_value_heads") or heads) * int(head_dim) * 2
     return ModelFileFacts(format="safetensors", family=family, parameter_count=parameters, quantization=dtype,
                           context_length=context, embedding_length=width, chat_template=template,
-                          metadata={k: v for k, v in meta.items() if v is not None})
+                          metadata={k: v for k, v in meta.items() if v is not None}, kv_values_per_token=kv)
 
 
 def _safetensors_size(path: Path) -> tuple[int | None, str | None]:

@@ -329,3 +329,17 @@ def test_a_tokenizer_that_cannot_take_grammars_is_a_400_not_a_500() -> None:
             check_schemas(backend, plan)  # type: ignore[arg-type]
         assert refused.value.status == 400 and refused.value.body.code == "model_not_supported"
     assert len(builds) == 1  # the failure is remembered, not rebuilt for every request
+
+
+def test_memory_budget_counts_the_kv_cache_of_every_slot(tmp_path: Path) -> None:
+    from tests.conftest import place_model
+
+    path = place_model(tmp_path)
+    entry = ModelEntry(path.name, BackendChoice.llama_cpp, path, None, path.stat().st_size, 0)
+    manager = ModelManager(load_settings(None, model_dir=tmp_path, context_size=2048, parallel_slots=4))
+    # SmolLM2-135M: 30 layers x 3 KV heads x (64 + 64) values per token, f16; 4 slots + the embedding context.
+    assert manager.footprint(entry) == entry.size_bytes + 2048 * 5 * 30 * 3 * 128 * 2
+    tight = ModelManager(load_settings(None, model_dir=tmp_path, context_size=2048, memory_budget=str(entry.size_bytes + 1000)))
+    with pytest.raises(APIError) as refused:
+        asyncio.run(tight._make_room(entry))
+    assert refused.value.body.code == "model_too_large" and "KV cache" in refused.value.body.message

@@ -85,7 +85,7 @@ class ConstraintFactory:
                     raise self._failure
                 try:
                     self._tokenizer = self._build_tokenizer()
-                except Exception as exc:  # noqa: BLE001  (whatever the adapter raises, the answer is the same)
+                except Exception as exc:  # whatever the adapter raises, the answer is the same
                     self._failure = UnconstrainableModel(f"{type(exc).__name__}: {exc}")
                     log.error("this model's tokenizer cannot be used for grammars: %s", self._failure)
                     raise self._failure from exc
