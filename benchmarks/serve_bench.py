@@ -82,6 +82,15 @@ class PeakMemory:
         self._thread.join()
 
 
+def spread_table(results: list[Result]) -> list[str]:
+    """Throughput over the repeated runs of each contender and load: median, lowest and highest."""
+    rows = ["| contender | concurrency | runs | tokens/s median | lowest | highest |", "| --- | --- | --- | --- | --- | --- |"]
+    for key in dict.fromkeys((r.name, r.concurrency) for r in results):
+        rates = [r.tokens_per_second for r in results if (r.name, r.concurrency) == key]
+        rows.append(f"| {key[0]} | {key[1]} | {len(rates)} | {statistics.median(rates):.1f} | {min(rates):.1f} | {max(rates):.1f} |")
+    return rows
+
+
 async def one_request(client: httpx.AsyncClient, url: str, body: dict) -> tuple[int, float]:
     """Stream one chat completion; return (completion tokens, time to first token). Tokens are the server's own
     count (`usage`, asked for with stream_options); a server that sends none is counted by content chunks."""
@@ -228,6 +237,7 @@ def main() -> None:
     parser.add_argument("--llama-server", type=Path, help="also measure llama.cpp's C++ server (path to a llama-server binary)")
     parser.add_argument("--baseline", type=Path, help="also measure our server from another checkout (e.g. a git worktree "
                         "of an earlier commit), run by this interpreter: a before/after comparison in one run")
+    parser.add_argument("--runs", type=int, default=1, help="repeat each measurement; the spread is reported")
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     parser.add_argument("--plot", type=Path, help="write a PNG plot of throughput and TTFT")
     args = parser.parse_args()
@@ -267,10 +277,12 @@ def main() -> None:
                 continue
             process = start(command, env, health)
             try:
-                for concurrency in args.concurrency:
-                    result = asyncio.run(closed_loop(base, model.name, concurrency, args.requests_per_client, args.max_tokens, labels[key], process.pid))
-                    results.append(result)
-                    print(result.row(), flush=True)
+                for _ in range(args.runs):
+                    for concurrency in args.concurrency:
+                        result = asyncio.run(closed_loop(base, model.name, concurrency, args.requests_per_client,
+                                                         args.max_tokens, labels[key], process.pid))
+                        results.append(result)
+                        print(result.row(), flush=True)
             finally:
                 process.terminate()
                 process.wait(timeout=30)
@@ -295,6 +307,8 @@ def main() -> None:
 
     lines += ["| contender | concurrency | tokens/s (aggregate) | TTFT p50 (s) | TTFT p95 (s) | peak RSS (MB) |",
               "| --- | --- | --- | --- | --- | --- |", *(r.row() for r in results)]
+    if args.runs > 1:
+        lines += ["", f"Spread over {args.runs} runs:", "", *spread_table(results)]
     if prefix_rows:
         lines += ["", "10-turn chat behind a long system prompt, time to first token (s):", "",
                   "| server | turn 1 | turns 2-10 (median) | turn 10 |", "| --- | --- | --- | --- |", *prefix_rows]

@@ -19,18 +19,19 @@ import sys
 from pathlib import Path
 
 import torch
-from serve_bench import Result, closed_loop, start
+from serve_bench import Result, closed_loop, spread_table, start
 
 
 def run(name: str, command: list[str], env: dict[str, str], base: str, model: str, args: argparse.Namespace) -> list[Result]:
     process = start(command, env, f"{base}/health")
     try:
         results = []
-        for concurrency in args.concurrency:
-            result = asyncio.run(closed_loop(base, model, concurrency, args.requests_per_client, args.max_tokens, name,
-                                             process.pid, logit_bias=name.startswith("local-llm-api")))
-            print(result.row(), flush=True)
-            results.append(result)
+        for _ in range(args.runs):
+            for concurrency in args.concurrency:
+                result = asyncio.run(closed_loop(base, model, concurrency, args.requests_per_client, args.max_tokens, name,
+                                                 process.pid, logit_bias=name.startswith("local-llm-api")))
+                print(result.row(), flush=True)
+                results.append(result)
         return results
     finally:
         process.terminate()
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--skip", nargs="*", default=[], choices=["ours", "transformers-serve", "transformers-serve-cb"])
+    parser.add_argument("--runs", type=int, default=1, help="repeat each measurement; the spread is reported")
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     folder = args.model_dir.resolve()
@@ -61,12 +63,16 @@ def main() -> None:
     for name, extra in (("transformers-serve", []), ("transformers-serve-cb", ["--continuous-batching"])):
         if name in args.skip:
             continue
-        command = ["transformers", "serve", str(folder), "--port", str(args.port), "--device", "cpu", *extra]
+        beside = Path(sys.executable).parent / "transformers"  # the CLI of this interpreter's environment
+        cli = str(beside) if beside.exists() else "transformers"
+        command = [cli, "serve", str(folder), "--port", str(args.port), "--device", "cpu", *extra]
         results += run(f"transformers serve{' --continuous-batching' if extra else ''}", command, threads, base, str(folder), args)
     header = (f"Model folder {folder.name}, {args.threads} threads, {args.max_tokens}-token answers, "
               f"{args.requests_per_client} requests per client; torch {torch.__version__}, {platform.processor() or platform.machine()}\n\n"
               "| server | clients | tokens/s | TTFT p50 (s) | TTFT p95 (s) | peak RSS (MB) |\n| --- | --- | --- | --- | --- | --- |\n")
     table = header + "\n".join(r.row() for r in results) + "\n"
+    if args.runs > 1:
+        table += f"\nSpread over {args.runs} runs:\n\n" + "\n".join(spread_table(results)) + "\n"
     print(table)
     if args.markdown:
         args.markdown.write_text(table)

@@ -26,8 +26,9 @@ def run(script: str, *args: str) -> str:
 
 def test_serve_bench() -> None:
     out = run("serve_bench.py", "--port", str(free_port()), "--model", str(bundled_model_path()), "--threads", "1", "--concurrency", "1",
-              "--requests-per-client", "1", "--max-tokens", "4", "--skip", "llama-cpp-python-server", "direct", "prefix")
-    assert "| local-llm-api" in out
+              "--requests-per-client", "1", "--max-tokens", "4", "--skip", "llama-cpp-python-server", "direct", "prefix",
+              "--runs", "2")
+    assert "| local-llm-api" in out and "Spread over 2 runs" in out
 
 
 def test_transformers_bench() -> None:
