@@ -1,8 +1,8 @@
 """The model manager: which models are loaded, loading one for each request that needs it, and making
 room under the limits.
 
-What exists comes from the catalog (`catalog.py`), looked up on every request (cheap, and a model
-dropped into MODEL_DIR appears at once). A model is loaded by one task that every interested request
+What exists comes from the catalog (`catalog.py`), looked up on every request, in a worker thread (cheap, and a
+model dropped into MODEL_DIR appears at once). A model is loaded by one task that every interested request
 awaits, while the other models keep serving. Before a load, the least recently used idle models are
 unloaded until the new one fits MAX_LOADED_MODELS and MEMORY_BUDGET; a model that serves a request is
 never unloaded. With KEEP_ALIVE, models idle that long are unloaded in the background.
@@ -113,7 +113,7 @@ class ModelManager:
     # ---------------------------------------------------------------- load / unload
 
     async def load(self, name: str | None) -> LoadedModel:
-        entry = self.resolve(name)
+        entry = await asyncio.to_thread(self.resolve, name)  # reads MODEL_DIR: off the event loop
         self._refuse_while_downloading(entry)
         if entry.name in self.loaded:
             return self.loaded[entry.name]
@@ -284,7 +284,7 @@ class ModelManager:
     async def use(self, name: str | None, capability: Capability | None) -> AsyncIterator[LoadedModel]:
         """The loaded model for one request (any model when `capability` is None), loading it first when allowed;
         counted as busy meanwhile."""
-        entry = self.resolve(name)
+        entry = await asyncio.to_thread(self.resolve, name)  # reads MODEL_DIR: off the event loop
         self._refuse_while_downloading(entry)
         if capability is not None and capability not in entry.capabilities:
             kind = "an embedding model" if entry.embedding_only else f"a {entry.backend.value} model"
