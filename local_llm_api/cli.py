@@ -55,16 +55,26 @@ def _serve(args: argparse.Namespace) -> None:
         if value is not None
     }
     settings = load_settings(**overrides)
+    app = create_app(settings)
+    print(f"==> serving on {address(settings.host, settings.port)} with {settings.default_model or 'no default model'}",
+          file=sys.stderr, flush=True)
     # On SIGTERM uvicorn stops accepting, lets open requests (streams too) finish within the grace period,
     # then cancels what is left and runs the app's shutdown, which frees the models.
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         access_log=False,
         log_level="warning",
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
+
+
+def address(host: str, port: int) -> str:
+    """The address to tell the user: the one the server really binds (flags, environment and .env settled)."""
+    if host in ("0.0.0.0", "::"):
+        return f"http://localhost:{port}/v1 (listening on all interfaces)"
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
 
 
 def _bundled(args: argparse.Namespace) -> None:

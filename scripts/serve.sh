@@ -8,5 +8,5 @@ VENV=${VENV:-.venv}
 MODEL_PATH=$("$VENV/bin/local-llm-api" bundled-model)
 export DEFAULT_MODEL=${DEFAULT_MODEL:-$(basename "$MODEL_PATH")}
 export PRELOAD_MODEL=${PRELOAD_MODEL:-true}
-echo "==> serving on http://${HOST:-127.0.0.1}:${PORT:-8000}/v1 with $DEFAULT_MODEL"
+# The server itself prints the address it binds (flags, environment and .env all settled).
 exec "$VENV/bin/local-llm-api" serve "$@"

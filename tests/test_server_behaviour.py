@@ -254,3 +254,11 @@ def test_sigterm_grace_period_ends_long_streams(tmp_path: Path, model_dir: Path)
                 pass
     srv.process.wait(timeout=20)
     assert time.perf_counter() - started < 10  # 1500 tokens would take ~30 s
+
+
+def test_the_server_announces_the_address_it_really_serves(tmp_path: Path, model_dir: Path) -> None:
+    # The flag wins over the environment (PORT here) and the announcement says so.
+    with running_server(tmp_path, model_dir, wait_for_model=False, PRELOAD_MODEL="false", PORT="8011") as server:
+        stderr = next(tmp_path.glob("server-*.stderr")).read_text()
+        port = server.url.rsplit(":", 1)[1]
+        assert f"==> serving on http://127.0.0.1:{port}/v1 with {MODEL}" in stderr and ":8011" not in stderr
