@@ -54,3 +54,8 @@ def test_engine_profile() -> None:
 def test_discovery_bench(baseline: bool) -> None:
     out = run("discovery_bench.py", "--models", "3", "--files", "2", "--repeat", "3", *(["--baseline", str(ROOT)] if baseline else []))
     assert out.count("entries() median") == 1 + baseline
+
+
+def test_soak() -> None:
+    out = run("soak.py", "--clients", "4", "--duration", "6", "--warm-up", "2", "--port", str(free_port()))
+    assert "| 5xx answers | 0 | 0 |" in out and "running 0, queued 0" in out
