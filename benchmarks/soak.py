@@ -23,11 +23,9 @@ from pathlib import Path
 
 import httpx
 import psutil
+from serve_bench import start  # a sibling script: its folder is on the path when this one runs
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_bench import start  # noqa: E402  (a sibling script)
-
-from local_llm_api.cli import bundled_model_path  # noqa: E402
+from local_llm_api.cli import bundled_model_path
 
 TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
                                          "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
@@ -155,8 +153,8 @@ def main() -> None:
     server_errors = sum(n for (_, status), n in tally.statuses.items() if status >= 500)
     kinds = sorted({kind for kind, _ in tally.statuses})
     statuses = sorted({status for _, status in tally.statuses})
-    lines = [f"{args.clients} clients for {args.duration:.0f} s ({elapsed:.0f} s with the drain), {args.threads} threads, "
-             f"{model.name}: {total} requests", "",
+    lines = [(f"{args.clients} clients for {args.duration:.0f} s ({elapsed:.0f} s with the drain), {args.threads} threads, "
+              f"{model.name}: {total} requests"), "",
              "| kind | " + " | ".join(str(s) for s in statuses) + " |", "| --- |" + " --- |" * len(statuses)]
     for kind in kinds:
         lines.append(f"| {kind} | " + " | ".join(str(tally.statuses[(kind, s)]) for s in statuses) + " |")
