@@ -343,3 +343,20 @@ def test_memory_budget_counts_the_kv_cache_of_every_slot(tmp_path: Path) -> None
     with pytest.raises(APIError) as refused:
         asyncio.run(tight._make_room(entry))
     assert refused.value.body.code == "model_too_large" and "KV cache" in refused.value.body.message
+
+
+def test_loose_objects_are_closed_for_grammars_only_where_they_say_nothing() -> None:
+    from local_llm_api.core.output import closed_objects
+
+    schema = {"type": "object", "properties": {"properties": {"type": "object", "properties": {"x": {"type": "integer"}}},
+                                               "free": {"type": "object", "additionalProperties": True},
+                                               "pattern": {"type": "object", "patternProperties": {"^a": {}}}},
+              "$defs": {"item": {"type": "object", "properties": {"y": {}}}}, "default": {"properties": {}}}
+    closed = closed_objects(schema)
+    assert closed["additionalProperties"] is False
+    assert closed["properties"]["properties"]["additionalProperties"] is False  # a property named "properties"
+    assert "additionalProperties" not in closed["properties"]["properties"]["properties"]  # its own map of names
+    assert closed["properties"]["free"]["additionalProperties"] is True  # said explicitly: kept
+    assert "additionalProperties" not in closed["properties"]["pattern"]
+    assert closed["$defs"]["item"]["additionalProperties"] is False
+    assert closed["default"] == {"properties": {}}  # data, not a schema

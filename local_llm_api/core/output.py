@@ -37,9 +37,36 @@ class OutputPlan:
 
 def with_options(schema: dict[str, Any], strict: bool) -> dict[str, Any]:
     """The schema with llguidance's compile options; `strict` refuses keywords it cannot enforce,
-    otherwise they are ignored (as the JSON Schema spec allows for unknown keywords)."""
+    otherwise they are ignored (as the JSON Schema spec allows for unknown keywords), and objects take only
+    the keys they declare (`closed_objects`)."""
     options = {**JSON_OPTIONS, "lenient": not strict, **schema.get("x-guidance", {})}
-    return {**schema, "x-guidance": options}
+    return {**(schema if strict else closed_objects(schema)), "x-guidance": options}
+
+
+# Keywords whose value maps names to schemas (not a schema itself), and keywords whose values are data.
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_DATA = ("const", "enum", "default", "examples", "x-guidance")
+
+
+def closed_objects(schema: Any) -> Any:
+    """Objects that list `properties` but say nothing of `additionalProperties` take only those keys, as llama.cpp's
+    grammar converter does: otherwise a weak model invents keys until max_tokens cuts its tool call off. An
+    explicit `additionalProperties` (or `patternProperties`) keeps its meaning; strict schemas are not touched."""
+    if isinstance(schema, list):
+        return [closed_objects(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: closed_objects(sub) for name, sub in value.items()}
+        elif key in _DATA:
+            out[key] = value
+        else:
+            out[key] = closed_objects(value)
+    if "properties" in out and "additionalProperties" not in out and "patternProperties" not in out:
+        out["additionalProperties"] = False
+    return out
 
 
 def plan_output(req: ChatRequest, chat_template: str) -> OutputPlan:

@@ -266,3 +266,29 @@ def test_a_schema_with_logprobs_reports_the_model_distribution(client: httpx.Cli
     choice = body["choices"][0]
     assert json.loads(choice["message"]["content"])["n"] is not None
     assert "".join(e["token"] for e in choice["logprobs"]["content"]) == choice["message"]["content"]
+
+
+LOOSE_TOOLS = [
+    {"type": "function", "function": {"name": "ping", "description": "Check that the service is up",
+                                      "parameters": {"type": "object", "properties": {}}}},
+    {"type": "function", "function": {"name": "lookup", "description": "Look a city up",
+                                      "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+                                                     "details": {"type": "object", "properties": {"level": {"type": "integer"}}}}}}},
+]
+
+
+@pytest.mark.parametrize("prompt", PROMPTS[:4])
+def test_loose_tool_schemas_take_only_their_declared_keys(client: httpx.Client, prompt: str) -> None:
+    # Weak models given `properties` without `additionalProperties` used to invent keys until max_tokens.
+    for tool, allowed in (("ping", set()), ("lookup", {"city", "details"})):
+        body = {"messages": [{"role": "user", "content": prompt}], "tools": LOOSE_TOOLS, "max_tokens": 120,
+                "tool_choice": {"type": "function", "function": {"name": tool}}, "temperature": 0.8, "seed": 3}
+        choice = client.post("/v1/chat/completions", json=body).json()["choices"][0]
+        assert choice["finish_reason"] == "tool_calls", choice
+        arguments = json.loads(choice["message"]["tool_calls"][0]["function"]["arguments"])
+        assert set(arguments) <= allowed and set(arguments.get("details", {})) <= {"level"}
+    # A loose schema for the answer too; an explicit `additionalProperties` keeps its meaning.
+    loose = {"type": "json_schema", "json_schema": {"name": "city", "schema": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+    answer = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": prompt}], "max_tokens": 120,
+                                                         "response_format": loose, "temperature": 0.8, "seed": 3}).json()
+    assert set(json.loads(answer["choices"][0]["message"]["content"])) <= {"city"}
