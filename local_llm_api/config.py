@@ -109,6 +109,7 @@ class Settings(BaseSettings):
     log_file: Path | None = None
     log_format: str = Field("text", pattern="^(text|json)$")
     max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    body_read_timeout_seconds: float = Field(30.0, gt=0, description="A request body must arrive within this; else 408.")
     shutdown_grace_seconds: float = Field(
         30.0, ge=0, description="On SIGTERM, how long running generations may finish before the server exits."
     )

@@ -77,7 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app, renderers)
     app.add_middleware(CrossOriginWriteGuard, settings=settings, renderers=renderers)
     app.add_middleware(HostCheckMiddleware, settings=settings, renderers=renderers)  # inside: refusals are logged too
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes, renderers=renderers)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_request_bytes, renderers=renderers,
+                       body_timeout=settings.body_read_timeout_seconds)
     add_cors(app, settings)
     app.include_router(web.router)
     app.include_router(admin.health_router)

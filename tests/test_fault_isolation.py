@@ -110,3 +110,52 @@ def test_a_client_leaving_is_not_an_error(tmp_path: Path, model_dir: Path) -> No
         assert "Traceback" not in log and "status=500" not in log
         stderr = next(tmp_path.glob("server-*.stderr")).read_text()
         assert "Exception in ASGI application" not in stderr and "CancelledError" not in stderr
+
+
+def test_a_client_that_stalls_its_body_gets_408_and_holds_nothing(tmp_path: Path, model_dir: Path) -> None:
+    import socket
+
+    with running_server(tmp_path, model_dir, BODY_READ_TIMEOUT_SECONDS="1") as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=20) as stalled:
+            stalled.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: 200\r\n\r\n{\"messages\": [")  # and then nothing more
+            # Meanwhile the server serves others.
+            assert httpx.post(f"{server.url}/v1/chat/completions", timeout=60, json={
+                "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}).status_code == 200
+            answer = stalled.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408") and "request_timeout" in answer
+        assert model_info(server)["active_requests"] == 0
+
+
+def test_a_log_file_on_a_full_disk_does_not_stop_the_server(tmp_path: Path, model_dir: Path) -> None:
+    # /dev/full answers every write with ENOSPC, as a full disk does.
+    with running_server(tmp_path, model_dir, LOG_FILE="/dev/full") as server:
+        answer = httpx.post(f"{server.url}/v1/chat/completions", timeout=60,
+                            json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+        assert answer.status_code == 200
+        assert httpx.get(f"{server.url}/health", timeout=10).json()["status"] == "ok"
+
+
+def test_kill_9_during_a_load_then_a_restart_serves(tmp_path: Path, model_dir: Path) -> None:
+    import signal
+
+    from .conftest import start_server, stop_server
+
+    data = tmp_path / "data"
+    first = start_server(tmp_path, model_dir, wait_for_model=False, DATA_DIR=str(data))
+    stored = httpx.post(f"{first.url}/v1/responses", timeout=60, json={"input": "Hi", "max_output_tokens": 2}).json()["id"]
+    httpx.post(f"{first.url}/models/{MODEL}/unload", timeout=30)
+    loading = httpx.Client(base_url=first.url, timeout=httpx.Timeout(60, read=0.01))
+    with contextlib.suppress(httpx.HTTPError):
+        loading.post(f"/models/{MODEL}/load")  # the load starts...
+    first.process.send_signal(signal.SIGKILL)  # ...and the server dies in the middle of it
+    first.process.wait(timeout=10)
+    loading.close()
+    second = start_server(tmp_path, model_dir, DATA_DIR=str(data))
+    try:
+        assert httpx.post(f"{second.url}/v1/chat/completions", timeout=60,
+                          json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}).status_code == 200
+        assert httpx.get(f"{second.url}/v1/responses/{stored}", timeout=10).status_code == 200  # the store is intact
+    finally:
+        stop_server(second)

@@ -3,6 +3,7 @@ per request."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
 import logging
@@ -52,22 +53,32 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
 class RequestContextMiddleware:
     """Pure ASGI so that the log line is written when a stream really ends, not when its headers go out."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, renderers: ErrorRenderers) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, renderers: ErrorRenderers, body_timeout: float = 30.0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
         self.renderers = renderers
 
     async def _within_limit(self, headers: dict[str, str], receive: Receive) -> Receive | None:
-        """`receive` for the app, or None when the body is over the limit. A declared length is trusted (the
-        server never reads past it); a chunked body is read here, up to the limit, and replayed to the app."""
+        """`receive` for the app, or None when the body is over the limit. A declared length over the limit is
+        refused unread; a body is read here, up to the limit and within the body timeout (a client that sends
+        slowly or stops half-way gets 408 and holds nothing), and replayed to the app."""
         if "content-length" in headers:
             try:
-                return receive if int(headers["content-length"]) <= self.max_body_bytes else None
+                length = int(headers["content-length"])
             except ValueError:
                 return None
-        if "chunked" not in headers.get("transfer-encoding", ""):
+            if length > self.max_body_bytes:
+                return None
+            if length == 0:
+                return receive
+        elif "chunked" not in headers.get("transfer-encoding", ""):
             return receive
-        body = await _read_body(receive, self.max_body_bytes)
+        try:
+            body = await asyncio.wait_for(_read_body(receive, self.max_body_bytes), self.body_timeout)
+        except asyncio.TimeoutError:  # not the builtin on Python 3.10
+            raise APIError(408, f"The request body did not arrive within {self.body_timeout:g} seconds.",
+                           code="request_timeout") from None
         if body is None:
             return receive  # the client left; let the app see the disconnect
         return _replaying(body, receive) if len(body) <= self.max_body_bytes else None
