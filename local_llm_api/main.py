@@ -22,6 +22,7 @@ from .api.hosts import HostCheckMiddleware
 from .api.metrics import metrics_registry
 from .api.metrics import router as metrics_router
 from .api.middleware import RequestContextMiddleware
+from .api.openapi import install_openapi
 from .catalog import Catalog
 from .config import Settings, SettingsError, load_settings
 from .core.errors import APIError
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ollama_models.version_router, prefix="/api")
     app.include_router(ollama_models.router, prefix="/api")
     app.include_router(ollama.router, prefix="/api")
+    install_openapi(app)
     return app
 
 

@@ -82,3 +82,26 @@ def test_allowed_hosts_setting() -> None:
     assert named is not None and host_allowed("api.example:443", named) and host_allowed("x.corp.example", named)
     assert not host_allowed("corp.example.evil", named) and not host_allowed("evil.example", named)
     assert allowed_host_names(load_settings(None, allowed_hosts="*")) is None
+
+
+def test_the_openapi_document_says_what_the_server_answers(client: httpx.Client) -> None:
+    import json
+
+    document = client.get("/openapi.json").json()
+    text = json.dumps(document)
+    refs = {ref.split("/")[-1] for ref in __import__("re").findall(r'"\$ref": "#/components/schemas/([^"]+)"', text)}
+    assert refs <= set(document["components"]["schemas"])  # nothing dangling
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            responses = operation["responses"]
+            assert "422" not in responses, (path, method)  # invalid requests are answered 400
+            if "requestBody" in operation:
+                assert "400" in responses, (path, method)
+            for code in ("429", "503"):
+                if code in responses:
+                    assert "Retry-After" in responses[code]["headers"], (path, method, code)
+    chat = document["paths"]["/v1/chat/completions"]["post"]["responses"]
+    assert {"400", "401", "404", "413", "429", "503"} <= set(chat)
+    # Unknown fields are refused, and the document says so.
+    request = document["components"]["schemas"]["ChatCompletionRequest"]
+    assert request.get("additionalProperties") is False
