@@ -105,3 +105,14 @@ def test_the_openapi_document_says_what_the_server_answers(client: httpx.Client)
     # Unknown fields are refused, and the document says so.
     request = document["components"]["schemas"]["ChatCompletionRequest"]
     assert request.get("additionalProperties") is False
+
+
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("/v1/rerank", {"query": "0", "documents": [""]}, "documents[0]"),  # found by schemathesis: a 500 before
+    ("/v1/rerank", {"query": "", "documents": ["a"]}, "query"),
+])
+def test_empty_texts_cannot_be_embedded(client: httpx.Client, path: str, body: dict, param: str) -> None:
+    refused = client.post(path, json=body)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == param, refused.text
+    ollama = client.post("/api/embed", json={"model": "SmolLM2", "input": ""})
+    assert ollama.status_code == 400 and "empty" in ollama.json()["error"]

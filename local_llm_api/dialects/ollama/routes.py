@@ -199,8 +199,10 @@ def _embedding_tokens(model: LoadedModel, texts: list[str], truncate: bool, num_
     backend = model.backend
     limit = min(num_ctx or backend.facts.context_size, backend.facts.context_size)
     out = []
-    for text in texts:
+    for i, text in enumerate(texts):
         tokens = backend.tokenize(text, add_special=True)
+        if not tokens:
+            raise invalid_request(f"Input {i} is empty for the model: it has no tokens to embed.", "input")
         if len(tokens) > limit:
             if not truncate:
                 raise context_length_exceeded(len(tokens), 0, limit, "input")

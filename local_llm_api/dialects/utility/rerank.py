@@ -36,8 +36,16 @@ def rerank_model(manager: ModelManager, named: str | None) -> str | None:
 
 
 def _truncated_tokens(backend: Backend, texts: list[str]) -> list[list[int]]:
+    """The query's and the documents' tokens, cut to the context; a text with no tokens cannot be embedded."""
     limit = backend.facts.context_size
-    return [backend.tokenize(text, add_special=True)[:limit] for text in texts]
+    out = []
+    for i, text in enumerate(texts):
+        tokens = backend.tokenize(text, add_special=True)[:limit]
+        if not tokens:
+            raise invalid_request("This text is empty for the model: it has no tokens to embed.",
+                                  "query" if i == 0 else f"documents[{i - 1}]")
+        out.append(tokens)
+    return out
 
 
 async def _similarities(backend: Backend, query: str, documents: list[str]) -> tuple[list[float], int]:
