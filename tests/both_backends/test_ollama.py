@@ -106,7 +106,7 @@ def test_num_ctx_is_honoured_within_the_model(oc: ollama.Client, served: Served)
 class Country(BaseModel):
     name: str
     capital: str
-    population_millions: float
+    continent: str
 
 
 def test_format_with_a_pydantic_schema_and_json(oc: ollama.Client, served: Served) -> None:
