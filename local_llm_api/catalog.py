@@ -136,28 +136,13 @@ class _FolderFacts:
     size: int
 
 
-_folder_facts: dict[Path, tuple[tuple[int, frozenset[str]], _FolderFacts]] = {}
-
-
-def folder_facts(path: Path) -> _FolderFacts:
-    """What a folder is and its size, remembered while the folder's modification time and file names stay the
-    same (names too: some file systems keep times in whole seconds), so that a look-up does not read every
-    model's configs and files again."""
-    key = (path.stat().st_mtime_ns, frozenset(os.listdir(path)))
-    known = _folder_facts.get(path)
-    if known is not None and known[0] == key:
-        return known[1]
-    detected = detect_backend(path)
-    facts = _FolderFacts(detected, size_on_disk(path) if detected is not None else 0)
-    _folder_facts[path] = (key, facts)
-    return facts
-
-
 class Catalog:
     def __init__(self, settings: Settings, specs: list[ModelSpec]) -> None:
         self.settings = settings
         self.root = settings.model_dir.resolve()
         self.specs = specs
+        # What each folder is and its size, by (modification time, file names): see `_folder`.
+        self._folders: dict[Path, tuple[tuple[int, frozenset[str]], _FolderFacts]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Catalog:
@@ -184,7 +169,7 @@ class Catalog:
         if path is not None and path.exists():
             stat = path.stat()
             backend = self._backend_for(path, spec.backend) or BackendChoice.transformers
-            size = stat.st_size if path.is_file() else folder_facts(path).size
+            size = stat.st_size if path.is_file() else self._folder(path).size
             return ModelEntry(spec.name, backend, path, None, size, int(stat.st_mtime), spec)
         backend = spec.backend
         if backend == BackendChoice.auto:
@@ -192,7 +177,7 @@ class Catalog:
         return ModelEntry(spec.name, backend, path, spec.repo, 0, 0, spec)
 
     def _discovered(self) -> list[ModelEntry]:
-        """Walk MODEL_DIR (on every look-up, so it stays cheap: what a folder is comes from `folder_facts`): hidden
+        """Walk MODEL_DIR (on every look-up, so it stays cheap: what a folder is comes from `_folder`): hidden
         folders such as download caches and the insides of model folders are not entered."""
         if not self.root.is_dir():
             return []
@@ -205,7 +190,7 @@ class Catalog:
                 sub = here / name
                 if name.startswith("."):
                     continue
-                if folder_facts(sub).backend is not None:
+                if self._folder(sub).backend is not None:
                     candidates.append(sub)  # a model folder: a model, not more folders to search
                 else:
                     keep.append(name)
@@ -218,12 +203,25 @@ class Catalog:
                 if backend is not None:
                     name = path.relative_to(self.root).as_posix()
                     stat = path.stat()
-                    size = stat.st_size if path.is_file() else folder_facts(path).size
+                    size = stat.st_size if path.is_file() else self._folder(path).size
                     entries.append(ModelEntry(name, backend, path, None, size, int(stat.st_mtime)))
         return sorted(entries, key=lambda e: e.name)
 
+    def _folder(self, path: Path) -> _FolderFacts:
+        """What a folder is and its size, remembered while the folder's modification time and file names stay the
+        same (names too: some file systems keep times in whole seconds), so that a look-up does not read every
+        model's configs and files again."""
+        key = (path.stat().st_mtime_ns, frozenset(os.listdir(path)))
+        known = self._folders.get(path)
+        if known is not None and known[0] == key:
+            return known[1]
+        detected = detect_backend(path)
+        facts = _FolderFacts(detected, size_on_disk(path) if detected is not None else 0)
+        self._folders[path] = (key, facts)
+        return facts
+
     def _backend_for(self, path: Path, declared: BackendChoice) -> BackendChoice | None:
-        detected = detect_backend(path) if path.is_file() else folder_facts(path).backend
+        detected = detect_backend(path) if path.is_file() else self._folder(path).backend
         if declared != BackendChoice.auto:
             return declared if detected is not None else None
         forced = self.settings.model_backend

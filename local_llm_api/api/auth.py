@@ -19,6 +19,14 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
+def _matches(key: str, keys: tuple[str, ...]) -> bool:
+    """Compared with every key, whatever matches, in constant time: timing tells nothing about which or how much."""
+    candidate, matched = key.encode(), False
+    for known in keys:
+        matched |= hmac.compare_digest(candidate, known.encode())
+    return matched
+
+
 async def require_api_key(request: Request) -> None:
     settings = request.app.state.settings
     if not settings.api_key_required:
@@ -32,12 +40,8 @@ async def require_api_key(request: Request) -> None:
             code="missing_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    # Compare against every key, whatever matches, so timing tells nothing about which or how much.
-    candidate = key.encode()
-    matched = False
-    for known in (*settings.api_keys, *((settings.admin_api_key,) if settings.admin_api_key else ())):
-        matched |= hmac.compare_digest(candidate, known.encode())  # the admin key opens every route
-    if not matched:
+    admin = (settings.admin_api_key,) if settings.admin_api_key else ()
+    if not _matches(key, (*settings.api_keys, *admin)):  # the admin key opens every route
         raise APIError(
             401,
             "Incorrect API key provided.",
@@ -52,8 +56,7 @@ async def require_admin_key(request: Request) -> None:
     loopback lets these routes through: reachable from other machines, anyone could fill the disk or delete models."""
     settings = request.app.state.settings
     if settings.admin_api_key:
-        key = presented_key(request) or ""
-        if not hmac.compare_digest(key.encode(), settings.admin_api_key.encode()):
+        if not _matches(presented_key(request) or "", (settings.admin_api_key,)):
             raise APIError(401, "This route manages models: it needs the admin key (ADMIN_API_KEY), as 'Authorization: "
                            "Bearer <key>' or 'X-API-Key: <key>'.", type="authentication_error", code="invalid_admin_key",
                            headers={"WWW-Authenticate": "Bearer"})

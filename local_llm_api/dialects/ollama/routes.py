@@ -18,7 +18,8 @@ from pydantic import BaseModel
 from ...api.auth import require_api_key
 from ...api.json_route import JSONBodyRoute
 from ...core.chat import Answer, ChatRun, TextDelta, start_chat
-from ...core.errors import context_length_exceeded, invalid_request
+from ...core.embedding import embedding_tokens
+from ...core.errors import invalid_request
 from ...core.generation import TokenCounts, until_disconnected
 from ...core.request import ChatRequest as CoreChat
 from ...core.streaming import ndjson_response
@@ -195,22 +196,6 @@ async def generate(req: GenerateRequest, request: Request) -> Response:
 # ---------------------------------------------------------------- embeddings
 
 
-def _embedding_tokens(model: LoadedModel, texts: list[str], truncate: bool, num_ctx: int | None) -> list[list[int]]:
-    backend = model.backend
-    limit = min(num_ctx or backend.facts.context_size, backend.facts.context_size)
-    out = []
-    for i, text in enumerate(texts):
-        tokens = backend.tokenize(text, add_special=True)
-        if not tokens:
-            raise invalid_request(f"Input {i} is empty for the model: it has no tokens to embed.", "input")
-        if len(tokens) > limit:
-            if not truncate:
-                raise context_length_exceeded(len(tokens), 0, limit, "input")
-            tokens = tokens[:limit]
-        out.append(tokens)
-    return out
-
-
 def _shorten(vector: list[float], dimensions: int | None) -> list[float]:
     """Ollama's `dimensions`: the first n values, normalised again."""
     if dimensions is None or dimensions == len(vector):
@@ -220,30 +205,31 @@ def _shorten(vector: list[float], dimensions: int | None) -> list[float]:
     return [v / norm for v in cut]
 
 
-async def _embed(request: Request, model_field: str, texts: list[str], truncate: bool, req: EmbedRequest | EmbeddingsRequest,
-                 dimensions: int | None) -> tuple[str, list[list[float]], int, Clock]:
+async def _embed(request: Request, req: EmbedRequest | EmbeddingsRequest, texts: list[str], truncate: bool,
+                 dimensions: int | None) -> tuple[list[list[float]], int, Clock]:
     refuse_unsupported_options(req.options, embeddings=True)
     clock, keep = Clock(), keep_alive_seconds(req.keep_alive)
     num_ctx = req.options.num_ctx if req.options else None
-    async with _manager(request).use(model_name(model_field), "embedding") as model:
+    async with _manager(request).use(model_name(req.model), "embedding") as model:
         clock.loaded = time.perf_counter()
         _keep(model, keep)
         size = model.backend.facts.embedding_size
         if dimensions is not None and dimensions > size:
             raise invalid_request(f"This model makes {size}-dimensional embeddings; 'dimensions' can be at most {size}.",
                                   "dimensions")
-        tokens = await asyncio.to_thread(_embedding_tokens, model, texts, truncate, num_ctx)
+        tokens = await asyncio.to_thread(
+            lambda: [embedding_tokens(model.backend, text, "input", limit=num_ctx, truncate=truncate) for text in texts])
         vectors = await model.backend.embed(tokens) if tokens else []
     count = sum(len(t) for t in tokens)
     request.state.model = model.entry.name
     request.state.usage = TokenCounts(count, 0)
-    return model.entry.name, [_shorten(v, dimensions) for v in vectors], count, clock
+    return [_shorten(v, dimensions) for v in vectors], count, clock
 
 
 @router.post("/embed", response_model_exclude_none=True)
 async def embed(req: EmbedRequest, request: Request) -> EmbedResponse:
     texts = [req.input] if isinstance(req.input, str) else list(req.input)
-    _, vectors, count, clock = await _embed(request, req.model, texts, req.truncate, req, req.dimensions)
+    vectors, count, clock = await _embed(request, req, texts, req.truncate, req.dimensions)
     end = time.perf_counter()
     return EmbedResponse(model=req.model, embeddings=vectors, total_duration=_ns(end - clock.started),
                          load_duration=_ns((clock.loaded or end) - clock.started), prompt_eval_count=count)
@@ -252,5 +238,5 @@ async def embed(req: EmbedRequest, request: Request) -> EmbedResponse:
 @router.post("/embeddings")
 async def embeddings(req: EmbeddingsRequest, request: Request) -> EmbeddingsResponse:
     # An empty prompt only loads the model, as with Ollama.
-    _, vectors, _, _ = await _embed(request, req.model, [req.prompt] if req.prompt else [], True, req, None)
+    vectors, _, _ = await _embed(request, req, [req.prompt] if req.prompt else [], True, None)
     return EmbeddingsResponse(embedding=vectors[0] if vectors else [])

@@ -9,6 +9,7 @@ import struct
 from fastapi import Request
 
 from ...backends.base import Backend
+from ...core.embedding import embedding_tokens
 from ...core.errors import context_length_exceeded, invalid_request
 from ...manager import ModelManager
 from .protocol import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, usage
@@ -37,12 +38,14 @@ def tokenize_inputs(backend: Backend, items: list[str | list[int]]) -> list[list
     facts = backend.facts
     out = []
     for i, item in enumerate(items):
-        tokens = backend.tokenize(item, add_special=True) if isinstance(item, str) else list(item)
-        if any(not 0 <= t < facts.vocab_size for t in tokens):
+        if isinstance(item, str):
+            out.append(embedding_tokens(backend, item, "input"))
+            continue
+        if any(not 0 <= t < facts.vocab_size for t in item):
             raise invalid_request(f"Input {i} has token ids outside the vocabulary (0..{facts.vocab_size - 1}).", "input")
-        if len(tokens) > facts.context_size:
-            raise context_length_exceeded(len(tokens), 0, facts.context_size, "input")
-        out.append(tokens)
+        if len(item) > facts.context_size:
+            raise context_length_exceeded(len(item), 0, facts.context_size, "input")
+        out.append(list(item))
     return out
 
 

@@ -13,6 +13,7 @@ from ...api.auth import require_api_key
 from ...api.json_route import JSONBodyRoute
 from ...backends.base import Backend
 from ...config import BackendChoice
+from ...core.embedding import embedding_tokens
 from ...core.errors import invalid_request
 from ...core.generation import TokenCounts
 from ...manager import ModelManager
@@ -36,16 +37,9 @@ def rerank_model(manager: ModelManager, named: str | None) -> str | None:
 
 
 def _truncated_tokens(backend: Backend, texts: list[str]) -> list[list[int]]:
-    """The query's and the documents' tokens, cut to the context; a text with no tokens cannot be embedded."""
-    limit = backend.facts.context_size
-    out = []
-    for i, text in enumerate(texts):
-        tokens = backend.tokenize(text, add_special=True)[:limit]
-        if not tokens:
-            raise invalid_request("This text is empty for the model: it has no tokens to embed.",
-                                  "query" if i == 0 else f"documents[{i - 1}]")
-        out.append(tokens)
-    return out
+    """The query's and the documents' tokens, cut to the context."""
+    return [embedding_tokens(backend, text, "query" if i == 0 else f"documents[{i - 1}]", truncate=True)
+            for i, text in enumerate(texts)]
 
 
 async def _similarities(backend: Backend, query: str, documents: list[str]) -> tuple[list[float], int]:
