@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -112,9 +113,19 @@ def test_a_client_leaving_is_not_an_error(tmp_path: Path, model_dir: Path) -> No
         assert "Exception in ASGI application" not in stderr and "CancelledError" not in stderr
 
 
-def test_a_client_that_stalls_its_body_gets_408_and_holds_nothing(tmp_path: Path, model_dir: Path) -> None:
-    import socket
+def read_response(connection: socket.socket) -> str:
+    """One whole HTTP/1.1 response: its headers and its body can arrive in separate packets."""
+    received = b""
+    while chunk := connection.recv(4096):
+        received += chunk
+        head, separator, body = received.partition(b"\r\n\r\n")
+        lengths = [line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+        if separator and lengths and len(body) >= int(lengths[0]):
+            break
+    return received.decode()
 
+
+def test_a_client_that_stalls_its_body_gets_408_and_holds_nothing(tmp_path: Path, model_dir: Path) -> None:
     with running_server(tmp_path, model_dir, BODY_READ_TIMEOUT_SECONDS="1") as server:
         host, port = server.url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=20) as stalled:
@@ -123,7 +134,7 @@ def test_a_client_that_stalls_its_body_gets_408_and_holds_nothing(tmp_path: Path
             # Meanwhile the server serves others.
             assert httpx.post(f"{server.url}/v1/chat/completions", timeout=60, json={
                 "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}).status_code == 200
-            answer = stalled.recv(4096).decode()
+            answer = read_response(stalled)
         assert answer.startswith("HTTP/1.1 408") and "request_timeout" in answer
         assert model_info(server)["active_requests"] == 0
 
