@@ -24,7 +24,7 @@ from .backends.base import Backend, ModelLoadError
 from .backends.llama_cpp import per_slot_context
 from .catalog import Capability, Catalog, ModelEntry
 from .config import BackendChoice, Settings
-from .core.errors import APIError, invalid_request, model_not_found
+from .core.errors import APIError, invalid_request, model_not_found, not_found
 from .model_files import describe
 from .pull import PullError, PullStatus, download, plan
 
@@ -80,7 +80,8 @@ class ModelManager:
         if not name:
             raise invalid_request("No model was named and DEFAULT_MODEL is not set.", param="model")
         if ".." in Path(name).parts or name.startswith(("/", "\\")) or "\\" in name or "\x00" in name:
-            raise invalid_request(f"Invalid model name '{name}': names are relative to MODEL_DIR.", "model", "invalid_model_name")
+            # No model can have such a name: not found (a 404, as for any unknown name), and said why.
+            raise not_found(f"Invalid model name '{name}': names are relative to MODEL_DIR.", "model", "invalid_model_name")
         entries = self.discover()
         for matches in (
             [e for e in entries if name in (e.name, e.stem)],

@@ -77,7 +77,7 @@ def test_pull_copy_and_delete(tmp_path: Path, hub_env: dict[str, str]) -> None:
         assert name not in {m.model for m in oc.ps().models}
         assert not (models / bundled_model_path().name).exists()
         _refused(lambda: oc.delete("nothing-here"), 404, "nothing-here")
-        _refused(lambda: oc.delete("../models/m-Q8_0"), 400, "relative to MODEL_DIR")
+        _refused(lambda: oc.delete("../models/m-Q8_0"), 404, "relative to MODEL_DIR")
         assert (models / "m-Q8_0.gguf").is_file()
 
         # CORS: pages on this machine may call (preflight first, without a key); others may not.

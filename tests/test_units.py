@@ -113,7 +113,7 @@ def test_model_names_resolve_by_name_stem_and_unique_prefix(tmp_path: Path) -> N
     for bad in ("../x.gguf", "/etc/passwd", "sub/../../x", "a\\b"):
         with pytest.raises(APIError) as refused:
             manager.resolve(bad)
-        assert refused.value.status == 400
+        assert refused.value.status == 404 and refused.value.body.code == "invalid_model_name"
 
 
 def test_settings_names_and_keys(monkeypatch: pytest.MonkeyPatch) -> None:

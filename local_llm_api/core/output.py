@@ -80,7 +80,7 @@ def plan_output(req: ChatRequest, chat_template: str) -> OutputPlan:
     names = [tool.name for tool in tools]
     duplicate = next((name for name in names if names.count(name) > 1), None)
     if duplicate is not None:
-        raise invalid_request(f"Two tools are named '{duplicate}'.", "tools")
+        raise invalid_request(f"Two tools are named '{duplicate}'.", "tools", "duplicate_tool_name")
     functions, custom, sub_grammars = [], [], {}
     for tool in tools:
         if tool.custom:
@@ -102,7 +102,7 @@ def plan_output(req: ChatRequest, chat_template: str) -> OutputPlan:
     if isinstance(choice, ForcedTool):
         if choice.name not in names:
             raise invalid_request(f"tool_choice names '{choice.name}', which is not among the tools "
-                                  f"({', '.join(names)}).", choice.param)
+                                  f"({', '.join(names)}).", choice.param, "tool_not_found")
         forced = [f for f in functions if f[0] == choice.name]
         grammar = "start: calls\n" + fmt.grammar(forced, parallel=False, custom=[c for c in custom if c[0] == choice.name])
     elif choice == "required":
@@ -163,7 +163,8 @@ def _check(constraints: ConstraintFactory, plan: OutputPlan) -> None:
     llguidance = import_llguidance()
     for param, schema in plan.schemas:
         try:
-            constraints.check(llguidance.LLMatcher.grammar_from_json_schema(schema))
+            # As JSON text: integers past 64 bits are numbers to it, where a dict would not convert.
+            constraints.check(llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema)))
         except (GrammarError, ValueError) as exc:
             raise invalid_request(f"This JSON schema cannot be used: {exc}", param, "invalid_schema") from None
     if plan.grammar is not None:

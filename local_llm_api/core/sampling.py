@@ -21,7 +21,8 @@ def logit_bias_tokens(bias: dict[str, int] | None, vocab_size: int) -> dict[int,
         except ValueError:
             raise invalid_request(f"logit_bias keys must be token ids; got '{key}'.", "logit_bias") from None
         if not 0 <= token < vocab_size:
-            raise invalid_request(f"logit_bias token {token} is outside the vocabulary (0..{vocab_size - 1}).", "logit_bias")
+            raise invalid_request(f"logit_bias token {token} is outside the vocabulary (0..{vocab_size - 1}).", "logit_bias",
+                                  "token_out_of_vocabulary")
         tokens[token] = float(value)
     return tokens
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from ..base import Request, Typed
+from ..base import Refused, Request, Typed, only, when
 
 
 class OtherBlock(Typed):
@@ -36,15 +36,24 @@ class ToolUseBlock(Request):
 class ToolResultBlock(Request):
     type: Literal["tool_result"]
     tool_use_id: str
-    content: str | list[TextBlock | OtherBlock] | None = None
+    content: str | list[TextBlock | Refused[OtherBlock]] | None = None
     is_error: bool | None = None
     cache_control: dict[str, Any] | None = None
 
 
-Block = Annotated[TextBlock | ToolUseBlock | ToolResultBlock | OtherBlock, Field(union_mode="left_to_right")]
+Block = Annotated[TextBlock | ToolUseBlock | ToolResultBlock | Refused[OtherBlock], Field(union_mode="left_to_right")]
+
+
+def _blocks_of(role: str, types: list[str]) -> dict[str, Any]:
+    return when({"properties": {"role": {"const": role}}}, {"properties": {"content": {"anyOf": [
+        {"type": "string"}, {"type": "array", "items": {"properties": {"type": {"enum": types}}}}]}}})
 
 
 class MessageParam(Request):
+    # Tool calls stand in the assistant's turns, their results in the user's.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [
+        _blocks_of("user", ["text", "tool_result"]), _blocks_of("assistant", ["text", "tool_use"])]})
+
     role: Literal["user", "assistant"]
     content: str | Annotated[list[Block], Field(min_length=1)]
 
@@ -62,6 +71,9 @@ class OtherTool(Typed):
 
 
 class ToolChoice(Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [when(
+        {"properties": {"type": {"const": "tool"}}}, {"required": ["name"], "properties": {"name": {"type": "string"}}})]})
+
     type: Literal["auto", "any", "tool", "none"]
     name: str | None = None
     disable_parallel_tool_use: bool | None = None
@@ -87,16 +99,20 @@ class Metadata(Request):
 
 
 class CountTokensRequest(Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [when(
+        {"required": ["tool_choice"], "properties": {"tool_choice": {"type": "object", "properties": {"type": {"enum": ["auto", "any", "tool"]}}}}},
+        {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}})]})
+
     model: str | None = Field(None, description="Model name; the server's default model when left out.")
     messages: list[MessageParam] = Field(min_length=1)
     system: str | list[TextBlock] | None = None
-    tools: list[Annotated[ToolParam | OtherTool, Field(union_mode="left_to_right")]] | None = None
+    tools: list[Annotated[ToolParam | Refused[OtherTool], Field(union_mode="left_to_right")]] | None = None
     tool_choice: ToolChoice | None = None
-    thinking: ThinkingParam | None = None
+    thinking: Annotated[ThinkingParam | None, only(None, {"type": "disabled"})] = None
     output_config: OutputConfig | None = None
     # Claude Code sends these; they concern Anthropic's platform (context editing, MCP, containers).
     context_management: dict[str, Any] | None = None
-    mcp_servers: list[dict[str, Any]] | None = None
+    mcp_servers: Annotated[list[dict[str, Any]] | None, only(None, [])] = None  # refused
     cache_control: dict[str, Any] | None = None  # automatic caching: the prefix cache does it anyway
 
 
@@ -109,13 +125,13 @@ class CreateMessage(CountTokensRequest):
     metadata: Metadata | None = None
     stream: bool | None = False
     service_tier: str | None = None
-    container: str | dict[str, Any] | None = None
+    container: Annotated[str | dict[str, Any] | None, only(None)] = None  # refused
     # Where and how fast Anthropic runs a request, and which account it bills: nothing to do on a local server.
     speed: Literal["standard", "fast"] | None = None
     inference_geo: str | None = None
     user_profile_id: str | None = None
     workspace_id: str | None = None
-    diagnostics: dict[str, Any] | None = None  # refused: no cache-miss reports here
+    diagnostics: Annotated[dict[str, Any] | None, only(None)] = None  # refused: no cache-miss reports here
 
 
 # ---------------------------------------------------------------- the answer

@@ -4,22 +4,49 @@ answers. Every field Ollama documents is declared; unknown ones are refused with
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, WithJsonSchema
 
-from ..base import DropNone, Request
+from ..base import DropNone, Request, only, when
 
-Duration = float | int | str  # keep_alive: seconds, or a Go duration string such as "5m", "1h30m", "-1"
+# keep_alive: seconds, or a Go duration string such as "5m", "1h30m", "-1" (checked in translate.keep_alive_seconds).
+Duration = Annotated[float | int | str, WithJsonSchema({"anyOf": [
+    {"type": "number"}, {"type": "string", "pattern": r"^[+-]?(\d+(\.\d+)?|(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+)$"}]})]
 Format = Literal["", "json"] | dict[str, Any]
 
 
-class Options(Request):
-    """`options`. The first group is honoured; the rest are accepted only at a value that changes nothing here
-    (see `translate.refuse_unsupported_options`)."""
+class ModelOptions(Request):
+    """The `options` that do not sample (all that embeddings take): `num_ctx` is honoured; the others are accepted
+    only at a value that changes nothing here (see `translate.refuse_unsupported_options`)."""
 
     num_ctx: int | None = Field(None, ge=1, description="Context for this request, within the model's own.")
-    num_predict: int | None = Field(None, ge=-2, description="Most tokens to generate; -1 or -2: up to the context.")
+    num_keep: int | None = None
+    repeat_last_n: Annotated[int | None, only(None, 64)] = None
+    typical_p: Annotated[float | None, only(None, 1.0)] = None
+    tfs_z: Annotated[float | None, only(None, 1.0)] = None
+    mirostat: Annotated[int | None, only(None, 0)] = None
+    penalize_newline: Annotated[bool | None, only(None, True)] = None
+    # Load-time options: on this server they are settings of the model, not of a request.
+    numa: Annotated[bool | None, only(None)] = None
+    num_batch: Annotated[int | None, only(None)] = None
+    num_gpu: Annotated[int | None, only(None)] = None
+    main_gpu: Annotated[int | None, only(None)] = None
+    low_vram: Annotated[bool | None, only(None)] = None
+    f16_kv: Annotated[bool | None, only(None)] = None
+    logits_all: Annotated[bool | None, only(None)] = None
+    vocab_only: Annotated[bool | None, only(None)] = None
+    use_mmap: Annotated[bool | None, only(None)] = None
+    use_mlock: Annotated[bool | None, only(None)] = None
+    embedding_only: Annotated[bool | None, only(None)] = None
+    num_thread: Annotated[int | None, only(None)] = None
+
+
+class Options(ModelOptions):
+    """`options` of a generation: the model's, and sampling."""
+
+    num_predict: int | None = Field(None, ge=-2, description="Most tokens to generate; -1 or -2: up to the context.",
+                                    json_schema_extra={"not": {"const": 0}})
     temperature: float | None = Field(None, ge=0, le=2)
     top_k: int | None = Field(None, ge=0)
     top_p: float | None = Field(None, ge=0, le=1)
@@ -29,27 +56,8 @@ class Options(Request):
     repeat_penalty: float | None = Field(None, gt=0)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    repeat_last_n: int | None = None
-    num_keep: int | None = None
-    typical_p: float | None = None
-    tfs_z: float | None = None
-    mirostat: int | None = None
-    mirostat_tau: float | None = None
-    mirostat_eta: float | None = None
-    penalize_newline: bool | None = None
-    # Load-time options: on this server they are settings of the model, not of a request.
-    numa: bool | None = None
-    num_batch: int | None = None
-    num_gpu: int | None = None
-    main_gpu: int | None = None
-    low_vram: bool | None = None
-    f16_kv: bool | None = None
-    logits_all: bool | None = None
-    vocab_only: bool | None = None
-    use_mmap: bool | None = None
-    use_mlock: bool | None = None
-    embedding_only: bool | None = None
-    num_thread: int | None = None
+    mirostat_tau: Annotated[float | None, only(None)] = None  # no mirostat sampling here
+    mirostat_eta: Annotated[float | None, only(None)] = None
 
 
 class FunctionCall(Request):
@@ -65,10 +73,13 @@ class ToolCall(Request):
 
 
 class ChatMessage(Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [when(  # only the assistant calls tools
+        {"properties": {"role": {"enum": ["system", "user", "tool"]}}}, {"properties": {"tool_calls": {"enum": [None, []]}}})]})
+
     role: Literal["system", "user", "assistant", "tool"]
     content: str | None = ""
-    images: list[str] | None = None
-    thinking: str | None = None
+    images: Annotated[list[str] | None, only(None, [])] = None  # text models
+    thinking: Annotated[str | None, only(None, "")] = None
     tool_calls: list[ToolCall] | None = None
     tool_name: str | None = None
     tool_call_id: str | None = None
@@ -85,7 +96,13 @@ class ToolSpec(Request):
     function: FunctionSpec
 
 
+TOP_LOGPROBS_NEED_LOGPROBS = when({"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer", "minimum": 1}}},
+                                  {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}})
+
+
 class Generation(Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [TOP_LOGPROBS_NEED_LOGPROBS]})
+
     """What /api/chat and /api/generate share."""
 
     model: str = Field(min_length=1)
@@ -93,7 +110,7 @@ class Generation(Request):
     format: Format | None = None
     options: Options | None = None
     keep_alive: Duration | None = None
-    think: bool | Literal["low", "medium", "high"] | None = None
+    think: Annotated[bool | Literal["low", "medium", "high"] | None, only(None, False)] = None  # these models do not think
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
     truncate: bool | None = Field(None, description="Drop the oldest turns when the prompt does not fit (default true).")
@@ -105,20 +122,24 @@ class ChatRequest(Generation):
 
 
 class GenerateRequest(Generation):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [TOP_LOGPROBS_NEED_LOGPROBS, when(
+        {"required": ["raw", "system"], "properties": {"raw": {"const": True}, "system": {"type": "string", "minLength": 1}}},
+        {"not": {}})]})  # a raw prompt is read as-is: no system prompt
+
     prompt: str | None = None
-    suffix: str | None = None
+    suffix: Annotated[str | None, only(None, "")] = None  # refused: fill-in-the-middle
     system: str | None = None
-    template: str | None = None
-    context: list[int] | None = None
+    template: Annotated[str | None, only(None, "")] = None  # refused: the model's own template renders prompts
+    context: Annotated[list[int] | None, only(None, [])] = None  # refused: send the conversation to /api/chat
     raw: bool | None = None
-    images: list[str] | None = None
+    images: Annotated[list[str] | None, only(None, [])] = None  # text models
 
 
 class EmbedRequest(Request):
     model: str = Field(min_length=1)
     input: str | list[str]
     truncate: bool = True
-    options: Options | None = None
+    options: ModelOptions | None = None  # sampling options have no effect on embeddings: refused
     keep_alive: Duration | None = None
     dimensions: int | None = Field(None, ge=1)
 
@@ -128,7 +149,7 @@ class EmbeddingsRequest(Request):
 
     model: str = Field(min_length=1)
     prompt: str
-    options: Options | None = None
+    options: ModelOptions | None = None  # sampling options have no effect on embeddings: refused
     keep_alive: Duration | None = None
 
 

@@ -207,7 +207,7 @@ def _shorten(vector: list[float], dimensions: int | None) -> list[float]:
 
 async def _embed(request: Request, req: EmbedRequest | EmbeddingsRequest, texts: list[str], truncate: bool,
                  dimensions: int | None) -> tuple[list[list[float]], int, Clock]:
-    refuse_unsupported_options(req.options, embeddings=True)
+    refuse_unsupported_options(req.options)
     clock, keep = Clock(), keep_alive_seconds(req.keep_alive)
     num_ctx = req.options.num_ctx if req.options else None
     async with _manager(request).use(model_name(req.model), "embedding") as model:

@@ -20,6 +20,7 @@ from .protocol import (
     GenerateRequest,
     Generation,
     Logprob,
+    ModelOptions,
     Options,
     OutFunction,
     OutToolCall,
@@ -33,9 +34,6 @@ NEUTRAL_OPTIONS = {"typical_p": 1.0, "tfs_z": 1.0, "mirostat": 0, "repeat_last_n
 LOAD_OPTIONS = {"numa": "", "num_batch": "BATCH_SIZE", "num_gpu": "GPU_LAYERS", "main_gpu": "", "low_vram": "",
                 "f16_kv": "", "logits_all": "", "vocab_only": "", "use_mmap": "", "use_mlock": "",
                 "embedding_only": "", "num_thread": "THREADS"}
-SAMPLING_OPTIONS = ("num_predict", "temperature", "top_k", "top_p", "min_p", "seed", "stop", "repeat_penalty",
-                    "presence_penalty", "frequency_penalty", "mirostat_tau", "mirostat_eta")
-
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -71,7 +69,7 @@ def keep_alive_seconds(value: Duration | None, param: str = "keep_alive") -> flo
     return math.inf if seconds < 0 else seconds
 
 
-def refuse_unsupported_options(options: Options | None, *, embeddings: bool = False) -> None:
+def refuse_unsupported_options(options: ModelOptions | None) -> None:
     if options is None:
         return
     for name, value in options.model_dump(exclude_none=True).items():
@@ -84,8 +82,6 @@ def refuse_unsupported_options(options: Options | None, *, embeddings: bool = Fa
             raise unsupported(param, f"is not supported by this server except at {NEUTRAL_OPTIONS[name]!r}")
         if name in ("mirostat_tau", "mirostat_eta"):
             raise unsupported(param, "is not supported: this server has no mirostat sampling")
-        if embeddings and name in SAMPLING_OPTIONS:
-            raise unsupported(param, "has no effect on embeddings; leave it out")
 
 
 def sampling(options: Options | None) -> tuple[Sampling, int | None]:

@@ -40,7 +40,8 @@ def tokenize_prompt(backend: Backend, prompt: str | list[int], index: int) -> li
         vocab = backend.facts.vocab_size
         bad = next((t for t in prompt if not 0 <= t < vocab), None)
         if bad is not None:
-            raise invalid_request(f"Token id {bad} is outside the vocabulary (0..{vocab - 1}).", f"prompt[{index}]")
+            raise invalid_request(f"Token id {bad} is outside the vocabulary (0..{vocab - 1}).", f"prompt[{index}]",
+                                  "token_out_of_vocabulary")
         tokens = list(prompt)
     if not tokens:
         raise invalid_request("The prompt is empty after tokenization.", "prompt")

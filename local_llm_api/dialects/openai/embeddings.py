@@ -42,7 +42,8 @@ def tokenize_inputs(backend: Backend, items: list[str | list[int]]) -> list[list
             out.append(embedding_tokens(backend, item, "input"))
             continue
         if any(not 0 <= t < facts.vocab_size for t in item):
-            raise invalid_request(f"Input {i} has token ids outside the vocabulary (0..{facts.vocab_size - 1}).", "input")
+            raise invalid_request(f"Input {i} has token ids outside the vocabulary (0..{facts.vocab_size - 1}).", "input",
+                                  "token_out_of_vocabulary")
         if len(item) > facts.context_size:
             raise context_length_exceeded(len(item), 0, facts.context_size, "input")
         out.append(list(item))
@@ -65,6 +66,7 @@ async def create_embeddings(req: EmbeddingRequest, manager: ModelManager, reques
                 f"This model makes {size}-dimensional embeddings and cannot shorten them; "
                 f"leave 'dimensions' out or set it to {size}.",
                 "dimensions",
+                "unsupported_dimensions",
             )
         tokens = await asyncio.to_thread(tokenize_inputs, backend, items)
         vectors = await backend.embed(tokens)

@@ -11,9 +11,19 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, StrictInt, model_serializer, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictInt,
+    WithJsonSchema,
+    model_serializer,
+    model_validator,
+)
 
-from ..base import DropNone, Request, Typed
+from ..base import DropNone, Refused, Request, Typed, only, when
 
 # ---------------------------------------------------------------- shared request parts
 
@@ -34,7 +44,7 @@ class OtherPart(Typed):
     """Image, audio, file and refusal parts: refused (text-only models)."""
 
 
-ContentPart = Annotated[TextPart | OtherPart, Field(union_mode="left_to_right")]
+ContentPart = Annotated[TextPart | Refused[OtherPart], Field(union_mode="left_to_right")]
 
 
 class FunctionCall(BaseModel):
@@ -52,6 +62,17 @@ class ChatMessage(Request):
     """Every field the spec gives a message, as clients echo them back in the history; `reasoning_content` (sent back
     by clients of reasoning models) goes to the chat template, which renders it where it knows it."""
 
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [  # the rules of _content_rules
+        when({"properties": {"role": {"enum": ["system", "developer", "user", "tool"]}}},
+             {"required": ["content"], "properties": {"content": {"type": ["string", "array"]}}}),
+        when({"properties": {"role": {"const": "tool"}}},
+             {"required": ["tool_call_id"], "properties": {"tool_call_id": {"type": "string", "minLength": 1}}}),
+        when({"properties": {"role": {"const": "assistant"}}}, {"anyOf": [
+            {"required": ["content"], "properties": {"content": {"type": ["string", "array"]}}},
+            {"required": ["tool_calls"], "properties": {"tool_calls": {"type": "array", "minItems": 1}}},
+            {"required": ["function_call"], "properties": {"function_call": {"type": "object"}}}]}),
+    ]})
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
@@ -60,7 +81,7 @@ class ChatMessage(Request):
     tool_call_id: str | None = None
     refusal: str | None = None
     annotations: list[dict[str, Any]] | None = None  # citations of an earlier answer: no bearing on the next one
-    audio: dict[str, Any] | None = None  # an earlier audio answer: refused unless null (text models)
+    audio: Annotated[dict[str, Any] | None, only(None)] = None  # an earlier audio answer: refused (text models)
     reasoning_content: str | None = None
 
     @model_validator(mode="after")
@@ -105,9 +126,12 @@ class JSONObjectFormat(Request):
 
 
 class JSONSchema(Request):
+    # `schema` is optional in the spec, but there is nothing to constrain to without one (a 400 in translate.py).
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"required": ["name", "schema"]})
+
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
-    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    schema_: Annotated[dict[str, Any] | None, WithJsonSchema({"type": "object"})] = Field(None, alias="schema")
     strict: bool | None = None
 
 
@@ -120,7 +144,16 @@ ResponseFormat = Annotated[TextFormat | JSONObjectFormat | JSONSchemaFormat, Fie
 
 
 Stop = str | Annotated[list[str], Field(min_length=1, max_length=4)] | None
-LogitBias = dict[str, Annotated[int, Field(ge=-100, le=100)]] | None
+# Token id (checked against the vocabulary) -> bias.
+LogitBias = Annotated[dict[str, Annotated[int, Field(ge=-100, le=100)]] | None, WithJsonSchema({"anyOf": [{"type": "null"}, {
+    "type": "object", "propertyNames": {"pattern": "^[0-9]+$"},
+    "additionalProperties": {"type": "integer", "minimum": -100, "maximum": 100}}]})]
+
+
+TOOL_CHOICE_NEEDS_TOOLS = when({"required": ["tool_choice"], "properties": {"tool_choice": {"not": {"enum": [None, "none"]}}}},
+                               {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}})
+STREAM_OPTIONS_NEED_STREAM = when({"required": ["stream_options"], "properties": {"stream_options": {"type": "object"}}},
+                                  {"required": ["stream"], "properties": {"stream": {"const": True}}})
 
 
 class SamplingFields(Request):
@@ -144,6 +177,10 @@ class SamplingFields(Request):
 
 
 class ChatCompletionRequest(SamplingFields):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [STREAM_OPTIONS_NEED_STREAM, TOOL_CHOICE_NEEDS_TOOLS, when(
+        {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}},
+        {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}})]})
+
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
@@ -162,32 +199,48 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     # Spec fields refused with a named 400 in translate.py.
-    functions: list[dict[str, Any]] | None = None
-    function_call: str | dict[str, Any] | None = None
-    modalities: list[str] | None = None
-    audio: dict[str, Any] | None = None
-    prediction: dict[str, Any] | None = None
-    reasoning_effort: str | None = None
-    verbosity: str | None = None
-    web_search_options: dict[str, Any] | None = None
-    moderation: dict[str, Any] | None = None
+    functions: Annotated[list[dict[str, Any]] | None, only(None)] = None
+    function_call: Annotated[str | dict[str, Any] | None, only(None)] = None
+    modalities: Annotated[list[str] | None, only(None, ["text"])] = None
+    audio: Annotated[dict[str, Any] | None, only(None)] = None
+    prediction: Annotated[dict[str, Any] | None, only(None)] = None
+    reasoning_effort: Annotated[str | None, only(None)] = None
+    verbosity: Annotated[str | None, only(None)] = None
+    web_search_options: Annotated[dict[str, Any] | None, only(None)] = None
+    moderation: Annotated[dict[str, Any] | None, only(None)] = None
 
 
-# Token ids are strict integers: `true` is not token 1.
-TokenIds = list[StrictInt]
+def _something_to_read(value: str | list[Any]) -> str | list[Any]:
+    if not value or any(not item and not isinstance(item, int) for item in value):
+        raise ValueError("a text or token list must not be empty")
+    return value
+
+
+# A text, texts, token ids or lists of them; token ids are strict integers (`true` is not token 1). Each must give
+# the model something to read (the check is ours, so that the error names the field, not a branch of the union).
+NonEmptyTexts = Annotated[str | list[str] | list[StrictInt] | list[list[StrictInt]], AfterValidator(_something_to_read),
+                          WithJsonSchema({"anyOf": [
+                              {"type": "string", "minLength": 1},
+                              {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+                              {"type": "array", "minItems": 1, "items": {"type": "integer"}},
+                              {"type": "array", "minItems": 1, "items": {"type": "array", "minItems": 1, "items": {"type": "integer"}}}]})]
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | TokenIds | list[TokenIds]
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [STREAM_OPTIONS_NEED_STREAM, when(
+        {"required": ["echo", "logprobs"], "properties": {"echo": {"const": True}, "logprobs": {"type": "integer"}}},
+        {"not": {}})]})  # echo with logprobs (the prompt's logprobs) is refused
+
+    prompt: NonEmptyTexts
     max_tokens: int | None = Field(16, ge=0)
     echo: bool | None = False
-    suffix: str | None = None
+    suffix: Annotated[str | None, only(None, "")] = None  # fill-in-the-middle: refused
     logprobs: int | None = Field(None, ge=0, le=5)
-    best_of: int | None = Field(None, ge=0, le=20)
+    best_of: int | None = Field(None, ge=0, le=20, json_schema_extra={"maximum": 1}, description="0 or 1, or equal to n.")
 
 
 class EmbeddingRequest(Request):
-    input: str | list[str] | TokenIds | list[TokenIds]
+    input: NonEmptyTexts
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)

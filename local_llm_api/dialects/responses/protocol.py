@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, SerializerFunctionWrapHandler, Tag, model_serializer
 
-from ..base import DropNone, Request, Typed
+from ..base import DropNone, Refused, Request, Typed, only, when
 
 
 def new_id(prefix: str) -> str:
@@ -31,7 +31,7 @@ class OtherContent(Typed):
     """Image, file, audio and refusal parts: refused."""
 
 
-Content = Annotated[InputText | OtherContent, Field(union_mode="left_to_right")]
+Content = Annotated[InputText | Refused[OtherContent], Field(union_mode="left_to_right")]
 
 
 class MessageItem(Request):
@@ -94,7 +94,7 @@ InputItem = Annotated[
     | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
     | Annotated[CustomToolCallItem, Tag("custom_tool_call")]
     | Annotated[CustomToolCallOutputItem, Tag("custom_tool_call_output")]
-    | Annotated[OtherItem, Tag("other")],
+    | Refused[Annotated[OtherItem, Tag("other")]],
     Discriminator(_item_tag),
 ]
 
@@ -172,7 +172,7 @@ class OtherToolChoice(Typed):
 
 
 ToolChoiceParam = Literal["none", "auto", "required"] | Annotated[
-    NamedToolChoice | AllowedTools | OtherToolChoice, Field(union_mode="left_to_right")]
+    NamedToolChoice | AllowedTools | Refused[OtherToolChoice], Field(union_mode="left_to_right")]
 
 
 # ---------------------------------------------------------------- text format, reasoning
@@ -201,13 +201,14 @@ TextFormat = Annotated[TextFormatText | TextFormatJSONObject | TextFormatJSONSch
 
 class TextParam(Request, DropNone):  # echoed in the response
     format: TextFormat | None = None
-    verbosity: Literal["low", "medium", "high"] | None = None
+    verbosity: Annotated[Literal["low", "medium", "high"] | None, only(None)] = None  # refused
 
 
 class ReasoningParam(Request, DropNone):  # echoed in the response
-    effort: str | None = None
-    summary: str | None = None
-    generate_summary: str | None = None
+    # These models do not reason: only "none" is served.
+    effort: Annotated[str | None, only(None, "none")] = None
+    summary: Annotated[str | None, only(None)] = None
+    generate_summary: Annotated[str | None, only(None)] = None
     mode: str | None = None
     context: Any = None
 
@@ -230,6 +231,18 @@ INCLUDABLE = Literal[
 
 
 class CreateResponse(Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "anyOf": [  # something to answer
+            {"required": ["input"], "properties": {"input": {"anyOf": [{"type": "string"}, {"type": "array", "minItems": 1}]}}},
+            {"required": ["instructions"], "properties": {"instructions": {"type": "string", "minLength": 1}}},
+            {"required": ["previous_response_id"], "properties": {"previous_response_id": {"type": "string", "minLength": 1}}}],
+        "allOf": [
+            when({"required": ["stream_options"], "properties": {"stream_options": {"type": "object"}}},
+                 {"required": ["stream"], "properties": {"stream": {"const": True}}}),
+            when({"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer", "minimum": 1}}},
+                 {"required": ["include"], "properties": {"include": {"type": "array", "contains": {
+                     "const": "message.output_text.logprobs"}}}})]})
+
     model: str | None = Field(None, description="Model name; the server's default model when left out.")
     input: str | list[InputItem] | None = None
     instructions: str | None = None
@@ -257,11 +270,11 @@ class CreateResponse(Request):
     reasoning: ReasoningParam | None = None
     max_tool_calls: int | None = Field(None, ge=0)  # a bound on built-in tool calls, of which there are none here
     # Refused with a named 400 in translate.py.
-    background: bool | None = None
-    conversation: str | dict[str, Any] | None = None
-    prompt: dict[str, Any] | None = None
-    context_management: list[dict[str, Any]] | None = None
-    moderation: dict[str, Any] | None = None
+    background: Annotated[bool | None, only(None, False)] = None
+    conversation: Annotated[str | dict[str, Any] | None, only(None)] = None
+    prompt: Annotated[dict[str, Any] | None, only(None)] = None
+    context_management: Annotated[list[dict[str, Any]] | None, only(None)] = None
+    moderation: Annotated[dict[str, Any] | None, only(None)] = None
 
 
 # ---------------------------------------------------------------- the response

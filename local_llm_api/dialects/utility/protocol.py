@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..base import Request
-from ..openai.protocol import ChatMessage, FunctionTool, ResponseFormat, ToolChoice
+from ..base import Request, when
+from ..openai.protocol import TOOL_CHOICE_NEEDS_TOOLS, ChatMessage, FunctionTool, ResponseFormat, ToolChoice
 
 
 class ChatPrompt(Request):
     """A chat as /v1/chat/completions takes it, for the prompt it renders to."""
 
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [TOOL_CHOICE_NEEDS_TOOLS]})
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
     tools: list[FunctionTool] | None = None
@@ -28,6 +29,12 @@ class ApplyTemplateResponse(BaseModel):
 
 class TokenizeRequest(Request):
     """A text (`content`, llama.cpp's name, or `prompt`), or chat `messages` rendered with the model's template."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={  # the rules of _one_input
+        "oneOf": [{"required": [name], "properties": {name: {"type": kind}}}
+                  for name, kind in (("content", "string"), ("prompt", "string"), ("messages", "array"))],
+        "allOf": [when({"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}},
+                       {"required": ["messages"], "properties": {"messages": {"type": "array"}}})]})
 
     model: str | None = None
     content: str | None = None
@@ -61,7 +68,7 @@ class TokenizeResponse(BaseModel):
 
 class DetokenizeRequest(Request):
     model: str | None = None
-    tokens: list[int]
+    tokens: list[Annotated[int, Field(ge=0, description="A token id of the model's vocabulary.")]]
 
 
 class DetokenizeResponse(BaseModel):

@@ -36,7 +36,7 @@ def _manager(request: Request) -> ModelManager:
 
 
 def _chat(body: ChatPrompt | TokenizeRequest) -> ChatRequest:
-    fields = body.model_dump(exclude_none=True, exclude={"content", "prompt", "add_special", "with_pieces"})
+    fields = body.model_dump(exclude_none=True, by_alias=True, exclude={"content", "prompt", "add_special", "with_pieces"})
     return chat_request(ChatCompletionRequest.model_validate(fields))
 
 
@@ -84,6 +84,7 @@ async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeRes
         vocab = backend.facts.vocab_size
         bad = next((i for i, t in enumerate(body.tokens) if not 0 <= t < vocab), None)
         if bad is not None:
-            raise invalid_request(f"Token id {body.tokens[bad]} is outside the vocabulary (0..{vocab - 1}).", f"tokens[{bad}]")
+            raise invalid_request(f"Token id {body.tokens[bad]} is outside the vocabulary (0..{vocab - 1}).", f"tokens[{bad}]",
+                                  "token_out_of_vocabulary")
         text = await asyncio.to_thread(backend.detokenize, body.tokens)
     return DetokenizeResponse(content=text, model=model.entry.name)
