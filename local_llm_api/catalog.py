@@ -9,6 +9,7 @@ llama.cpp's; a folder with `modules.json` is a sentence-transformers embedding m
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .config import BackendChoice, Settings, SettingsError
+
+log = logging.getLogger(__name__)
 
 Capability = Literal["chat", "completion", "embedding", "rerank"]
 
@@ -143,6 +146,8 @@ class Catalog:
         self.specs = specs
         # What each folder is and its size, by (modification time, file names): see `_folder`.
         self._folders: dict[Path, tuple[tuple[int, frozenset[str]], _FolderFacts]] = {}
+        # Entries of MODEL_DIR the server may not read (name -> why): skipped, logged once, named in a 404.
+        self.unreadable: dict[str, str] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Catalog:
@@ -182,6 +187,7 @@ class Catalog:
         if not self.root.is_dir():
             return []
         entries: list[ModelEntry] = []
+        unreadable: dict[str, str] = {}
         for folder, subfolders, files in os.walk(self.root):
             here = Path(folder)
             candidates = [here / f for f in files if not f.startswith(".")]
@@ -190,21 +196,32 @@ class Catalog:
                 sub = here / name
                 if name.startswith("."):
                     continue
-                if self._folder(sub).backend is not None:
+                try:
+                    is_model = self._folder(sub).backend is not None
+                except OSError as exc:  # one folder we may not read must not hide the others
+                    unreadable[sub.relative_to(self.root).as_posix()] = exc.strerror or str(exc)
+                    continue
+                if is_model:
                     candidates.append(sub)  # a model folder: a model, not more folders to search
                 else:
                     keep.append(name)
             subfolders[:] = keep
             for path in candidates:
+                name = path.relative_to(self.root).as_posix()
                 # os.walk does not follow links, so only a candidate itself can lead out of MODEL_DIR.
                 if path.is_symlink() and not self.inside_root(path):
                     continue  # symlinks that lead out of MODEL_DIR are not ours to serve
-                backend = self._backend_for(path, BackendChoice.auto)
-                if backend is not None:
-                    name = path.relative_to(self.root).as_posix()
-                    stat = path.stat()
-                    size = stat.st_size if path.is_file() else self._folder(path).size
-                    entries.append(ModelEntry(name, backend, path, None, size, int(stat.st_mtime)))
+                try:
+                    backend = self._backend_for(path, BackendChoice.auto)
+                    if backend is not None:
+                        stat = path.stat()
+                        size = stat.st_size if path.is_file() else self._folder(path).size
+                        entries.append(ModelEntry(name, backend, path, None, size, int(stat.st_mtime)))
+                except OSError as exc:
+                    unreadable[name] = exc.strerror or str(exc)
+        for name in unreadable.keys() - self.unreadable.keys():
+            log.warning("MODEL_DIR entry %s cannot be read (%s): not served", name, unreadable[name])
+        self.unreadable = unreadable
         return sorted(entries, key=lambda e: e.name)
 
     def _folder(self, path: Path) -> _FolderFacts:

@@ -41,9 +41,13 @@ def setup_logging(level: str, log_file: Path | None, fmt: str) -> None:
         JsonFormatter() if fmt == "json" else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     handlers: list[logging.Handler] = [logging.StreamHandler()]
+    unwritable: OSError | None = None
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.handlers.RotatingFileHandler(log_file, maxBytes=10 * 2**20, backupCount=5, encoding="utf-8"))
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(logging.handlers.RotatingFileHandler(log_file, maxBytes=10 * 2**20, backupCount=5, encoding="utf-8"))
+        except OSError as exc:  # a read-only disk or a file we may not write: serve anyway, logging to stderr
+            unwritable = exc
     logger = logging.getLogger("local_llm_api")
     for old in list(logger.handlers):
         logger.removeHandler(old)
@@ -52,3 +56,5 @@ def setup_logging(level: str, log_file: Path | None, fmt: str) -> None:
         logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
+    if unwritable is not None:
+        logger.warning("LOG_FILE %s cannot be written (%s): logging to stderr only", log_file, unwritable.strerror or unwritable)

@@ -92,6 +92,9 @@ class ModelManager:
             if len(matches) > 1:
                 names = ", ".join(e.stem for e in matches)
                 raise invalid_request(f"'{name}' matches several models ({names}); name one exactly.", "model", "ambiguous_model")
+        why = self.catalog.unreadable.get(name)
+        if why is not None:
+            raise not_found(f"The model '{name}' cannot be read by this server ({why}).", "model", "model_unreadable")
         raise model_not_found(name)
 
     def default_model_name(self) -> str:

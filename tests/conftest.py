@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +77,8 @@ def place_model(model_dir: Path) -> Path:
     return target
 
 
-def start_server(tmp: Path, model_dir: Path, wait_for_model: bool = True, **env: str) -> Server:
+def start_server(tmp: Path, model_dir: Path, wait_for_model: bool = True, prefix: Sequence[str] = (), **env: str) -> Server:
+    """`prefix`: a command the server runs under (fewer privileges, another mount namespace)."""
     port = free_port()
     log_file = tmp / f"server-{port}.log"
     environment = {
@@ -92,7 +93,7 @@ def start_server(tmp: Path, model_dir: Path, wait_for_model: bool = True, **env:
         **env,
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "local_llm_api", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [*prefix, sys.executable, "-m", "local_llm_api", "serve", "--host", "127.0.0.1", "--port", str(port)],
         env=environment,
         cwd=tmp,
         stdout=subprocess.DEVNULL,
@@ -124,8 +125,9 @@ def stop_server(server: Server) -> None:
 
 
 @contextmanager
-def running_server(tmp: Path, model_dir: Path, wait_for_model: bool = True, **env: str) -> Iterator[Server]:
-    server = start_server(tmp, model_dir, wait_for_model, **env)
+def running_server(tmp: Path, model_dir: Path, wait_for_model: bool = True, prefix: Sequence[str] = (),
+                   **env: str) -> Iterator[Server]:
+    server = start_server(tmp, model_dir, wait_for_model, prefix, **env)
     try:
         yield server
     finally:

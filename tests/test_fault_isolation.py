@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import MODEL, NO_END, Server, running_server
+from .conftest import MODEL, NO_END, Server, place_model, running_server
+from .models import MINILM, minilm_folder, place_tree
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
@@ -146,6 +147,65 @@ def test_a_log_file_on_a_full_disk_does_not_stop_the_server(tmp_path: Path, mode
                             json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
         assert answer.status_code == 200
         assert httpx.get(f"{server.url}/health", timeout=10).json()["status"] == "ok"
+
+
+# Root reads and writes whatever the modes say; these take that away from the server's process.
+WITHOUT_ROOTS_OVERRIDE = ["setpriv", "--inh-caps=-dac_override,-dac_read_search",
+                          "--bounding-set=-dac_override,-dac_read_search"]
+READ_ONLY_MOUNT = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'  # $0 read-only, then the server
+
+
+def _can_run(command: list[str]) -> bool:
+    import shutil
+    import subprocess
+
+    return shutil.which(command[0]) is not None and subprocess.run(command, capture_output=True, check=False).returncode == 0
+
+
+def test_a_log_file_on_a_read_only_disk_does_not_stop_the_server(tmp_path: Path, model_dir: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    prefix = ["unshare", "--mount", "sh", "-c", READ_ONLY_MOUNT, str(logs)]
+    if not _can_run([*prefix, "true"]):
+        pytest.skip("a read-only mount needs `unshare --mount` with mount rights (root, or a user namespace)")
+    with running_server(tmp_path, model_dir, prefix=prefix, LOG_FILE=str(logs / "server.log")) as server:
+        answer = httpx.post(f"{server.url}/v1/chat/completions", timeout=60,
+                            json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+        assert answer.status_code == 200
+        stderr = next(tmp_path.glob("server-*.stderr")).read_text()
+        assert "cannot be written (Read-only file system): logging to stderr only" in stderr
+        assert "path=/v1/chat/completions status=200" in stderr and "Traceback" not in stderr  # the log goes on
+
+
+def test_a_model_that_cannot_be_read_is_a_clear_error_and_the_rest_is_served(tmp_path: Path, model_dir: Path) -> None:
+    if not _can_run([*WITHOUT_ROOTS_OVERRIDE, "true"]):
+        pytest.skip("setpriv (util-linux) cannot drop capabilities here")
+    models = tmp_path / "models"
+    place_model(models)
+    place_tree(minilm_folder(), models / MINILM)
+    (models / MINILM).chmod(0)  # a folder nobody may read
+    locked = models / "locked.gguf"
+    locked.write_bytes((models / MODEL).read_bytes())
+    locked.chmod(0)  # a file nobody may read
+    try:
+        with running_server(tmp_path, models, prefix=WITHOUT_ROOTS_OVERRIDE) as server, server.client() as client:
+            for listing in ("/v1/models", "/models", "/api/tags"):
+                assert client.get(listing).status_code == 200, listing
+            # A folder that cannot be read cannot be told to be a model: listed nowhere, named in the 404.
+            refused = client.post("/v1/embeddings", json={"model": MINILM, "input": "hello"})
+            assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_unreadable", refused.text
+            assert "cannot be read by this server (Permission denied)" in refused.json()["error"]["message"]
+            # A GGUF file is known by its name: listed, and its load fails with the reason.
+            refused = client.post("/v1/chat/completions", json={"model": "locked.gguf", "messages": [{"role": "user", "content": "Hi"}]})
+            assert refused.status_code == 400 and refused.json()["error"]["code"] == "model_load_failed", refused.text
+            assert "Permission denied" in refused.json()["error"]["message"]
+            served = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+            assert served.status_code == 200 and client.get("/health").json()["status"] == "ok"
+            stderr = next(tmp_path.glob("server-*.stderr")).read_text()
+            assert f"MODEL_DIR entry {MINILM} cannot be read (Permission denied): not served" in stderr
+            assert stderr.count(f"MODEL_DIR entry {MINILM} cannot be read") == 1 and "Traceback" not in stderr
+    finally:
+        (models / MINILM).chmod(0o755)  # so that pytest can clean up
 
 
 def test_kill_9_during_a_load_then_a_restart_serves(tmp_path: Path, model_dir: Path) -> None:
