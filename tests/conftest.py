@@ -3,7 +3,9 @@ GGUF (llama.cpp) and as a Transformers folder, and all-MiniLM-L6-v2 (sentence-tr
 
 `server`/`client` serve the GGUF; `backend_server` runs once per backend, for the API contract tests.
 
-Servers are started with THREADS=1 so that one core stays free for the test client and the HTTP side.
+Servers are started with THREADS=1 so that one core stays free for the test client and the HTTP side, and with
+REPRODUCIBLE=true, so that tests comparing two greedy or seeded answers compare exact computations (the default,
+prefix reuse for every request, is tested on its own servers in tests/test_batching.py).
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ def start_server(tmp: Path, model_dir: Path, wait_for_model: bool = True, prefix
         "DEFAULT_MODEL": MODEL,
         "THREADS": "1",
         "CONTEXT_SIZE": "2048",
+        "REPRODUCIBLE": "true",
         "PRELOAD_MODEL": "true",
         "LOG_FILE": str(log_file),
         "LOG_LEVEL": "INFO",

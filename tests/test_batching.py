@@ -37,6 +37,28 @@ def test_prefix_cache_serves_the_next_turn(client: httpx.Client) -> None:
     assert reused >= first["usage"]["prompt_tokens"], (reused, first["usage"], second["usage"])
 
 
+def test_greedy_requests_reuse_cached_prefixes_by_default(tmp_path: Path, model_dir: Path) -> None:
+    # Agents send temperature 0: the next turn of a greedy conversation is read from the cache, not re-read.
+    system = {"role": "system", "content": "You are a careful assistant. " * 40}
+    with running_server(tmp_path, model_dir, REPRODUCIBLE="false") as srv, srv.client() as client:
+        turns = [system, {"role": "user", "content": "Hello, who are you?"}]
+        first = client.post("/v1/chat/completions", json={"messages": turns, "max_tokens": 8, "temperature": 0}).json()
+        before = engine(client)["cached_prompt_tokens_total"]
+        turns += [first["choices"][0]["message"], {"role": "user", "content": "Tell me more."}]
+        client.post("/v1/chat/completions", json={"messages": turns, "max_tokens": 8, "temperature": 0, "seed": 7})
+        assert engine(client)["cached_prompt_tokens_total"] - before >= first["usage"]["prompt_tokens"]
+
+
+def test_reproducible_requests_read_their_whole_prompt(server: Server) -> None:
+    # REPRODUCIBLE=true (the test servers' setting): a greedy request's prompt is never read from the cache.
+    body = {"messages": [{"role": "user", "content": "Name three colours."}], "max_tokens": 4, "temperature": 0}
+    with server.client() as client:
+        client.post("/v1/chat/completions", json=body)
+        before = engine(client)["cached_prompt_tokens_total"]
+        client.post("/v1/chat/completions", json=body)
+        assert engine(client)["cached_prompt_tokens_total"] == before
+
+
 def test_seeded_output_does_not_depend_on_batch_neighbours(server: Server) -> None:
     def ask(prompt: str, seed: int) -> str:
         body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 24, "temperature": 1.0, "seed": seed}

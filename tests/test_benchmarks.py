@@ -31,6 +31,12 @@ def test_serve_bench() -> None:
     assert "| local-llm-api" in out and "Spread over 2 runs" in out
 
 
+def test_agent_bench() -> None:
+    out = run("agent_bench.py", "--port", str(free_port()), "--model", str(bundled_model_path()), "--threads", "1",
+              "--clients", "2", "--turns", "2", "--system-words", "60", "--max-tokens", "4")
+    assert "| local-llm-api (prefix reuse" in out and "| local-llm-api, REPRODUCIBLE=true" in out
+
+
 def test_transformers_bench() -> None:
     out = run("transformers_bench.py", "--port", str(free_port()), "--model-dir", str(smollm2_transformers_folder()), "--threads", "1",
               "--concurrency", "1", "--requests-per-client", "1", "--max-tokens", "4", "--skip", "transformers-serve",

@@ -63,6 +63,7 @@ class BatchEngine(Engine):
         batch_size: int,
         prefill_chunk: int,
         prefix_cache: bool,
+        reproducible: bool = False,
         make_sampler: Callable[[SamplingParams], Any],
         token_bytes: Callable[[int], bytes],
         is_end: Callable[[int], bool],
@@ -79,6 +80,7 @@ class BatchEngine(Engine):
         self._batch_size = batch_size
         self._prefill_chunk = prefill_chunk
         self._prefix_cache = prefix_cache
+        self._reproducible = reproducible
         self._make_sampler = make_sampler
         self.slots = [Slot(i) for i in range(n_slots)]
         self.start()
@@ -124,10 +126,10 @@ class BatchEngine(Engine):
                 return
             assert isinstance(sequence, LlamaSequence)
             prompt = sequence.prompt
-            # A repeatable request evaluates its whole prompt (a reused prefix was computed in other batch
-            # shapes, whose last bits differ and can flip a sample); it takes the least recently used slot,
-            # leaving the caches that others may share.
-            from_scratch = sequence.params.wants_repeatable or not self._prefix_cache
+            # With REPRODUCIBLE, a seeded or greedy request evaluates its whole prompt (a reused prefix was
+            # computed in other batch shapes, whose last bits differ and can flip a sample); it takes the least
+            # recently used slot, leaving the caches that others may share.
+            from_scratch = (self._reproducible and sequence.params.wants_repeatable) or not self._prefix_cache
             slot = max(free, key=lambda s: (0 if from_scratch else common_prefix(s.cached, prompt), -s.last_used))
             reuse = 0 if from_scratch else min(common_prefix(slot.cached, prompt), len(prompt) - 1)
             self._lib.llama_memory_seq_rm(self._context.memory, slot.seq_id, reuse, -1)

@@ -135,6 +135,7 @@ class LlamaCppBackend(EngineBackend):
             batch_size=settings.batch_size,
             prefill_chunk=settings.prefill_chunk,
             prefix_cache=settings.prefix_cache,
+            reproducible=settings.reproducible,
             make_sampler=self._sampler,
             token_bytes=self.token_bytes,
             is_end=lambda token: bool(lib.llama_vocab_is_eog(model.vocab, token)),

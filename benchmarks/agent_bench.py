@@ -1,0 +1,167 @@
+"""Agent load: C clients, each holding a conversation of T turns behind the same long system prompt (a manual of
+six tools, as agents send), at temperature 0 (what agents and evaluation harnesses send) or another temperature.
+Each client sends its next turn (its history, the answer, a new question) as soon as the previous answer ends.
+
+Reported per contender: time to first token p50/p95, aggregate completion tokens/s, and the prompt tokens the
+server evaluated versus read from its prefix cache (from /health). Contenders run one after another:
+our server with the default (prefix reuse for every request), our server with REPRODUCIBLE=true (seeded and
+greedy requests read their whole prompt: the behaviour before prefix reuse became the default), and llama.cpp's
+C++ server when `--llama-server` gives its path (built from the same llama.cpp as our engine; not part of this
+repository).
+
+    python benchmarks/agent_bench.py --model models/SmolLM2-135M-Instruct.Q4_1.gguf --threads 2 \
+        --clients 8 --turns 4 --temperature 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_bench import one_request, start  # a sibling script, not a package
+
+TOOLS = ["search_files", "read_file", "edit_file", "run_tests", "open_url", "ask_user"]
+QUESTIONS = ["Which tool reads a file?", "How do I run only the failing tests?", "Can I edit two files at once?",
+             "What should I do when a URL times out?", "When should I ask the user?", "Summarise the rules."]
+
+
+def system_prompt(words: int) -> str:
+    """A tool manual of about `words` words (a word is about 1.3 tokens for SmolLM2's tokenizer)."""
+    sections = []
+    for i, tool in enumerate(TOOLS):
+        schema = {"name": tool, "parameters": {"type": "object", "properties": {
+            "path": {"type": "string", "description": f"the path {tool} works on"},
+            "limit": {"type": "integer", "description": f"the most results {tool} returns"}}}}
+        sections.append(f"## Tool {i + 1}: {tool}\n{json.dumps(schema)}\n")
+    rule = ("Call a tool only when the answer needs it; give its arguments exactly as its schema says; "
+            "report what it returned in one short sentence; never invent a result. ")
+    text = "You are a coding agent with these tools.\n" + "".join(sections)
+    while len(text.split()) < words:
+        text += rule
+    return text
+
+
+@dataclass
+class Outcome:
+    label: str
+    ttft: list[float] = field(default_factory=list)
+    tokens: int = 0
+    seconds: float = 0.0
+    evaluated: int | None = None  # None: the server does not report them
+    cached: int | None = None
+
+    def row(self) -> str:
+        ttft = sorted(self.ttft)
+        p95 = ttft[min(len(ttft) - 1, round(0.95 * (len(ttft) - 1)))]
+        return (f"| {self.label} | {statistics.median(ttft):.2f} | {p95:.2f} | {self.tokens / self.seconds:.1f} | "
+                f"{'n/a' if self.evaluated is None else self.evaluated} | {'n/a' if self.cached is None else self.cached} |")
+
+
+async def prompt_counts(base: str) -> tuple[int, int] | None:
+    """(prompt tokens in all, read from the cache) so far; None where the server does not report them."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        engines = (await client.get(f"{base}/health")).json().get("engines") or {}
+    stats = next(iter(engines.values()), {})
+    if "prompt_tokens_total" not in stats:
+        return None
+    return stats["prompt_tokens_total"], stats["cached_prompt_tokens_total"]
+
+
+async def agent_load(base: str, model: str, label: str, clients: int, turns: int, system: str, temperature: float,
+                     max_tokens: int) -> Outcome:
+    outcome = Outcome(label)
+
+    async def conversation(client: httpx.AsyncClient, index: int) -> None:
+        messages = [{"role": "system", "content": system}]
+        for turn in range(turns):
+            messages.append({"role": "user", "content": QUESTIONS[(index + turn) % len(QUESTIONS)]})
+            body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature,
+                    "stream": True}
+            tokens, ttft = await one_request(client, f"{base}/v1/chat/completions", body)
+            outcome.tokens += tokens
+            outcome.ttft.append(ttft)
+            # The history keeps a fixed answer, so that every contender reads the same prompts.
+            messages.append({"role": "assistant", "content": f"Answer {turn + 1}: see the manual."})
+
+    before = await prompt_counts(base)
+    async with httpx.AsyncClient(timeout=1800, limits=httpx.Limits(max_connections=clients + 4)) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(conversation(client, i) for i in range(clients)))
+        outcome.seconds = time.perf_counter() - started
+    after = await prompt_counts(base)
+    if before is not None and after is not None:
+        outcome.cached = after[1] - before[1]
+        outcome.evaluated = after[0] - before[0] - outcome.cached
+    return outcome
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--turns", type=int, default=4)
+    parser.add_argument("--system-words", type=int, default=1500, help="about 2,000 tokens at the default")
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--context", type=int, default=4096, help="context per client")
+    parser.add_argument("--port", type=int, default=8766)
+    parser.add_argument("--llama-server", type=Path, help="also measure llama.cpp's C++ server (path to llama-server)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["default", "reproducible"])
+    parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    args = parser.parse_args()
+
+    model = args.model.resolve()
+    base = f"http://127.0.0.1:{args.port}"
+    ours_env = {"MODEL_DIR": str(model.parent), "DEFAULT_MODEL": model.name, "PRELOAD_MODEL": "true",
+                "THREADS": str(args.threads), "CONTEXT_SIZE": str(args.context), "PARALLEL_SLOTS": str(args.clients),
+                "LOG_LEVEL": "WARNING"}
+    ours = [sys.executable, "-m", "local_llm_api", "serve", "--port", str(args.port)]
+    contenders = {
+        "default": ("local-llm-api (prefix reuse for every request, the default)", ours, ours_env, f"{base}/health"),
+        "reproducible": ("local-llm-api, REPRODUCIBLE=true", ours, {**ours_env, "REPRODUCIBLE": "true"}, f"{base}/health"),
+    }
+    if args.llama_server:
+        contenders["llama.cpp"] = (f"llama.cpp server, C++ ({args.clients} slots)", [
+            str(args.llama_server), "-m", str(model), "--port", str(args.port), "-t", str(args.threads), "-tb",
+            str(args.threads), "-c", str(args.context * args.clients), "-np", str(args.clients)], {}, f"{base}/health")
+    system = system_prompt(args.system_words)
+    outcomes = []
+    with tempfile.TemporaryDirectory() as workdir:
+        os.chdir(workdir)  # keep any .env of the checkout out of the servers' settings
+        for key, (label, command, env, health) in contenders.items():
+            if key in args.skip:
+                continue
+            process = start(command, env, health)
+            try:
+                asyncio.run(agent_load(base, model.name, label, 1, 1, "Warm up.", args.temperature, 2))
+                outcome = asyncio.run(agent_load(base, model.name, label, args.clients, args.turns, system,
+                                                 args.temperature, args.max_tokens))
+            finally:
+                process.terminate()
+                process.wait(timeout=30)
+            outcomes.append(outcome)
+            print(outcome.row(), flush=True)
+    title = (f"model {model.name}, {args.threads} threads, {args.clients} clients x {args.turns} turns, system prompt "
+             f"of {args.system_words} words, temperature {args.temperature}, {args.max_tokens}-token answers")
+    lines = [title, "",
+             "| server | TTFT p50 (s) | TTFT p95 (s) | tokens/s | prompt tokens evaluated | prompt tokens from cache |",
+             "| --- | --- | --- | --- | --- | --- |", *(o.row() for o in outcomes)]
+    print("\n" + "\n".join(lines))
+    if args.markdown:
+        args.markdown.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
