@@ -49,6 +49,24 @@ def test_greedy_requests_reuse_cached_prefixes_by_default(tmp_path: Path, model_
         assert engine(client)["cached_prompt_tokens_total"] - before >= first["usage"]["prompt_tokens"]
 
 
+def test_requests_sharing_a_system_prompt_copy_it_from_another_slot(tmp_path: Path, model_dir: Path) -> None:
+    # Agents: several requests behind the same long system prompt, at once. One slot reads it; the others copy
+    # its KV cache (from a slot still running) instead of reading it again.
+    system = {"role": "system", "content": "You are a careful assistant who follows the manual. " * 50}
+    questions = ["Who are you?", "What can you do?", "Name a colour."]
+    with running_server(tmp_path, model_dir, REPRODUCIBLE="false", PARALLEL_SLOTS="4") as srv, srv.client() as client:
+        system_tokens = client.post("/tokenize", json={"content": system["content"]}).json()["count"]
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda q: client.post("/v1/chat/completions", json={
+                "messages": [system, {"role": "user", "content": q}], "max_tokens": 8, "temperature": 0}), questions))
+        assert all(a.status_code == 200 and a.json()["choices"][0]["message"]["content"] for a in answers)
+        stats = engine(client)
+        assert stats["shared_prompt_tokens_total"] >= 2 * system_tokens, stats
+        # Read once, copied twice: the prompt tokens evaluated are about one system prompt and three questions.
+        evaluated = stats["prompt_tokens_total"] - stats["cached_prompt_tokens_total"]
+        assert evaluated < 2 * system_tokens, stats
+
+
 def test_reproducible_requests_read_their_whole_prompt(server: Server) -> None:
     # REPRODUCIBLE=true (the test servers' setting): a greedy request's prompt is never read from the cache.
     body = {"messages": [{"role": "user", "content": "Name three colours."}], "max_tokens": 4, "temperature": 0}

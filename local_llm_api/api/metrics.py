@@ -30,6 +30,8 @@ class EngineCollector(Collector):
         counters = {
             "prompt_tokens_total": CounterMetricFamily("llm_prompt_tokens", "Prompt tokens admitted", labels=["model"]),
             "cached_prompt_tokens_total": CounterMetricFamily("llm_cached_prompt_tokens", "Prompt tokens served from the prefix cache", labels=["model"]),
+            "shared_prompt_tokens_total": CounterMetricFamily(
+                "llm_shared_prompt_tokens", "Prompt tokens copied from another slot's prefix cache", labels=["model"]),
             "generated_tokens_total": CounterMetricFamily("llm_generated_tokens", "Tokens generated", labels=["model"]),
             "requests_total": CounterMetricFamily("llm_sequences_finished", "Sequences finished or cancelled", labels=["model"]),
         }

@@ -75,6 +75,7 @@ class EngineStats(BaseModel):
     max_queue: int
     prompt_tokens_total: int = 0
     cached_prompt_tokens_total: int = 0
+    shared_prompt_tokens_total: int = 0  # of those, copied from another slot's cache
     generated_tokens_total: int = 0
     requests_total: int = 0
     tokens_per_second: float = 0.0

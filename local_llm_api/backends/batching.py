@@ -43,6 +43,10 @@ class Slot:
     last_used: float = 0.0
 
 
+# Below this many tokens, reading a prefix again costs less than copying a slot's KV stream (a few ms).
+MIN_SHARED_PREFIX = 64
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):
@@ -116,7 +120,8 @@ class BatchEngine(Engine):
         return [s for s in self.slots if s.sequence is not None]
 
     def _admit(self) -> None:
-        """Give free slots to waiting sequences in arrival order, each to the slot with the longest shared prefix."""
+        """Give free slots to waiting sequences in arrival order, each to the slot with the longest shared prefix;
+        a longer prefix in another slot's cache (running or not) is copied into it first."""
         while self._waiting:
             free = [s for s in self.slots if s.sequence is None]
             if not free:
@@ -130,14 +135,38 @@ class BatchEngine(Engine):
             # computed in other batch shapes, whose last bits differ and can flip a sample); it takes the least
             # recently used slot, leaving the caches that others may share.
             from_scratch = (self._reproducible and sequence.params.wants_repeatable) or not self._prefix_cache
+            if not from_scratch and self._prefill_to_share(prompt):
+                self._put_back(sequence)  # another slot is reading this prompt's prefix: wait, then copy it
+                return
             slot = max(free, key=lambda s: (0 if from_scratch else common_prefix(s.cached, prompt), -s.last_used))
             reuse = 0 if from_scratch else min(common_prefix(slot.cached, prompt), len(prompt) - 1)
+            if not from_scratch:
+                donor = max(self.slots, key=lambda s: common_prefix(s.cached, prompt))
+                shared = min(common_prefix(donor.cached, prompt), len(prompt) - 1)
+                if donor is not slot and shared >= reuse + MIN_SHARED_PREFIX:
+                    # Slots are separate KV streams: llama.cpp copies the donor's whole stream (at the next decode,
+                    # before the batch), then the part past the shared prefix is dropped below.
+                    self._lib.llama_memory_seq_cp(self._context.memory, donor.seq_id, slot.seq_id, -1, -1)
+                    slot.cached = list(donor.cached)
+                    self._counters["shared"] += shared
+                    reuse = shared
             self._lib.llama_memory_seq_rm(self._context.memory, slot.seq_id, reuse, -1)
             del slot.cached[reuse:]
             sequence.pending = prompt[reuse:]
             slot.sequence = sequence
             self._counters["prompt"] += len(prompt)
             self._counters["cached"] += reuse
+
+    def _prefill_to_share(self, prompt: list[int]) -> bool:
+        """Whether a running sequence is still reading a long prefix of `prompt` that no cache holds yet: the
+        request that arrived with it waits for that read and copies it, instead of reading it again."""
+        have = max(common_prefix(s.cached, prompt) for s in self.slots)
+        for slot in self._running():
+            sequence = slot.sequence
+            assert isinstance(sequence, LlamaSequence)
+            if sequence.pending and common_prefix(sequence.prompt, prompt) >= have + MIN_SHARED_PREFIX:
+                return True
+        return False
 
     def _drop_cancelled(self) -> None:
         for slot in self._running():

@@ -67,7 +67,7 @@ class Engine(ABC):
         self._waiting: deque[Sequence] = deque()
         self._wake = threading.Condition()
         self._stopping = False
-        self._counters = {"prompt": 0, "cached": 0, "generated": 0, "requests": 0}
+        self._counters = {"prompt": 0, "cached": 0, "shared": 0, "generated": 0, "requests": 0}
         self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) of recent steps, for tokens/s
         self._ttft_counts = [0] * (len(TTFT_BUCKETS) + 1)
         self._ttft_sum = 0.0
@@ -188,6 +188,11 @@ class Engine(ABC):
         log.error("a sequence failed on its own: %s: %s", type(error).__name__, error)
         sequence.emit(error)
 
+    def _put_back(self, sequence: Sequence) -> None:
+        """A sequence popped but not admitted yet goes back to the head of the queue."""
+        with self._wake:
+            self._waiting.appendleft(sequence)
+
     def _pop_waiting(self) -> Sequence | None:
         """The next waiting sequence that is still wanted, in arrival order."""
         with self._wake:
@@ -256,6 +261,7 @@ class Engine(ABC):
             max_queue=self.max_queue,
             prompt_tokens_total=self._counters["prompt"],
             cached_prompt_tokens_total=self._counters["cached"],
+            shared_prompt_tokens_total=self._counters["shared"],
             generated_tokens_total=self._counters["generated"],
             requests_total=self._counters["requests"],
             tokens_per_second=round(recent_tokens / window, 1) if window > 0 else 0.0,
