@@ -5,6 +5,7 @@ finishes, and a bug in a scheduling step fails the requests in play (cleanly) wi
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,6 +83,10 @@ def test_a_failing_sequence_fails_alone(backend: Backend, monkeypatch: pytest.Mo
     healthy, broken = asyncio.run(both())
     assert healthy == 40  # finished in full, beside the failure
     assert isinstance(broken, RuntimeError) and "grammar broke" in str(broken)
+    # The last answer token reaches the request before the engine thread ends its step: wait for that.
+    deadline = time.monotonic() + 30
+    while engine.stats().running and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert engine.alive and engine.stats().running == 0
     assert asyncio.run(tokens_of(backend, prompt, params(5))) == 5
 
