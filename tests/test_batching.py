@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 
 from .conftest import MODEL, NO_END, Server, running_server
+from .models import HF_SMOLLM2
 
 STORY = [{"role": "user", "content": "Write a long story about a dragon."}]
 
@@ -65,6 +66,37 @@ def test_requests_sharing_a_system_prompt_copy_it_from_another_slot(tmp_path: Pa
         # Read once, copied twice: the prompt tokens evaluated are about one system prompt and three questions.
         evaluated = stats["prompt_tokens_total"] - stats["cached_prompt_tokens_total"]
         assert evaluated < 2 * system_tokens, stats
+
+
+def test_transformers_engine_starts_prompts_from_kept_prefixes(tmp_path: Path, hf_model_dir: Path) -> None:
+    # The Transformers engine keeps the KV of read prompts and finished answers: the next turn of a chat, and
+    # requests behind the same system prompt, copy it and read only the rest; the answer is the same.
+    system = {"role": "system", "content": "You are a careful assistant who follows the manual. " * 30}
+    with running_server(tmp_path, hf_model_dir, REPRODUCIBLE="false", DEFAULT_MODEL=HF_SMOLLM2) as srv, \
+            srv.client(timeout=300) as client:
+        def ask(messages: list[dict]) -> dict:
+            answer = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 8, "temperature": 0})
+            assert answer.status_code == 200, answer.text
+            return answer.json()
+
+        def stats() -> dict:
+            return client.get("/health").json()["engines"][HF_SMOLLM2]
+
+        turns = [system, {"role": "user", "content": "Hello, who are you?"}]
+        first = ask(turns)
+        assert stats()["cached_prompt_tokens_total"] == 0
+        again = ask(turns)  # all but its last token copied
+        assert again["choices"][0]["message"] == first["choices"][0]["message"]
+        assert stats()["cached_prompt_tokens_total"] == first["usage"]["prompt_tokens"] - 1
+        before = stats()["cached_prompt_tokens_total"]
+        turns += [first["choices"][0]["message"], {"role": "user", "content": "Tell me more."}]
+        ask(turns)
+        assert stats()["cached_prompt_tokens_total"] - before >= first["usage"]["prompt_tokens"]
+        before = stats()
+        with ThreadPoolExecutor(3) as pool:  # three new questions behind the system prompt: each copies it
+            list(pool.map(ask, [[system, {"role": "user", "content": q}] for q in ("Name a colour.", "Count to 3.", "Hi.")]))
+        system_tokens = client.post("/tokenize", json={"content": system["content"]}).json()["count"]
+        assert stats()["shared_prompt_tokens_total"] - before["shared_prompt_tokens_total"] >= 3 * system_tokens
 
 
 def test_reproducible_requests_read_their_whole_prompt(server: Server) -> None:

@@ -10,6 +10,10 @@ One engine thread per model. Each step it
    each row its own positions), and samples each row with the sequence's own sampler.
 Finished and cancelled rows leave the batch at once; padding columns no row needs are cut away.
 
+Prefix cache: the KV of each read prompt, and of each finished sequence (prompt and answer), is kept for the
+next PARALLEL_SLOTS prompts (least recently used first out); a new prompt starts from a copy of the longest
+kept prefix it shares (agents: one system prompt and tool list; chats: the previous turn) and reads the rest.
+
 Merging caches needs plain `DynamicLayer`s (full attention); a model with other cache layers (sliding
 window, quantised, ...) runs its sequences one at a time.
 """
@@ -27,10 +31,22 @@ import torch
 from ..structured.constraint import ConstraintFactory
 from ..structured.logprobs import TokenLogprob
 from .base import GenerationChunk, SamplingParams, SequenceText
+from .batching import common_prefix
 from .engine import Engine, Sequence
 from .torch_sampling import TokenSampler
 
 log = logging.getLogger("local_llm_api.torch_batching")
+
+# Below this many tokens a shared prefix is read again rather than copied.
+MIN_SHARED_PREFIX = 16
+
+
+@dataclass(eq=False)
+class KeptPrefix:
+    """The KV of a token sequence that was read (positions 0..n-1): per layer, keys and values (1, heads, n, dim)."""
+
+    tokens: list[int]
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(eq=False)
@@ -50,6 +66,8 @@ class TorchBatchEngine(Engine):
         n_slots: int,
         max_queue: int,
         prefill_chunk: int,
+        prefix_cache: bool = True,
+        reproducible: bool = False,
         make_sampler: Callable[[SamplingParams], TokenSampler],
         token_bytes: Callable[[int], bytes],
         is_end: Callable[[int], bool],
@@ -61,6 +79,10 @@ class TorchBatchEngine(Engine):
         self._model = model
         self._device = model.device
         self._prefill_chunk = prefill_chunk
+        # A prefix of a sliding-window or quantised cache is not the prefix's KV: kept only for plain layers.
+        self._prefix_cache = prefix_cache and can_batch(model)
+        self._reproducible = reproducible
+        self._kept: list[KeptPrefix] = []  # least recently used first
         self._make_sampler = make_sampler
         self._rows: list[TorchSequence] = []  # decoding, in the order of the batch cache's rows
         self._reading: list[TorchSequence] = []  # admitted, still reading their prompt
@@ -83,6 +105,7 @@ class TorchBatchEngine(Engine):
         self._cache = self._mask = None
         self._rows.clear()
         self._reading.clear()
+        self._kept.clear()
 
     # ---------------------------------------------------------------- one step
 
@@ -114,6 +137,10 @@ class TorchBatchEngine(Engine):
     def _read_prompt(self, sequence: TorchSequence) -> None:
         from transformers import DynamicCache
 
+        # Prompts are read one at a time: one that shares a prefix with the one read before it copies its KV.
+        # With REPRODUCIBLE, seeded and greedy requests read their whole prompt (see batching.py).
+        if sequence.cache is None and self._prefix_cache and not (self._reproducible and sequence.params.wants_repeatable):
+            self._start_from_kept(sequence)
         if sequence.cache is None:
             sequence.cache = DynamicCache(config=self._model.config)
         room = self._prefill_chunk if self._rows else len(sequence.prompt)
@@ -129,6 +156,7 @@ class TorchBatchEngine(Engine):
         if sequence.fed < len(sequence.prompt):
             return
         self._reading.remove(sequence)
+        self._keep(sequence.prompt, [(layer.keys, layer.values) for layer in sequence.cache.layers])
         now = time.perf_counter()
         try:
             token, logprob = self._sample(sequence, out.logits[0, -1])
@@ -166,6 +194,7 @@ class TorchBatchEngine(Engine):
                 continue
             if finished:
                 self._counters["requests"] += 1
+                self._keep_row(row, sequence)
             else:
                 sequence.next_token = token
                 staying.append(sequence)
@@ -183,6 +212,47 @@ class TorchBatchEngine(Engine):
         token = sequence.sampler.sample(logits, sequence.history)
         sequence.history.append(token)
         return token, self._logprob_of(sequence, logprobs, token)
+
+    # ---------------------------------------------------------------- kept prefixes
+
+    def _start_from_kept(self, sequence: TorchSequence) -> None:
+        """Start the sequence's own cache from a copy of the longest kept prefix of its prompt (not all of it:
+        its last token is read, for the logits of its first answer token)."""
+        if not self._kept:
+            return
+        from transformers import DynamicCache
+
+        best = max(self._kept, key=lambda kept: common_prefix(kept.tokens, sequence.prompt))
+        shared = min(common_prefix(best.tokens, sequence.prompt), len(sequence.prompt) - 1)
+        if shared < MIN_SHARED_PREFIX:
+            return
+        sequence.cache = DynamicCache(config=self._model.config)
+        for index, (keys, values) in enumerate(best.layers):
+            sequence.cache.update(keys[:, :, :shared].clone(), values[:, :, :shared].clone(), index)
+        sequence.fed = shared
+        self._counters["cached"] += shared
+        self._counters["shared"] += shared
+        self._kept.remove(best)
+        self._kept.append(best)
+
+    def _keep_row(self, row: int, sequence: TorchSequence) -> None:
+        """Keep a finished row's KV (its prompt and answer, without the left padding)."""
+        if not self._prefix_cache:
+            return
+        assert self._mask is not None
+        length = len(sequence.history) - 1  # the last token drawn was never fed
+        start = self._mask.shape[1] - length  # its tokens are the last columns; padding is on the left
+        layers = [(layer.keys[row:row + 1, :, start:start + length].clone(),
+                   layer.values[row:row + 1, :, start:start + length].clone()) for layer in self._cache.layers]
+        self._keep(sequence.history[:length], layers)
+
+    def _keep(self, tokens: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        if not self._prefix_cache or len(tokens) < MIN_SHARED_PREFIX:
+            return
+        # A kept prefix of these tokens adds nothing: the longer one replaces it.
+        self._kept = [kept for kept in self._kept if common_prefix(kept.tokens, tokens) < len(kept.tokens)]
+        self._kept.append(KeptPrefix(list(tokens), layers))
+        del self._kept[: max(0, len(self._kept) - self.n_slots)]
 
     # ---------------------------------------------------------------- the batch cache
 

@@ -131,6 +131,8 @@ class TransformersBackend(EngineBackend):
             n_slots=slots,
             max_queue=settings.max_queue,
             prefill_chunk=settings.prefill_chunk,
+            prefix_cache=settings.prefix_cache,
+            reproducible=settings.reproducible,
             make_sampler=lambda params: TokenSampler(params, vocab, self._device),
             token_bytes=self._token_bytes,
             is_end=lambda token: token in self._end_ids,
