@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a slot; beyond it, 429.")
     prefill_chunk: int = Field(64, ge=1, description="Prompt tokens fed per step while other sequences stream.")
     prefix_cache: bool = Field(True, description="Reuse a slot's KV cache for a prompt that shares its prefix.")
+    prompt_lookup_tokens: int = Field(8, ge=0, le=64, description="Most tokens a streaming sequence guesses per step "
+                                      "from its own prompt and output for the model to check (speculative decoding; the "
+                                      "answer is unchanged); 0 turns it off.")
     reproducible: bool = Field(False, description="Seeded and temperature-0 requests evaluate their whole prompt, so that "
                                "the same request gives the same answer whatever shares its batch (slower: no prefix reuse "
                                "for them). Off, they reuse cached prefixes like every request.")

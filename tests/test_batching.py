@@ -68,6 +68,18 @@ def test_requests_sharing_a_system_prompt_copy_it_from_another_slot(tmp_path: Pa
         assert evaluated < 2 * system_tokens, stats
 
 
+def test_a_prompt_without_a_real_hit_takes_the_least_recently_used_slot(tmp_path: Path, model_dir: Path) -> None:
+    # Three different long prompts, one after another, share only the chat template's first tokens: each
+    # takes an unused slot rather than the one whose cache shares those, so all three are still cached.
+    prompts = [[{"role": "user", "content": f"{topic} " * 120 + "Summarise."}] for topic in ("apples", "rivers", "engines")]
+    with running_server(tmp_path, model_dir, REPRODUCIBLE="false", PARALLEL_SLOTS="4") as srv, srv.client() as client:
+        for messages in prompts:
+            client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 2})
+        before = engine(client)["cached_prompt_tokens_total"]
+        usage = [client.post("/v1/chat/completions", json={"messages": m, "max_tokens": 2}).json()["usage"] for m in prompts]
+        assert engine(client)["cached_prompt_tokens_total"] - before == sum(u["prompt_tokens"] - 1 for u in usage)
+
+
 def test_transformers_engine_starts_prompts_from_kept_prefixes(tmp_path: Path, hf_model_dir: Path) -> None:
     # The Transformers engine keeps the KV of read prompts and finished answers: the next turn of a chat, and
     # requests behind the same system prompt, copy it and read only the rest; the answer is the same.

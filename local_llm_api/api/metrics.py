@@ -33,6 +33,10 @@ class EngineCollector(Collector):
             "shared_prompt_tokens_total": CounterMetricFamily(
                 "llm_shared_prompt_tokens", "Prompt tokens copied from another slot's prefix cache", labels=["model"]),
             "generated_tokens_total": CounterMetricFamily("llm_generated_tokens", "Tokens generated", labels=["model"]),
+            "draft_tokens_total": CounterMetricFamily(
+                "llm_draft_tokens", "Tokens guessed by prompt lookup and checked by the model", labels=["model"]),
+            "accepted_draft_tokens_total": CounterMetricFamily(
+                "llm_accepted_draft_tokens", "Guessed tokens the model confirmed", labels=["model"]),
             "requests_total": CounterMetricFamily("llm_sequences_finished", "Sequences finished or cancelled", labels=["model"]),
         }
         ttft = HistogramMetricFamily("llm_time_to_first_token_seconds", "Time from arrival to first token", labels=["model"])

@@ -77,6 +77,8 @@ class EngineStats(BaseModel):
     cached_prompt_tokens_total: int = 0
     shared_prompt_tokens_total: int = 0  # of those, copied from another slot's cache
     generated_tokens_total: int = 0
+    draft_tokens_total: int = 0  # guessed by prompt lookup and checked by the model (speculative decoding)
+    accepted_draft_tokens_total: int = 0  # of those, confirmed: tokens won without a decode step of their own
     requests_total: int = 0
     tokens_per_second: float = 0.0
     time_to_first_token_p50: float | None = None

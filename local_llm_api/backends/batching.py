@@ -6,6 +6,9 @@ One engine thread per model. Each step it
 2. builds one batch: the next token of every running sequence, then prompt chunks of sequences still
    reading their prompt (chunked prefill, capped while others stream so that they never freeze),
 3. decodes it, and samples each sequence that needs a token with its own sampler chain.
+A streaming sequence may feed guessed tokens after its next one (prompt lookup, `prompt_lookup.py`) when
+that raises the step's expected output per second: the step's logits check them all at once, and each guess
+the sampler draws too is a token won without a step of its own.
 Finished and cancelled sequences leave between steps and free their slot at once; the slot keeps its
 KV cache for the next prompt that shares its prefix.
 
@@ -25,6 +28,7 @@ import numpy as np
 from ..structured.constraint import ConstraintFactory
 from .base import GenerationChunk, SamplingParams, SequenceText
 from .engine import Engine, Sequence
+from .prompt_lookup import PromptLookup, StepCost, draft_length
 
 log = logging.getLogger("local_llm_api.batching")
 
@@ -33,6 +37,7 @@ log = logging.getLogger("local_llm_api.batching")
 class LlamaSequence(Sequence):
     sampler: Any = None  # llama_cpp._internals.LlamaSampler, the sequence's own chain
     pending: list[int] = field(default_factory=list)  # tokens to feed next: prompt rest, then the last sample
+    lookup: PromptLookup | None = None  # drafts guesses from its prompt and output (None: speculation off)
 
 
 @dataclass(eq=False)
@@ -41,6 +46,16 @@ class Slot:
     cached: list[int] = field(default_factory=list)  # the tokens whose KV this slot holds, positions 0..n-1
     sequence: LlamaSequence | None = None
     last_used: float = 0.0
+
+
+@dataclass
+class Fed:
+    """One sequence's part of a batch."""
+
+    slot: Slot
+    row: int  # the batch row whose logits give its next token (-1: none yet, still reading its prompt)
+    draft: list[int] = field(default_factory=list)  # guessed tokens fed after it, at positions that follow
+    draft_rows: list[int] = field(default_factory=list)  # their batch rows, whose logits check the next guess
 
 
 # Below this many tokens, reading a prefix again costs less than copying a slot's KV stream (a few ms).
@@ -63,11 +78,13 @@ class BatchEngine(Engine):
         llama_cpp: Any,
         context: Any,
         n_slots: int,
+        slot_context: int,
         max_queue: int,
         batch_size: int,
         prefill_chunk: int,
         prefix_cache: bool,
         reproducible: bool = False,
+        draft_tokens: int = 0,
         make_sampler: Callable[[SamplingParams], Any],
         token_bytes: Callable[[int], bytes],
         is_end: Callable[[int], bool],
@@ -85,6 +102,10 @@ class BatchEngine(Engine):
         self._prefill_chunk = prefill_chunk
         self._prefix_cache = prefix_cache
         self._reproducible = reproducible
+        self._slot_context = slot_context
+        self._draft_tokens = draft_tokens
+        self._step_cost = StepCost()
+        self._prompt_in_step = False  # the step being run reads prompt tokens (its time is not a decode's)
         self._make_sampler = make_sampler
         self.slots = [Slot(i) for i in range(n_slots)]
         self.start()
@@ -106,6 +127,7 @@ class BatchEngine(Engine):
     def _step(self) -> None:
         self._admit()
         self._drop_cancelled()
+        started = time.perf_counter()
         fed = self._fill_batch()
         if not fed:
             return
@@ -113,8 +135,12 @@ class BatchEngine(Engine):
             self._decode(fed)
         except Exception as exc:  # the error reaches the requests in the batch; the engine keeps going
             log.exception("decode failed")
-            for slot, _, _ in fed:
-                self._finish(slot, exc)
+            for item in fed:
+                self._finish(item.slot, exc)
+            return
+        if not self._prompt_in_step:
+            # A step of streaming sequences only, sampling included: what guesses are weighed against.
+            self._step_cost.record(self._batch.n_tokens, time.perf_counter() - started)
 
     def _running(self) -> list[Slot]:
         return [s for s in self.slots if s.sequence is not None]
@@ -138,7 +164,11 @@ class BatchEngine(Engine):
             if not from_scratch and self._prefill_to_share(prompt):
                 self._put_back(sequence)  # another slot is reading this prompt's prefix: wait, then copy it
                 return
-            slot = max(free, key=lambda s: (0 if from_scratch else common_prefix(s.cached, prompt), -s.last_used))
+            slot = max(free, key=lambda s: common_prefix(s.cached, prompt))
+            if from_scratch or common_prefix(slot.cached, prompt) < MIN_SHARED_PREFIX:
+                # No real hit (a chat template's few opening tokens are not one): the least recently used slot
+                # gives up its cache, so that those other prompts may still find theirs.
+                slot = min(free, key=lambda s: s.last_used)
             reuse = 0 if from_scratch else min(common_prefix(slot.cached, prompt), len(prompt) - 1)
             if not from_scratch:
                 donor = max(self.slots, key=lambda s: common_prefix(s.cached, prompt))
@@ -153,6 +183,8 @@ class BatchEngine(Engine):
             self._lib.llama_memory_seq_rm(self._context.memory, slot.seq_id, reuse, -1)
             del slot.cached[reuse:]
             sequence.pending = prompt[reuse:]
+            if self._draft_tokens:
+                sequence.lookup = PromptLookup(prompt, self._draft_tokens)
             slot.sequence = sequence
             self._counters["prompt"] += len(prompt)
             self._counters["cached"] += reuse
@@ -173,9 +205,10 @@ class BatchEngine(Engine):
             if slot.sequence.cancelled:  # type: ignore[union-attr]  (running slots have one)
                 self._free(slot)
 
-    def _fill_batch(self) -> list[tuple[Slot, int, bool]]:
-        """Fill the batch; return (slot, tokens fed, wants logits) per sequence in it."""
+    def _fill_batch(self) -> list[Fed]:
+        """Fill the batch: each running sequence's next token, prompt chunks, then guesses worth their cost."""
         batch, fed, n = self._batch, [], 0
+        self._prompt_in_step = False
         running = self._running()
         # Streaming sequences first (one token each), then prompts in arrival order.
         running.sort(key=lambda s: (s.sequence.first_token_at is None, s.sequence.arrived))  # type: ignore[union-attr]
@@ -192,48 +225,114 @@ class BatchEngine(Engine):
                 continue
             if reading_prompt:
                 prefill_budget -= len(take)
+                self._prompt_in_step = True
             done = len(take) == len(sequence.pending)
             for i, token in enumerate(take):
-                batch.token[n] = token
-                batch.pos[n] = len(slot.cached) + i
-                batch.n_seq_id[n] = 1
-                batch.seq_id[n][0] = slot.seq_id
-                batch.logits[n] = done and i == len(take) - 1
+                self._put(n, token, len(slot.cached) + i, slot.seq_id, logits=done and i == len(take) - 1)
                 n += 1
             slot.cached.extend(take)
             del sequence.pending[: len(take)]
-            fed.append((slot, n - 1, done))
+            fed.append(Fed(slot, n - 1 if done else -1))
+        n = self._add_guesses(fed, n)
         batch.n_tokens = n
         return fed
 
-    def _decode(self, fed: list[tuple[Slot, int, bool]]) -> None:
+    def _put(self, row: int, token: int, position: int, seq_id: int, *, logits: bool) -> None:
+        batch = self._batch
+        batch.token[row] = token
+        batch.pos[row] = position
+        batch.n_seq_id[row] = 1
+        batch.seq_id[row][0] = seq_id
+        batch.logits[row] = logits
+
+    def _add_guesses(self, fed: list[Fed], n: int) -> int:
+        """Give streaming sequences the guesses that raise the step's expected tokens per second; return the
+        batch's new size."""
+        if not self._draft_tokens:
+            return n
+        cost = self._step_cost.estimate()
+        produced = float(sum(item.row >= 0 for item in fed))
+        fixed, per_token = cost or (1.0, 0.0)
+        seconds = fixed + per_token * n
+        for item in fed:
+            slot, sequence = item.slot, item.slot.sequence
+            assert isinstance(sequence, LlamaSequence)
+            if sequence.lookup is None or sequence.first_token_at is None or item.row < 0:
+                continue
+            # A guess past the slot's KV stream would fail the whole decode.
+            guess = sequence.lookup.guess(min(self._batch_size - n, self._slot_context - len(slot.cached)))
+            if not guess:
+                continue
+            # Until steps of several sizes have been timed, two guesses: enough to learn what a token costs.
+            drafted = draft_length(sequence.lookup, len(guess), produced, seconds, per_token) if cost else min(2, len(guess))
+            if not drafted:
+                sequence.lookup.skipped()
+                continue
+            item.draft = guess[:drafted]
+            for token in item.draft:
+                self._put(n, token, len(slot.cached), slot.seq_id, logits=True)
+                item.draft_rows.append(n)
+                slot.cached.append(token)
+                n += 1
+            produced += sequence.lookup.expected_tokens(drafted) - 1
+            seconds += drafted * per_token
+        return n
+
+    def _decode(self, fed: list[Fed]) -> None:
         code = self._lib.llama_decode(self._context.ctx, self._batch)
         if code != 0:
             raise RuntimeError(f"llama_decode returned {code}")
         now = time.perf_counter()
         produced = 0
-        for slot, index, wants_token in fed:
-            sequence = slot.sequence
-            if not wants_token or sequence is None:
+        for item in fed:
+            slot, sequence = item.slot, item.slot.sequence
+            if item.row < 0 or sequence is None:
                 continue
+            accepted, finished = 0, False
             try:
-                logprobs = None
-                if sequence.shapes_logits:
-                    # The sampler reads the context's logits row: shaping it in place is what it then samples from.
-                    row = np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self._context.ctx, index), shape=(self._n_vocab,))
-                    logprobs = self._shape_logits(sequence, row)
-                token = self._lib.llama_sampler_sample(sequence.sampler.sampler, self._context.ctx, index)
-                finished = self._deliver(sequence, token, now, self._logprob_of(sequence, logprobs, token))
+                # The next token, then one more for each guess the sampler confirms: every token is drawn from its
+                # own logits row by the sequence's sampler, exactly as one step at a time would.
+                for j, row in enumerate([item.row, *item.draft_rows]):
+                    token, finished = self._sample(sequence, row, now)
+                    produced += 1
+                    hit = j < len(item.draft) and token == item.draft[j]
+                    accepted += hit
+                    if finished or not hit:
+                        break
             except Exception as exc:  # this sequence's grammar, sampler or text: it alone fails, the others go on
                 log.error("a sequence failed on its own: %s: %s", type(exc).__name__, exc)
                 self._finish(slot, exc)
                 continue
-            produced += 1
+            if item.draft:
+                self._drop_rejected(slot, len(item.draft) - accepted)
+                self._counters["drafted"] += len(item.draft)
+                self._counters["accepted"] += accepted
+                assert sequence.lookup is not None
+                sequence.lookup.verified(len(item.draft), accepted)
             if finished:
                 self._free(slot)
             else:
                 sequence.pending.append(token)
         self._record_step(now, produced)
+
+    def _sample(self, sequence: LlamaSequence, row: int, now: float) -> tuple[int, bool]:
+        """Draw the sequence's token from a logits row and hand it on; (token, sequence finished)."""
+        logprobs = None
+        if sequence.shapes_logits:
+            # The sampler reads the context's logits row: shaping it in place is what it then samples from.
+            logits = np.ctypeslib.as_array(self._lib.llama_get_logits_ith(self._context.ctx, row), shape=(self._n_vocab,))
+            logprobs = self._shape_logits(sequence, logits)
+        token = self._lib.llama_sampler_sample(sequence.sampler.sampler, self._context.ctx, row)
+        if sequence.lookup is not None:
+            sequence.lookup.extend([token])
+        return token, self._deliver(sequence, token, now, self._logprob_of(sequence, logprobs, token))
+
+    def _drop_rejected(self, slot: Slot, rejected: int) -> None:
+        """Forget the KV cells of guesses the model did not confirm."""
+        if rejected:
+            keep = len(slot.cached) - rejected
+            self._lib.llama_memory_seq_rm(self._context.memory, slot.seq_id, keep, -1)
+            del slot.cached[keep:]
 
     def _fail_running(self, error: BaseException) -> None:
         for slot in self._running():

@@ -67,7 +67,8 @@ class Engine(ABC):
         self._waiting: deque[Sequence] = deque()
         self._wake = threading.Condition()
         self._stopping = False
-        self._counters = {"prompt": 0, "cached": 0, "shared": 0, "generated": 0, "requests": 0}
+        self._counters = {"prompt": 0, "cached": 0, "shared": 0, "generated": 0, "requests": 0, "drafted": 0,
+                          "accepted": 0}
         self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) of recent steps, for tokens/s
         self._ttft_counts = [0] * (len(TTFT_BUCKETS) + 1)
         self._ttft_sum = 0.0
@@ -263,6 +264,8 @@ class Engine(ABC):
             cached_prompt_tokens_total=self._counters["cached"],
             shared_prompt_tokens_total=self._counters["shared"],
             generated_tokens_total=self._counters["generated"],
+            draft_tokens_total=self._counters["drafted"],
+            accepted_draft_tokens_total=self._counters["accepted"],
             requests_total=self._counters["requests"],
             tokens_per_second=round(recent_tokens / window, 1) if window > 0 else 0.0,
             time_to_first_token_p50=ttfts[len(ttfts) // 2] if ttfts else None,

@@ -1,0 +1,109 @@
+"""Prompt lookup: draft tokens for speculative decoding from the sequence's own text, with no draft model.
+
+Answers that copy their input (code edits, JSON extraction, quotes) repeat long runs of the prompt: when the
+last tokens written also appeared earlier, the tokens that followed them there are a good guess for the next
+ones. The engine feeds the guesses after the sequence's next token in one decode and keeps a guess only when
+the model, sampling that position as usual, draws the same token (`BatchEngine._decode`): the answer is the
+one it would have written without guesses, token for token (greedy or seeded) and in distribution.
+
+Guessing pays only when a step's cost grows little with its tokens (a GPU) or guesses usually hold; on a few
+CPU cores every token in a step costs nearly as much as a step of its own. So the engine guesses as many
+tokens as raise the step's expected output per second (`draft_length`), from two measured figures: how a
+step's time grows with its tokens (`StepCost`) and how often this sequence's guesses have held (`acceptance`).
+"""
+
+from __future__ import annotations
+
+NGRAM_SIZES = (3, 2)  # the longest match first: three tokens in common predict better than two
+PRIOR_ACCEPTANCE = 0.7  # what a new sequence's guesses are assumed to do
+LEARNING_RATE = 0.25  # weight of each checked guess in the running acceptance
+STALE_AFTER = 16  # skipped guesses after which the acceptance drifts back toward the prior (a copy may start)
+
+
+class PromptLookup:
+    def __init__(self, prompt: list[int], max_draft: int) -> None:
+        self.max_draft = max_draft
+        self.acceptance = PRIOR_ACCEPTANCE  # chance that a guessed token holds, given that those before it did
+        self._tokens: list[int] = []
+        # n-gram -> where the token after its latest earlier occurrence is
+        self._follows: dict[tuple[int, ...], int] = {}
+        self._skipped = 0
+        self.extend(prompt)
+
+    def extend(self, tokens: list[int]) -> None:
+        """Tokens of the prompt, or tokens the sequence has just written."""
+        for token in tokens:
+            end = len(self._tokens)
+            for n in NGRAM_SIZES:
+                if end >= n:
+                    self._follows[tuple(self._tokens[end - n:end])] = end
+            self._tokens.append(token)
+
+    def guess(self, room: int) -> list[int]:
+        """Up to `room` (and the setting) tokens that followed the latest earlier occurrence of the text's end."""
+        want = min(self.max_draft, room)
+        if want <= 0:
+            return []
+        for n in NGRAM_SIZES:
+            if len(self._tokens) > n:
+                start = self._follows.get(tuple(self._tokens[-n:]))
+                if start is not None:
+                    return self._tokens[start:start + want]
+        return []
+
+    def expected_tokens(self, drafted: int) -> float:
+        """Tokens a step gives this sequence with `drafted` guesses: its own, plus each guess that holds."""
+        return sum(self.acceptance ** i for i in range(drafted + 1))
+
+    def verified(self, drafted: int, accepted: int) -> None:
+        """The first `accepted` of `drafted` guesses held (each checked guess counts; those after a miss were not)."""
+        self._skipped = 0
+        outcomes = [1.0] * accepted + ([0.0] if accepted < drafted else [])
+        for outcome in outcomes:
+            self.acceptance += LEARNING_RATE * (outcome - self.acceptance)
+
+    def skipped(self) -> None:
+        """A guess was found but not worth its cost: after a while, give copying another chance."""
+        self._skipped += 1
+        if self._skipped >= STALE_AFTER:
+            self._skipped = 0
+            self.acceptance = (self.acceptance + PRIOR_ACCEPTANCE) / 2
+
+
+class StepCost:
+    """A decode step's time as a fixed part plus a part per token, fitted by least squares over recent steps
+    (older ones fading), so that the same rule serves a GPU (tokens nearly free) and a few CPU cores."""
+
+    def __init__(self, decay: float = 0.995) -> None:
+        self._decay = decay
+        self._w = self._n = self._t = self._nn = self._nt = 0.0
+
+    def record(self, tokens: int, seconds: float) -> None:
+        d = self._decay
+        self._w = d * self._w + 1
+        self._n = d * self._n + tokens
+        self._t = d * self._t + seconds
+        self._nn = d * self._nn + tokens * tokens
+        self._nt = d * self._nt + tokens * seconds
+
+    def estimate(self) -> tuple[float, float] | None:
+        """(seconds per step, seconds per token); None until steps of different sizes have been seen."""
+        if self._w < 2:
+            return None
+        mean_n, mean_t = self._n / self._w, self._t / self._w
+        variance = self._nn / self._w - mean_n ** 2
+        if variance < 0.25:
+            return None
+        per_token = max(0.0, (self._nt / self._w - mean_n * mean_t) / variance)
+        return max(1e-6, mean_t - per_token * mean_n), per_token
+
+
+def draft_length(lookup: PromptLookup, guessed: int, produced: float, step: float, per_token: float) -> int:
+    """How many of `guessed` tokens to feed: the number that gives the step the most expected tokens per second,
+    where the step so far yields `produced` tokens in `step` seconds and each fed token adds `per_token`."""
+    best, best_rate = 0, produced / step
+    for drafted in range(1, guessed + 1):
+        rate = (produced + lookup.expected_tokens(drafted) - 1) / (step + drafted * per_token)
+        if rate > best_rate:
+            best, best_rate = drafted, rate
+    return best
