@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_bench import one_request, start  # a sibling script, not a package
+from serve_bench import engine_counters, one_request, serving  # a sibling script, not a package
 
 TOOLS = ["search_files", "read_file", "edit_file", "run_tests", "open_url", "ask_user"]
 QUESTIONS = ["Which tool reads a file?", "How do I run only the failing tests?", "Can I edit two files at once?",
@@ -68,16 +68,6 @@ class Outcome:
                 f"{'n/a' if self.evaluated is None else self.evaluated} | {'n/a' if self.cached is None else self.cached} |")
 
 
-async def prompt_counts(base: str) -> tuple[int, int] | None:
-    """(prompt tokens in all, read from the cache) so far; None where the server does not report them."""
-    async with httpx.AsyncClient(timeout=10) as client:
-        engines = (await client.get(f"{base}/health")).json().get("engines") or {}
-    stats = next(iter(engines.values()), {})
-    if "prompt_tokens_total" not in stats:
-        return None
-    return stats["prompt_tokens_total"], stats["cached_prompt_tokens_total"]
-
-
 async def agent_load(base: str, model: str, label: str, clients: int, turns: int, system: str, temperature: float,
                      max_tokens: int) -> Outcome:
     outcome = Outcome(label)
@@ -94,12 +84,15 @@ async def agent_load(base: str, model: str, label: str, clients: int, turns: int
             # The history keeps a fixed answer, so that every contender reads the same prompts.
             messages.append({"role": "assistant", "content": f"Answer {turn + 1}: see the manual."})
 
-    before = await prompt_counts(base)
-    async with httpx.AsyncClient(timeout=1800, limits=httpx.Limits(max_connections=clients + 4)) as client:
+    counters = ("prompt_tokens_total", "cached_prompt_tokens_total")  # in all, and read from the cache
+    before = await engine_counters(base, *counters)
+    # No kept-alive connections: llama-server closes idle ones on its side, and a reused one then fails.
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=1800, limits=limits) as client:
         started = time.perf_counter()
         await asyncio.gather(*(conversation(client, i) for i in range(clients)))
         outcome.seconds = time.perf_counter() - started
-    after = await prompt_counts(base)
+    after = await engine_counters(base, *counters)
     if before is not None and after is not None:
         outcome.cached = after[1] - before[1]
         outcome.evaluated = after[0] - before[0] - outcome.cached
@@ -143,14 +136,10 @@ def main() -> None:
         for key, (label, command, env, health) in contenders.items():
             if key in args.skip:
                 continue
-            process = start(command, env, health)
-            try:
+            with serving(command, env, health, label):
                 asyncio.run(agent_load(base, model.name, label, 1, 1, "Warm up.", args.temperature, 2))
                 outcome = asyncio.run(agent_load(base, model.name, label, args.clients, args.turns, system,
                                                  args.temperature, args.max_tokens))
-            finally:
-                process.terminate()
-                process.wait(timeout=30)
             outcomes.append(outcome)
             print(outcome.row(), flush=True)
     title = (f"model {model.name}, {args.threads} threads, {args.clients} clients x {args.turns} turns, system prompt "

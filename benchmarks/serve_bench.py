@@ -23,6 +23,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 import threading
 import time
 from dataclasses import dataclass, field
@@ -136,8 +138,34 @@ async def closed_loop(base_url: str, model: str, concurrency: int, requests_per_
     return result
 
 
-def start(command: list[str], env: dict[str, str], health_url: str) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+@contextmanager
+def serving(command: list[str], env: dict[str, str], health_url: str, label: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A server for the block's length; when the block fails, the server's last output is printed."""
+    with tempfile.TemporaryDirectory() as logs:
+        log = Path(logs) / "server.log"
+        process = start(command, env, health_url, log)
+        try:
+            yield process
+        except Exception:
+            print(f"{label} failed; its last output:\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+            raise
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+async def engine_counters(base: str, *names: str) -> tuple[int, ...] | None:
+    """The named counters of the server's first engine in /health; None where the server does not report them."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        engines = (await client.get(f"{base}/health")).json().get("engines") or {}
+    stats = next(iter(engines.values()), {})
+    return tuple(stats[name] for name in names) if all(name in stats for name in names) else None
+
+
+def start(command: list[str], env: dict[str, str], health_url: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start a server and wait for its health route; its output goes to `log` when given."""
+    output = log.open("wb") if log else subprocess.DEVNULL
+    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=output, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     while time.time() < deadline:
         try:

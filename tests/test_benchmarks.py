@@ -37,6 +37,12 @@ def test_agent_bench() -> None:
     assert "| local-llm-api (prefix reuse" in out and "| local-llm-api, REPRODUCIBLE=true" in out
 
 
+def test_copy_bench() -> None:
+    out = run("copy_bench.py", "--port", str(free_port()), "--model", str(bundled_model_path()), "--threads", "1",
+              "--clients", "1", "2", "--rounds", "1", "--max-tokens", "8")
+    assert "| local-llm-api (prompt lookup" in out and "| local-llm-api, PROMPT_LOOKUP_TOKENS=0 | 2 |" in out
+
+
 def test_transformers_bench() -> None:
     out = run("transformers_bench.py", "--port", str(free_port()), "--model-dir", str(smollm2_transformers_folder()), "--threads", "1",
               "--concurrency", "1", "--requests-per-client", "1", "--max-tokens", "4", "--skip", "transformers-serve",
