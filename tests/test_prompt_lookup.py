@@ -7,6 +7,7 @@ The suite's shared server runs with the default (PROMPT_LOOKUP_TOKENS=8); `plain
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,14 @@ def ask(server: Server, prompt: str, **fields: Any) -> dict:
 
 
 def drafts(server: Server) -> tuple[int, int]:
+    """The guess counters once the engine is idle: a step's counts are added after its last token is sent."""
+    deadline = time.monotonic() + 30
     with server.client() as client:
-        stats = client.get("/health").json()["engines"][MODEL]
-    return stats["draft_tokens_total"], stats["accepted_draft_tokens_total"]
+        while True:
+            stats = client.get("/health").json()["engines"][MODEL]
+            if stats["running"] == 0 or time.monotonic() > deadline:
+                return stats["draft_tokens_total"], stats["accepted_draft_tokens_total"]
+            time.sleep(0.02)
 
 
 def test_greedy_answers_and_their_logprobs_are_unchanged_and_guesses_are_used(server: Server, plain: Server) -> None:
