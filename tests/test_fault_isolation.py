@@ -172,7 +172,11 @@ def test_a_log_file_on_a_read_only_disk_does_not_stop_the_server(tmp_path: Path,
         answer = httpx.post(f"{server.url}/v1/chat/completions", timeout=60,
                             json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
         assert answer.status_code == 200
-        stderr = next(tmp_path.glob("server-*.stderr")).read_text()
+        # The access line is written after the answer is sent: wait for it rather than read at once.
+        stderr_file, deadline = next(tmp_path.glob("server-*.stderr")), time.monotonic() + 10
+        while "path=/v1/chat/completions" not in stderr_file.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stderr = stderr_file.read_text()
         assert "cannot be written (Read-only file system): logging to stderr only" in stderr
         assert "path=/v1/chat/completions status=200" in stderr and "Traceback" not in stderr  # the log goes on
 
