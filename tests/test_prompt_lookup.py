@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from local_llm_api.backends.prompt_lookup import STALE_AFTER, PromptLookup, StepCost, draft_length
+from local_llm_api.backends.prompt_lookup import PromptLookup, StepCost, draft_length
 
 from .conftest import MODEL, Server, running_server
 
@@ -117,9 +117,23 @@ def test_acceptance_follows_how_guesses_fare() -> None:
     for _ in range(10):
         lookup.verified(3, 0)
     assert lookup.acceptance < 0.1
-    for _ in range(STALE_AFTER):  # not worth guessing for a while: the estimate drifts back toward the prior
-        lookup.skipped()
-    assert lookup.acceptance > 0.3
+
+
+def test_guesses_not_fed_are_checked_against_the_tokens_written_next() -> None:
+    # Free text: a guess that does not hold lowers the acceptance, although it cost nothing.
+    lookup = PromptLookup([5, 6, 7, 8, 5, 6], max_draft=4)
+    start = lookup.acceptance
+    lookup.skipped(lookup.guess(4))  # "5 6" was followed by "7 8 5 6"
+    lookup.extend([9])
+    assert lookup.acceptance < start
+    # A copy: guesses that would have held raise it, so the engine starts feeding them.
+    lookup = PromptLookup([1, 2, 3, 4, 5, 6, 7, 8, 1, 2], max_draft=6)
+    for _ in range(2):
+        guess = lookup.guess(6)
+        lookup.skipped(guess)
+        lookup.extend(guess)
+    assert lookup.acceptance > 0.9
+    assert draft_length(lookup, 6, produced=1, step=0.011, per_token=0.006) > 0
 
 
 def test_guesses_are_fed_only_where_they_raise_the_expected_rate() -> None:
@@ -144,6 +158,15 @@ def test_step_cost_is_fitted_from_steps_of_different_sizes() -> None:
         cost.record(tokens, 0.005 + 0.006 * tokens)
     fixed, per_token = cost.estimate()  # type: ignore[misc]
     assert per_token == pytest.approx(0.006, rel=0.05) and fixed == pytest.approx(0.005, rel=0.2)
+    for _ in range(5000):  # one stream for a long time: the old steps fade, the fit holds
+        cost.record(1, 0.011)
+    assert cost.estimate() == (fixed, per_token)
+
+
+def test_a_new_sequence_guesses_only_where_tokens_are_cheap() -> None:
+    lookup = PromptLookup([1, 2, 3], max_draft=8)
+    assert draft_length(lookup, 8, produced=1, step=0.011, per_token=0.006) == 0  # two CPU cores
+    assert draft_length(lookup, 8, produced=1, step=0.010, per_token=0.0001) > 0  # a GPU
 
 
 def test_health_and_metrics_count_guesses(client: httpx.Client) -> None:

@@ -10,14 +10,16 @@ Guessing pays only when a step's cost grows little with its tokens (a GPU) or gu
 CPU cores every token in a step costs nearly as much as a step of its own. So the engine guesses as many
 tokens as raise the step's expected output per second (`draft_length`), from two measured figures: how a
 step's time grows with its tokens (`StepCost`) and how often this sequence's guesses have held (`acceptance`).
+A guess not worth feeding is still checked, for free, against the tokens the sequence writes next, so the
+acceptance is learned without paying for guesses: free text, where a match rarely continues, stops guessing
+after a few tokens; an answer that copies its prompt starts guessing as soon as its guesses would have held.
 """
 
 from __future__ import annotations
 
 NGRAM_SIZES = (3, 2)  # the longest match first: three tokens in common predict better than two
-PRIOR_ACCEPTANCE = 0.7  # what a new sequence's guesses are assumed to do
+PRIOR_ACCEPTANCE = 0.5  # what a new sequence's guesses are assumed to do: on a few CPU cores, not worth a try
 LEARNING_RATE = 0.25  # weight of each checked guess in the running acceptance
-STALE_AFTER = 16  # skipped guesses after which the acceptance drifts back toward the prior (a copy may start)
 
 
 class PromptLookup:
@@ -27,12 +29,15 @@ class PromptLookup:
         self._tokens: list[int] = []
         # n-gram -> where the token after its latest earlier occurrence is
         self._follows: dict[tuple[int, ...], int] = {}
-        self._skipped = 0
+        self._unfed: list[int] = []  # a guess that was not fed, checked against the tokens written next
+        self._unfed_held = 0
         self.extend(prompt)
 
     def extend(self, tokens: list[int]) -> None:
         """Tokens of the prompt, or tokens the sequence has just written."""
         for token in tokens:
+            if self._unfed:
+                self._check_unfed(token)
             end = len(self._tokens)
             for n in NGRAM_SIZES:
                 if end >= n:
@@ -57,17 +62,22 @@ class PromptLookup:
 
     def verified(self, drafted: int, accepted: int) -> None:
         """The first `accepted` of `drafted` guesses held (each checked guess counts; those after a miss were not)."""
-        self._skipped = 0
+        self._unfed = []
         outcomes = [1.0] * accepted + ([0.0] if accepted < drafted else [])
         for outcome in outcomes:
             self.acceptance += LEARNING_RATE * (outcome - self.acceptance)
 
-    def skipped(self) -> None:
-        """A guess was found but not worth its cost: after a while, give copying another chance."""
-        self._skipped += 1
-        if self._skipped >= STALE_AFTER:
-            self._skipped = 0
-            self.acceptance = (self.acceptance + PRIOR_ACCEPTANCE) / 2
+    def skipped(self, guess: list[int]) -> None:
+        """A guess was found but not worth feeding: learn from it anyway, as the next tokens are written."""
+        if not self._unfed:
+            self._unfed, self._unfed_held = guess, 0
+
+    def _check_unfed(self, token: int) -> None:
+        if token == self._unfed[self._unfed_held]:
+            self._unfed_held += 1
+            if self._unfed_held < len(self._unfed):
+                return
+        self.verified(len(self._unfed), self._unfed_held)
 
 
 class StepCost:
@@ -77,6 +87,7 @@ class StepCost:
     def __init__(self, decay: float = 0.995) -> None:
         self._decay = decay
         self._w = self._n = self._t = self._nn = self._nt = 0.0
+        self._fitted: tuple[float, float] | None = None
 
     def record(self, tokens: int, seconds: float) -> None:
         d = self._decay
@@ -87,15 +98,18 @@ class StepCost:
         self._nt = d * self._nt + tokens * seconds
 
     def estimate(self) -> tuple[float, float] | None:
-        """(seconds per step, seconds per token); None until steps of different sizes have been seen."""
+        """(seconds per step, seconds per token); None until steps of different sizes have been seen. When the
+        recent steps are all of one size (one stream, no guesses), the last fit holds: without it the engine would
+        have to feed guesses again only to measure their cost."""
         if self._w < 2:
-            return None
+            return self._fitted
         mean_n, mean_t = self._n / self._w, self._t / self._w
         variance = self._nn / self._w - mean_n ** 2
         if variance < 0.25:
-            return None
+            return self._fitted
         per_token = max(0.0, (self._nt / self._w - mean_n * mean_t) / variance)
-        return max(1e-6, mean_t - per_token * mean_n), per_token
+        self._fitted = max(1e-6, mean_t - per_token * mean_n), per_token
+        return self._fitted
 
 
 def draft_length(lookup: PromptLookup, guessed: int, produced: float, step: float, per_token: float) -> int:
