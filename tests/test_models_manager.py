@@ -81,6 +81,15 @@ def test_sentence_transformers_embeddings_match_the_library(mixed: Server) -> No
         assert cosine > 0.999
 
 
+def test_metrics_with_an_embedding_model_loaded(mixed: Server) -> None:
+    # An embedding model has no time-to-first-token histogram; /metrics used to fail with it loaded (500).
+    with mixed.client() as client:
+        assert client.post("/v1/embeddings", json={"model": MINILM, "input": "hi"}).status_code == 200
+        metrics = client.get("/metrics")
+    assert metrics.status_code == 200, metrics.text
+    assert f'llm_engine_alive{{model="{MINILM}"}} 1.0' in metrics.text
+
+
 def test_embedding_models_refuse_generation(mixed: Server) -> None:
     with mixed.client() as client:
         for path, body in (("/v1/chat/completions", {"messages": HELLO}), ("/v1/completions", {"prompt": "Hi"})):

@@ -45,7 +45,8 @@ class EngineCollector(Collector):
             for key, family in {**gauges, **counters}.items():
                 family.add_metric([name], float(getattr(stats, key)))
             buckets = [("+Inf" if bound == float("inf") else str(bound), count) for bound, count in stats.ttft_buckets.items()]
-            ttft.add_metric([name], buckets, stats.ttft_sum)
+            if buckets:  # an embedding model has no first tokens (and prometheus-client refuses an empty histogram)
+                ttft.add_metric([name], buckets, stats.ttft_sum)
         loaded = GaugeMetricFamily("llm_models_loaded", "Models in memory")
         loaded.add_metric([], len(self.manager.loaded))
         yield from (*gauges.values(), *counters.values(), ttft, loaded)
