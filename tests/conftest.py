@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from local_llm_api.cli import BUNDLED_FILE, bundled_model_path
@@ -79,8 +80,9 @@ def place_model(model_dir: Path) -> Path:
     return target
 
 
-def start_server(tmp: Path, model_dir: Path, wait_for_model: bool = True, prefix: Sequence[str] = (), **env: str) -> Server:
-    """`prefix`: a command the server runs under (fewer privileges, another mount namespace)."""
+def start_server(tmp: Path, model_dir: Path, wait_for_model: bool = True, prefix: Sequence[str] = (),
+                 args: Sequence[str] = (), **env: str) -> Server:
+    """`prefix`: a command the server runs under (fewer privileges, another mount namespace); `args`: more flags."""
     port = free_port()
     log_file = tmp / f"server-{port}.log"
     environment = {
@@ -96,7 +98,7 @@ def start_server(tmp: Path, model_dir: Path, wait_for_model: bool = True, prefix
         **env,
     }
     process = subprocess.Popen(
-        [*prefix, sys.executable, "-m", "local_llm_api", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [*prefix, sys.executable, "-m", "local_llm_api", "serve", "--host", "127.0.0.1", "--port", str(port), *args],
         env=environment,
         cwd=tmp,
         stdout=subprocess.DEVNULL,
@@ -112,7 +114,7 @@ def start_server(tmp: Path, model_dir: Path, wait_for_model: bool = True, prefix
                 health = client.get("/health").json()
                 if not wait_for_model or health["loaded_models"]:
                     return server
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ValueError, KeyError):  # not up yet (Ray's proxy answers 404 until deployed)
                 pass
             time.sleep(0.2)
     stop_server(server)
@@ -120,11 +122,22 @@ def start_server(tmp: Path, model_dir: Path, wait_for_model: bool = True, prefix
 
 
 def stop_server(server: Server) -> None:
+    """SIGTERM, then SIGKILL after 20 s; then whatever the server started and left behind (a Ray instance's
+    processes, when it ran with --replicas) is killed too."""
+    try:
+        family = psutil.Process(server.process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
     server.process.terminate()
     try:
         server.process.wait(timeout=20)
     except subprocess.TimeoutExpired:
         server.process.kill()
+    for process in family:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 @contextmanager

@@ -28,6 +28,7 @@ class SystemInfo(BaseModel):
     memory_total_bytes: int
     memory_available_bytes: int
     process_rss_bytes: int
+    process_id: int  # the server's process (under Ray Serve, the replica's)
 
 
 class Health(BaseModel):
@@ -138,6 +139,7 @@ async def health(request: Request) -> Health:
             memory_total_bytes=memory.total,
             memory_available_bytes=memory.available,
             process_rss_bytes=psutil.Process().memory_info().rss,
+            process_id=os.getpid(),
         ),
         gpu=gpu_info(),
     )
