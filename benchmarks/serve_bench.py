@@ -128,7 +128,10 @@ async def closed_loop(base_url: str, model: str, concurrency: int, requests_per_
             result.tokens += tokens
             result.ttft.append(ttft)
 
-    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency + 4)) as client:
+    # A connection per request: llama.cpp's server closes idle keep-alive connections, and a request sent on one
+    # as it closes fails (the same for every contender).
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         await one_request(client, f"{base_url}/v1/chat/completions", {**body, "max_tokens": 4})  # warm-up
         with PeakMemory(pid) as memory:
             started = time.perf_counter()

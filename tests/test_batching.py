@@ -212,3 +212,14 @@ def test_prometheus_metrics(client: httpx.Client) -> None:
                  "llm_time_to_first_token_seconds_bucket", "llm_cached_prompt_tokens_total", "llm_models_loaded"):
         assert name in text, name
     assert f'llm_slots{{model="{MODEL}"}} 4.0' in text
+    for name in ("llm_kv_cache_tokens", "llm_kv_cache_capacity_tokens", "llm_prefix_cache_hit_ratio"):
+        assert f'{name}{{model="{MODEL}"}}' in text, name
+
+
+def test_health_tells_cells_in_use_and_the_hit_rate(client: httpx.Client) -> None:
+    # The KV cells held (running sequences and prefixes kept for reuse) against the slots' capacity, and the
+    # share of prompt tokens that came from the cache.
+    client.post("/v1/chat/completions", json={"messages": STORY, "max_tokens": 3})
+    stats = engine(client)
+    assert 0 < stats["kv_cache_tokens"] <= stats["kv_cache_capacity"] == stats["slots"] * 2048
+    assert stats["prefix_cache_hit_rate"] == round(stats["cached_prompt_tokens_total"] / stats["prompt_tokens_total"], 4)

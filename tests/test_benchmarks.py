@@ -43,6 +43,13 @@ def test_copy_bench() -> None:
     assert "| local-llm-api (prompt lookup" in out and "| local-llm-api, PROMPT_LOOKUP_TOKENS=0 | 2 |" in out
 
 
+def test_ray_bench() -> None:
+    pytest.importorskip("ray.serve", reason="Ray Serve is the optional extra local-llm-api[ray]")
+    out = run("ray_bench.py", "--port", str(free_port()), "--model", str(bundled_model_path()), "--threads", "1", "--slots", "2",
+              "--replicas", "1", "--concurrency", "1", "--requests-per-client", "1", "--max-tokens", "8")
+    assert "| local-llm-api (1 thread, 2 slots each) | 1 |" in out and "| Ray Serve, 1 replica (1 thread, 2 slots each) | 1 |" in out
+
+
 def test_transformers_bench() -> None:
     out = run("transformers_bench.py", "--port", str(free_port()), "--model-dir", str(smollm2_transformers_folder()), "--threads", "1",
               "--concurrency", "1", "--requests-per-client", "1", "--max-tokens", "4", "--skip", "transformers-serve",

@@ -222,11 +222,13 @@ def test_stats_of_two_replicas_add_up() -> None:
     a = EngineStats(slots=4, running=1, queued=0, max_queue=8, generated_tokens_total=10, tokens_per_second=5.0,
                     time_to_first_token_p50=0.2, ttft_buckets={0.1: 1, 1.0: 2}, ttft_sum=0.5)
     b = EngineStats(slots=4, running=2, queued=1, max_queue=8, generated_tokens_total=7, tokens_per_second=2.5,
-                    time_to_first_token_p50=0.4, ttft_buckets={0.1: 0, 1.0: 3}, ttft_sum=1.0)
+                    time_to_first_token_p50=0.4, ttft_buckets={0.1: 0, 1.0: 3}, ttft_sum=1.0,
+                    prompt_tokens_total=100, cached_prompt_tokens_total=50, prefix_cache_hit_rate=0.5)
     total = add_stats(a, b)
     assert (total.slots, total.running, total.queued, total.generated_tokens_total) == (8, 3, 1, 17)
     assert total.tokens_per_second == 7.5 and total.time_to_first_token_p50 == 0.4
     assert total.ttft_buckets == {0.1: 1, 1.0: 5} and total.ttft_sum == 1.5
+    assert total.prefix_cache_hit_rate == 0.5  # recomputed from the sums, not added
 
 
 def test_metrics_of_replicas_merge_into_one_exposition() -> None:

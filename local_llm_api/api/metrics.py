@@ -26,6 +26,12 @@ class EngineCollector(Collector):
             "queued": GaugeMetricFamily("llm_queue_length", "Requests waiting for a slot", labels=["model"]),
             "tokens_per_second": GaugeMetricFamily("llm_tokens_per_second", "Generated tokens/s over the last 10 s", labels=["model"]),
             "alive": GaugeMetricFamily("llm_engine_alive", "1 while the model's engine thread runs", labels=["model"]),
+            "kv_cache_tokens": GaugeMetricFamily(
+                "llm_kv_cache_tokens", "Tokens whose keys and values are held (running and kept for reuse)", labels=["model"]),
+            "kv_cache_capacity": GaugeMetricFamily(
+                "llm_kv_cache_capacity_tokens", "Tokens the KV cache can hold (0: grows as needed)", labels=["model"]),
+            "prefix_cache_hit_rate": GaugeMetricFamily(
+                "llm_prefix_cache_hit_ratio", "Prompt tokens served from the prefix cache / prompt tokens", labels=["model"]),
         }
         counters = {
             "prompt_tokens_total": CounterMetricFamily("llm_prompt_tokens", "Prompt tokens admitted", labels=["model"]),

@@ -80,6 +80,9 @@ class EngineStats(BaseModel):
     draft_tokens_total: int = 0  # guessed by prompt lookup and checked by the model (speculative decoding)
     accepted_draft_tokens_total: int = 0  # of those, confirmed: tokens won without a decode step of their own
     requests_total: int = 0
+    kv_cache_tokens: int = 0  # tokens whose keys and values are held: running sequences and prefixes kept for reuse
+    kv_cache_capacity: int = 0  # how many it can hold (GGUF: slots x context); 0 where the cache grows as needed
+    prefix_cache_hit_rate: float = 0.0  # cached_prompt_tokens_total / prompt_tokens_total
     tokens_per_second: float = 0.0
     time_to_first_token_p50: float | None = None
     # Prometheus histogram of time to first token: cumulative counts per upper bound, and the sum.

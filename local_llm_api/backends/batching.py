@@ -124,6 +124,9 @@ class BatchEngine(Engine):
     def _running_count(self) -> int:
         return len(self._running())
 
+    def _kv_cache_tokens(self) -> tuple[int, int]:
+        return sum(len(slot.cached) for slot in self.slots), len(self.slots) * self._slot_context
+
     def _step(self) -> None:
         self._admit()
         self._drop_cancelled()

@@ -88,6 +88,11 @@ class Engine(ABC):
     @abstractmethod
     def _running_count(self) -> int: ...
 
+    def _kv_cache_tokens(self) -> tuple[int, int]:
+        """(tokens whose keys and values the engine holds, running or kept for reuse; how many it can hold, 0
+        where the cache grows as needed)."""
+        return 0, 0
+
     @abstractmethod
     def _step(self) -> None:
         """Admit waiting sequences (under `self._wake`'s lock only when it takes from `_waiting`), drop
@@ -254,6 +259,8 @@ class Engine(ABC):
         for bound, count in zip((*TTFT_BUCKETS, float("inf")), self._ttft_counts, strict=True):
             cumulative += count
             buckets[bound] = cumulative
+        kv_tokens, kv_capacity = self._kv_cache_tokens()
+        prompt, cached = self._counters["prompt"], self._counters["cached"]
         return EngineStats(
             alive=self.alive,
             slots=self.n_slots,
@@ -267,6 +274,9 @@ class Engine(ABC):
             draft_tokens_total=self._counters["drafted"],
             accepted_draft_tokens_total=self._counters["accepted"],
             requests_total=self._counters["requests"],
+            kv_cache_tokens=kv_tokens,
+            kv_cache_capacity=kv_capacity,
+            prefix_cache_hit_rate=round(cached / prompt, 4) if prompt else 0.0,
             tokens_per_second=round(recent_tokens / window, 1) if window > 0 else 0.0,
             time_to_first_token_p50=ttfts[len(ttfts) // 2] if ttfts else None,
             ttft_buckets=buckets,

@@ -97,6 +97,10 @@ class TorchBatchEngine(Engine):
     def _running_count(self) -> int:
         return len(self._rows) + len(self._reading)
 
+    def _kv_cache_tokens(self) -> tuple[int, int]:
+        kept = sum(len(k.tokens) for k in list(self._kept))
+        return kept + sum(len(s.history) for s in [*self._rows, *self._reading]), 0
+
     def close(self) -> None:
         super().close()
         self._model = None  # the last reference besides the backend's: the weights can be freed

@@ -121,7 +121,8 @@ def application(settings: Settings) -> serve.Application:
         ray_actor_options=actor,
         # A replica takes its slots' worth and a short queue; the rest wait in Ray's router for whichever frees first.
         max_ongoing_requests=2 * settings.parallel_slots,
-        request_router_config=RequestRouterConfig(request_router_class=ModelAwareRouter),
+        request_router_config=RequestRouterConfig(request_router_class=ModelAwareRouter,
+                                                  request_router_kwargs={"slots": settings.parallel_slots}),
         health_check_period_s=5,
         **scaling,
     ).bind(values)

@@ -65,16 +65,24 @@ async def run_app(app: Any, request: Forwarded) -> AsyncIterator[Head | bytes]:
     }
     task = asyncio.create_task(app(scope, receive, send))
     task.add_done_callback(lambda _: messages.put_nowait(None))
-    finished = False
+    finished = ended = False
     try:
-        while (message := await messages.get()) is not None:
+        while not ended and (message := await messages.get()) is not None:
             if message["type"] == "http.response.start":
                 yield Head(message["status"], list(message.get("headers", [])))
             elif message["type"] == "http.response.body":
-                if message.get("body"):
-                    yield message["body"]
-                if not message.get("more_body"):
-                    break
+                # Chunks sent while the last piece was on its way go on as one: passing a piece between processes
+                # costs the same for one token as for ten, and under load they queue up.
+                pieces, ended = [message.get("body", b"")], not message.get("more_body")
+                while not ended and not messages.empty():
+                    following = messages.get_nowait()
+                    if following is None:  # the app has returned: nothing more will come
+                        ended = True
+                        break
+                    pieces.append(following.get("body", b""))
+                    ended = not following.get("more_body")
+                if body := b"".join(pieces):
+                    yield body
         finished = True
     finally:
         if not finished:

@@ -177,10 +177,13 @@ async def relay(pieces: AsyncIterator[Head | bytes], path: str, content_type: st
 
 
 def add_stats(a: EngineStats, b: EngineStats) -> EngineStats:
-    """Two replicas' figures for one model: counts and rates add up; a median is the worse of the two."""
+    """Two replicas' figures for one model: counts and rates add up (the hit rate is recomputed); a median is
+    the worse of the two."""
     summed = {name: getattr(a, name) + getattr(b, name) for name, info in EngineStats.model_fields.items()
               if info.annotation in (int, float) and name != "ttft_sum"}
     p50 = [x for x in (a.time_to_first_token_p50, b.time_to_first_token_p50) if x is not None]
+    prompt, cached = summed["prompt_tokens_total"], summed["cached_prompt_tokens_total"]
+    summed["prefix_cache_hit_rate"] = round(cached / prompt, 4) if prompt else 0.0  # a ratio of the sums
     return EngineStats(**summed, alive=a.alive and b.alive, time_to_first_token_p50=max(p50) if p50 else None,
                        ttft_sum=a.ttft_sum + b.ttft_sum,
                        ttft_buckets={k: a.ttft_buckets.get(k, 0) + b.ttft_buckets.get(k, 0)

@@ -4,8 +4,8 @@ Ray provides (PowerOfTwoChoicesRequestRouter, which this extends): replicas that
 first (model multiplexing: the gateway tags each request with its model), else those holding the fewest models;
 then the less busy of two; queueing, retries and dead replicas. We add:
 - prefix affinity: a request whose conversation (model, system prompt and first turn) went to a replica before
-  goes there again, where its prefix is cached, unless that replica has `slack` more requests in hand than the
-  least busy candidate;
+  goes there again, where its prefix is cached, unless all that replica's slots are busy while another replica
+  has fewer requests in hand (waiting for a slot costs more than reading a prompt again);
 - a request addressed to one replica (the gateway's /health and /metrics ask each of them).
 """
 
@@ -21,8 +21,8 @@ from local_llm_api.ray_serve import registry  # by name: Ray pickles this module
 
 
 class ModelAwareRouter(PowerOfTwoChoicesRequestRouter):
-    def initialize_state(self, slack: int = 4, conversations: int = 10_000, **_: Any) -> None:
-        self._slack = slack
+    def initialize_state(self, slots: int = 4, conversations: int = 10_000, **_: Any) -> None:
+        self._slots = slots  # PARALLEL_SLOTS: requests a replica decodes at once
         self._limit = conversations
         self._where: OrderedDict[str, ReplicaID] = OrderedDict()  # conversation key -> replica (least recent first)
         registry.add(self)
@@ -46,8 +46,9 @@ class ModelAwareRouter(PowerOfTwoChoicesRequestRouter):
     def _overloaded(self, home: ReplicaID, candidates: list[RunningReplica]) -> bool:
         cache = self.replica_queue_len_cache
         mine = cache.get(home)
-        others = [q for r in candidates if (q := cache.get(r.replica_id)) is not None]
-        return mine is not None and bool(others) and mine - min(others) > self._slack
+        if mine is None or mine < self._slots:
+            return False
+        return any(q < mine for r in candidates if r.replica_id != home and (q := cache.get(r.replica_id)) is not None)
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
         key = pending_request.kwargs.get("affinity") if pending_request is not None else None
