@@ -103,7 +103,11 @@ def _serve_on_ray(settings: Settings, ray_address: str | None) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        serve.shutdown()
+        # Serve's shutdown waits for the replicas to free their models; bounded, so that a stuck one cannot keep
+        # the command from exiting (ray.shutdown then stops the local instance's processes).
+        stopping = threading.Thread(target=serve.shutdown, daemon=True)
+        stopping.start()
+        stopping.join(timeout=settings.shutdown_grace_seconds + 30)
         ray.shutdown()
 
 
