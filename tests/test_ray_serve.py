@@ -121,6 +121,19 @@ def test_a_second_model_is_loaded_on_one_replica_and_its_requests_go_there(ray_s
     assert holders == list(served)
 
 
+def test_unloading_reaches_every_replica_and_a_load_is_routed_like_its_model(ray_server: Server) -> None:
+    with httpx.Client(base_url=ray_server.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as client:
+        assert client.post(f"/models/{MINILM}/unload").status_code == 200
+        assert not [r for r in health(ray_server)["replicas"].values() if MINILM in r["loaded_models"]]
+        loaded = client.post(f"/models/{MINILM}/load")
+        assert loaded.status_code == 200 and loaded.json()["state"] == "loaded"
+        home = loaded.headers["x-replica-id"]
+        served = {client.post("/v1/embeddings", json={"model": MINILM, "input": f"text {i}"}).headers["x-replica-id"]
+                  for i in range(3)}
+    assert served == {home}
+    assert [rid for rid, r in health(ray_server)["replicas"].items() if MINILM in r["loaded_models"]] == [home]
+
+
 def test_health_and_metrics_describe_the_whole_deployment(ray_server: Server) -> None:
     state = health(ray_server)
     assert len(state["replicas"]) == 2 and state["status"] == "ok"

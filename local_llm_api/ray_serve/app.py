@@ -56,23 +56,28 @@ class ModelServer:
         await self._app.state.manager.load(model)
         return model
 
-    def _forget_unloaded(self) -> None:
-        """Tell Ray's routing which models this replica no longer holds (unloaded for memory or idle)."""
-        wrapper = getattr(self, "__serve_multiplex_wrapper", None)
-        if wrapper is None:
-            return
+    async def _tell_ray_what_is_loaded(self) -> None:
+        """Keep Ray's routing table true: models this replica unloaded (memory, idle) leave it; models it loaded
+        by other routes (POST /models/{name}/load, Ollama's keep_alive) join it."""
         loaded = self._app.state.manager.loaded
-        stale = [m for m in wrapper.models if m not in loaded]
+        wrapper = getattr(self, "__serve_multiplex_wrapper", None)
+        known = wrapper.models if wrapper is not None else {}
+        stale = [m for m in known if m not in loaded]
         for model in stale:
-            del wrapper.models[model]
+            del known[model]
         if stale:
             wrapper._push_model_ids_info()
+        for model in [m for m in loaded if m not in known]:
+            try:
+                await self._hold(model)  # already loaded: only registered
+            except APIError:
+                pass  # unloaded meanwhile
 
     async def forward(self, request: Forwarded, replica: str | None = None,
                       affinity: str | None = None) -> AsyncIterator[Head | bytes]:
         # `replica` and `affinity` are read by the router (router.py); here they are only passed along.
         model = serve.get_multiplexed_model_id()
-        self._forget_unloaded()
+        await self._tell_ray_what_is_loaded()
         if model:
             try:
                 await self._hold(model)
@@ -82,6 +87,7 @@ class ModelServer:
             if isinstance(piece, Head):
                 piece.headers.append((REPLICA_HEADER.encode(), self.replica.encode()))
             yield piece
+        await self._tell_ray_what_is_loaded()  # the request may have loaded or unloaded a model
 
 
 class Gateway:

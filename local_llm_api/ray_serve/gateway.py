@@ -38,6 +38,7 @@ log = logging.getLogger("local_llm_api.ray_serve")
 
 # Routes that the server answers without a key (the playground page, the API description, liveness).
 PUBLIC = re.compile(r"^/(|ui|health|openapi\.json|docs|docs/oauth2-redirect|redoc)$")
+LOAD = re.compile(r"^/models/(.+)/load$")  # routed like a request for that model: to where Ray places it
 FAN_OUT_TIMEOUT = 10.0  # seconds a replica has to describe itself to /health and /metrics
 REPLICA_HEADER = "x-replica-id"
 
@@ -100,10 +101,12 @@ def create_gateway(settings: Settings, send: Send) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app, error_renderers())
 
-    async def ask_each(path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, tuple[Head, bytes] | None]:
+    async def ask_each(path: str, headers: list[tuple[bytes, bytes]], method: str = "GET",
+                       body: bytes = b"") -> dict[str, tuple[Head, bytes] | None]:
         async def ask(replica: str) -> tuple[Head, bytes] | None:
             async def read() -> tuple[Head, bytes]:
-                pieces = [piece async for piece in await send(Forwarded("GET", path, headers=headers), replica=replica)]
+                request = Forwarded(method, path, headers=headers, body=body)
+                pieces = [piece async for piece in await send(request, replica=replica)]
                 head = pieces[0]
                 assert isinstance(head, Head)
                 return head, b"".join(p for p in pieces[1:] if isinstance(p, bytes))
@@ -136,6 +139,17 @@ def create_gateway(settings: Settings, send: Send) -> FastAPI:
         return Response(merge_metrics({r: a[1].decode() for r, a in answers.items() if a and a[0].status == 200}),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    @app.post("/models/{name:path}/unload")
+    async def unload(request: Request, name: str) -> Response:
+        """Every replica unloads the model; the answer is a replica's that held it (else the first one's)."""
+        await require_api_key(request)
+        answers = [a for a in (await ask_each(request.url.path, list(request.headers.raw), "POST")).values() if a]
+        if not answers:
+            raise replica_lost(RuntimeError("no replica answered"))
+        head, body = next((a for a in answers if a[0].status == 200), answers[0])
+        headers = {k.decode(): v.decode() for k, v in head.headers if k.lower() not in (b"content-length", b"x-request-id")}
+        return Response(body, status_code=head.status, headers=headers)
+
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])
     async def forward(request: Request, path: str) -> Response:
         if request.method != "OPTIONS" and not PUBLIC.match(request.url.path):
@@ -145,6 +159,8 @@ def create_gateway(settings: Settings, send: Send) -> FastAPI:
             raise APIError(413, f"The request body is larger than {settings.max_request_bytes} bytes.",
                            code="request_too_large")
         model, affinity = routing_hints(body, settings.default_model) if request.method == "POST" else ("", None)
+        if request.method == "POST" and (load := LOAD.match(request.url.path)):
+            model = load.group(1)
         client = (request.client.host, request.client.port) if request.client else None
         forwarded = Forwarded(request.method, request.url.path, request.url.query.encode(), list(request.headers.raw), body,
                               client)
