@@ -160,21 +160,22 @@ class BatchEngine(Engine):
                 return
             assert isinstance(sequence, LlamaSequence)
             prompt = sequence.prompt
-            # With REPRODUCIBLE, a seeded or greedy request evaluates its whole prompt (a reused prefix was
-            # computed in other batch shapes, whose last bits differ and can flip a sample); it takes the least
-            # recently used slot, leaving the caches that others may share.
-            from_scratch = (self._reproducible and sequence.params.wants_repeatable) or not self._prefix_cache
+            # A sequence that reads its whole prompt takes the least recently used slot, leaving the caches that
+            # others may share.
+            from_scratch = not self._reuses_prefix(sequence)
             if not from_scratch and self._prefill_to_share(prompt):
                 self._put_back(sequence)  # another slot is reading this prompt's prefix: wait, then copy it
                 return
             slot = max(free, key=lambda s: (common_prefix(s.cached, prompt), -s.last_used))
-            if from_scratch or common_prefix(slot.cached, prompt) < min(MIN_SHARED_PREFIX, len(prompt) // 2):
+            hit = 0 if from_scratch else common_prefix(slot.cached, prompt)
+            if hit < min(MIN_SHARED_PREFIX, len(prompt) // 2):
                 # No real hit (a chat template's few opening tokens before a long prompt are not one): the least
                 # recently used slot gives up its cache, so that those other prompts may still find theirs. A
                 # short prompt that is mostly cached is a hit (and measured: taking an unused slot for it instead
                 # made eight streams' steps 25 % slower, for reasons inside llama.cpp not yet understood).
                 slot = min(free, key=lambda s: s.last_used)
-            reuse = 0 if from_scratch else min(common_prefix(slot.cached, prompt), len(prompt) - 1)
+                hit = 0 if from_scratch else common_prefix(slot.cached, prompt)
+            reuse = min(hit, len(prompt) - 1) if hit else 0
             if not from_scratch:
                 donor = max(self.slots, key=lambda s: common_prefix(s.cached, prompt))
                 shared = min(common_prefix(donor.cached, prompt), len(prompt) - 1)

@@ -56,6 +56,9 @@ class Sequence:
 
 
 class Engine(ABC):
+    _prefix_cache = False  # set by each engine: PREFIX_CACHE, where its cache allows it
+    _reproducible = False  # REPRODUCIBLE
+
     def __init__(self, *, n_slots: int, max_queue: int, token_bytes: Callable[[int], bytes],
                  is_end: Callable[[int], bool], name: str, constraints: ConstraintFactory | None = None) -> None:
         self.n_slots = n_slots
@@ -87,6 +90,12 @@ class Engine(ABC):
 
     @abstractmethod
     def _running_count(self) -> int: ...
+
+    def _reuses_prefix(self, sequence: Sequence) -> bool:
+        """Whether a sequence may start from a cached prefix. With REPRODUCIBLE, a seeded or greedy request reads
+        its whole prompt: a reused prefix was computed in other batch shapes, whose last bits differ and can flip
+        a sample."""
+        return self._prefix_cache and not (self._reproducible and sequence.params.wants_repeatable)
 
     def _kv_cache_tokens(self) -> tuple[int, int]:
         """(tokens whose keys and values the engine holds, running or kept for reuse; how many it can hold, 0

@@ -142,8 +142,7 @@ class TorchBatchEngine(Engine):
         from transformers import DynamicCache
 
         # Prompts are read one at a time: one that shares a prefix with the one read before it copies its KV.
-        # With REPRODUCIBLE, seeded and greedy requests read their whole prompt (see batching.py).
-        if sequence.cache is None and self._prefix_cache and not (self._reproducible and sequence.params.wants_repeatable):
+        if sequence.cache is None and self._reuses_prefix(sequence):
             self._start_from_kept(sequence)
         if sequence.cache is None:
             sequence.cache = DynamicCache(config=self._model.config)
