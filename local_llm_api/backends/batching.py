@@ -4,7 +4,8 @@ One engine thread per model. Each step it
 1. admits waiting sequences (FIFO) into free slots, choosing the slot whose cached tokens share the
    longest prefix with the prompt (prefix caching: a multi-turn chat re-evaluates only the new turn),
 2. builds one batch: the next token of every running sequence, then prompt chunks of sequences still
-   reading their prompt (chunked prefill, capped while others stream so that they never freeze),
+   reading their prompt (chunked prefill, capped while others stream so that they never freeze), its rows
+   in slot order (llama.cpp makes one pass over the weights per run of consecutive slots),
 3. decodes it, and samples each sequence that needs a token with its own sampler chain.
 A streaming sequence may feed guessed tokens after its next one (prompt lookup, `prompt_lookup.py`) when
 that raises the step's expected output per second: the step's logits check them all at once, and each guess
@@ -53,9 +54,12 @@ class Fed:
     """One sequence's part of a batch."""
 
     slot: Slot
-    row: int  # the batch row whose logits give its next token (-1: none yet, still reading its prompt)
-    draft: list[int] = field(default_factory=list)  # guessed tokens fed after it, at positions that follow
-    draft_rows: list[int] = field(default_factory=list)  # their batch rows, whose logits check the next guess
+    start: int  # the position of its first token in this step
+    tokens: list[int]  # a chunk of its prompt, or the token it sampled last
+    samples: bool  # whether the last of `tokens` gives its next token (False: still reading its prompt)
+    draft: list[int] = field(default_factory=list)  # guessed tokens fed after them, at positions that follow
+    row: int = -1  # the batch row whose logits give its next token (-1: none yet)
+    draft_rows: list[int] = field(default_factory=list)  # the guesses' rows, whose logits check the next guess
 
 
 # Below this many tokens, reading a prefix again costs less than copying a slot's KV stream (a few ms).
@@ -166,14 +170,14 @@ class BatchEngine(Engine):
             if not from_scratch and self._prefill_to_share(prompt):
                 self._put_back(sequence)  # another slot is reading this prompt's prefix: wait, then copy it
                 return
-            slot = max(free, key=lambda s: (common_prefix(s.cached, prompt), -s.last_used))
+            # Of the slots with the longest shared prefix, one beside running sequences (see `_write_batch`).
+            slot = max(free, key=lambda s: (common_prefix(s.cached, prompt), self._busy_neighbours(s), -s.last_used))
             hit = 0 if from_scratch else common_prefix(slot.cached, prompt)
             if hit < min(MIN_SHARED_PREFIX, len(prompt) // 2):
                 # No real hit (a chat template's few opening tokens before a long prompt are not one): the least
-                # recently used slot gives up its cache, so that those other prompts may still find theirs. A
-                # short prompt that is mostly cached is a hit (and measured: taking an unused slot for it instead
-                # made eight streams' steps 25 % slower, for reasons inside llama.cpp not yet understood).
-                slot = min(free, key=lambda s: s.last_used)
+                # recently used slot gives up its cache, so that those other prompts may still find theirs (of
+                # never used slots, one beside running sequences).
+                slot = min(free, key=lambda s: (s.last_used, -self._busy_neighbours(s)))
                 hit = 0 if from_scratch else common_prefix(slot.cached, prompt)
             reuse = min(hit, len(prompt) - 1) if hit else 0
             if not from_scratch:
@@ -195,6 +199,11 @@ class BatchEngine(Engine):
             self._counters["prompt"] += len(prompt)
             self._counters["cached"] += reuse
 
+    def _busy_neighbours(self, slot: Slot) -> int:
+        """How many of the slots with the sequence ids next to this one's are running a sequence."""
+        return sum(0 <= i < len(self.slots) and self.slots[i].sequence is not None
+                   for i in (slot.seq_id - 1, slot.seq_id + 1))
+
     def _prefill_to_share(self, prompt: list[int]) -> bool:
         """Whether a running sequence is still reading a long prefix of `prompt` that no cache holds yet: the
         request that arrived with it waits for that read and copies it, instead of reading it again."""
@@ -213,7 +222,8 @@ class BatchEngine(Engine):
 
     def _fill_batch(self) -> list[Fed]:
         """Fill the batch: each running sequence's next token, prompt chunks, then guesses worth their cost."""
-        batch, fed, n = self._batch, [], 0
+        fed: list[Fed] = []
+        n = 0
         self._prompt_in_step = False
         running = self._running()
         # Streaming sequences first (one token each), then prompts in arrival order.
@@ -232,16 +242,30 @@ class BatchEngine(Engine):
             if reading_prompt:
                 prefill_budget -= len(take)
                 self._prompt_in_step = True
-            done = len(take) == len(sequence.pending)
-            for i, token in enumerate(take):
-                self._put(n, token, len(slot.cached) + i, slot.seq_id, logits=done and i == len(take) - 1)
-                n += 1
+            fed.append(Fed(slot, len(slot.cached), take, samples=len(take) == len(sequence.pending)))
+            n += len(take)
             slot.cached.extend(take)
             del sequence.pending[: len(take)]
-            fed.append(Fed(slot, n - 1 if done else -1))
-        n = self._add_guesses(fed, n)
-        batch.n_tokens = n
+        self._add_guesses(fed, n)
+        self._write_batch(fed)
         return fed
+
+    def _write_batch(self, fed: list[Fed]) -> None:
+        """Write the batch rows in slot order. llama.cpp splits a batch over separate KV streams into one pass over
+        the weights per run of consecutive sequence ids in row order (`split_equal`, sequential): rows in arrival
+        order made a step of 16 streams several passes, and the server slower the longer it ran."""
+        n = 0
+        for item in sorted(fed, key=lambda f: f.slot.seq_id):
+            seq_id, position = item.slot.seq_id, item.start
+            for i, token in enumerate(item.tokens):
+                self._put(n, token, position, seq_id, logits=item.samples and i == len(item.tokens) - 1)
+                n, position = n + 1, position + 1
+            item.row = n - 1 if item.samples else -1
+            for token in item.draft:
+                self._put(n, token, position, seq_id, logits=True)
+                item.draft_rows.append(n)
+                n, position = n + 1, position + 1
+        self._batch.n_tokens = n
 
     def _put(self, row: int, token: int, position: int, seq_id: int, *, logits: bool) -> None:
         batch = self._batch
@@ -251,19 +275,19 @@ class BatchEngine(Engine):
         batch.seq_id[row][0] = seq_id
         batch.logits[row] = logits
 
-    def _add_guesses(self, fed: list[Fed], n: int) -> int:
-        """Give streaming sequences the guesses that raise the step's expected tokens per second; return the
-        batch's new size."""
+    def _add_guesses(self, fed: list[Fed], n: int) -> None:
+        """Give streaming sequences the guesses that raise the step's expected tokens per second (`n`: the tokens
+        in the batch so far)."""
         if not self._draft_tokens:
-            return n
+            return
         cost = self._step_cost.estimate()
-        produced = float(sum(item.row >= 0 for item in fed))
+        produced = float(sum(item.samples for item in fed))
         fixed, per_token = cost or (1.0, 0.0)
         seconds = fixed + per_token * n
         for item in fed:
             slot, sequence = item.slot, item.slot.sequence
             assert isinstance(sequence, LlamaSequence)
-            if sequence.lookup is None or sequence.first_token_at is None or item.row < 0:
+            if sequence.lookup is None or sequence.first_token_at is None or not item.samples:
                 continue
             # A guess past the slot's KV stream would fail the whole decode.
             guess = sequence.lookup.guess(min(self._batch_size - n, self._slot_context - len(slot.cached)))
@@ -275,14 +299,10 @@ class BatchEngine(Engine):
                 sequence.lookup.skipped(guess)
                 continue
             item.draft = guess[:drafted]
-            for token in item.draft:
-                self._put(n, token, len(slot.cached), slot.seq_id, logits=True)
-                item.draft_rows.append(n)
-                slot.cached.append(token)
-                n += 1
+            slot.cached.extend(item.draft)
+            n += drafted
             produced += sequence.lookup.expected_tokens(drafted) - 1
             seconds += drafted * per_token
-        return n
 
     def _decode(self, fed: list[Fed]) -> None:
         code = self._lib.llama_decode(self._context.ctx, self._batch)
