@@ -1,7 +1,9 @@
-"""Speculative decoding from the prompt (GGUF engine): guessed tokens that the model checks change nothing in
-the answer, greedy or sampled, constrained or not, with log probabilities; and they are used.
+"""Speculative decoding from the prompt: guessed tokens that the model checks change nothing in the answer, greedy
+or sampled, constrained or not, with log probabilities; and they are used. On both engines (the Transformers engine
+guesses for a sequence decoding alone).
 
-The suite's shared server runs with the default (PROMPT_LOOKUP_TOKENS=8); `plain` is the same model with it off.
+The suite's shared server runs with the default (PROMPT_LOOKUP_TOKENS=8); `plain` is the same model with it off;
+`hf_fast` and `hf_plain` are the same pair for the Transformers copy of the model.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 from local_llm_api.backends.prompt_lookup import PromptLookup, StepCost, draft_length
 
 from .conftest import MODEL, Server, running_server
+from .models import HF_SMOLLM2
 
 CODE = """def total_price(items, tax_rate):
     subtotal = 0
@@ -47,12 +50,25 @@ def ask(server: Server, prompt: str, **fields: Any) -> dict:
     return answer.json()["choices"][0]
 
 
-def drafts(server: Server) -> tuple[int, int]:
+@pytest.fixture(scope="module")
+def hf_fast(tmp_path_factory: pytest.TempPathFactory, hf_model_dir: Path) -> Iterator[Server]:
+    with running_server(tmp_path_factory.mktemp("hf-fast"), hf_model_dir, DEFAULT_MODEL=HF_SMOLLM2) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def hf_plain(tmp_path_factory: pytest.TempPathFactory, hf_model_dir: Path) -> Iterator[Server]:
+    with running_server(tmp_path_factory.mktemp("hf-plain"), hf_model_dir, DEFAULT_MODEL=HF_SMOLLM2,
+                        PROMPT_LOOKUP_TOKENS="0") as srv:
+        yield srv
+
+
+def drafts(server: Server, model: str = MODEL) -> tuple[int, int]:
     """The guess counters once the engine is idle: a step's counts are added after its last token is sent."""
     deadline = time.monotonic() + 30
     with server.client() as client:
         while True:
-            stats = client.get("/health").json()["engines"][MODEL]
+            stats = client.get("/health").json()["engines"][model]
             if stats["running"] == 0 or time.monotonic() > deadline:
                 return stats["draft_tokens_total"], stats["accepted_draft_tokens_total"]
             time.sleep(0.02)
@@ -99,6 +115,43 @@ def test_streamed_answer_equals_the_plain_one(server: Server, plain: Server) -> 
         pieces = [line for line in response.iter_lines() if line.startswith("data: {")]
     text = "".join(json.loads(p[6:])["choices"][0]["delta"].get("content") or "" for p in pieces)
     assert text == ask(plain, COPY[1], temperature=0, max_tokens=80)["message"]["content"]
+
+
+def test_transformers_greedy_answers_and_logprobs_are_unchanged_and_guesses_are_used(hf_fast: Server,
+                                                                                      hf_plain: Server) -> None:
+    # A lone sequence feeds its guesses in one forward pass and the cache is cropped back to the confirmed ones.
+    before = drafts(hf_fast, HF_SMOLLM2)
+    for prompt in COPY[1:]:
+        fast = ask(hf_fast, prompt, temperature=0, max_tokens=60, logprobs=True, top_logprobs=2)
+        slow = ask(hf_plain, prompt, temperature=0, max_tokens=60, logprobs=True, top_logprobs=2)
+        assert fast["message"]["content"] == slow["message"]["content"]
+        for a, b in zip(fast["logprobs"]["content"], slow["logprobs"]["content"], strict=True):
+            assert a["token"] == b["token"] and a["logprob"] == pytest.approx(b["logprob"], abs=1e-3)
+    drafted, accepted = (after - was for after, was in zip(drafts(hf_fast, HF_SMOLLM2), before, strict=True))
+    assert accepted > 0 and drafted >= accepted, (drafted, accepted)
+    assert drafts(hf_plain, HF_SMOLLM2) == (0, 0)
+
+
+def test_transformers_sampled_and_constrained_answers_are_unchanged(hf_fast: Server, hf_plain: Server) -> None:
+    for seed in range(3):
+        fields = {"temperature": 0.8, "top_p": 0.95, "seed": seed, "max_tokens": 40}
+        assert ask(hf_fast, COPY[0], **fields)["message"] == ask(hf_plain, COPY[0], **fields)["message"]
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "born": {"type": "integer"}},
+              "required": ["name", "born"], "additionalProperties": False}
+    fields = {"temperature": 0, "max_tokens": 40,
+              "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}}
+    assert ask(hf_fast, COPY[2], **fields)["message"] == ask(hf_plain, COPY[2], **fields)["message"]
+
+
+def test_transformers_rows_that_join_a_guessing_sequence_are_whole(hf_fast: Server, hf_plain: Server) -> None:
+    # Two choices: the first decodes alone (and guesses) while the second reads its prompt, then both decode
+    # together without guesses; the cropped cache they share gives each the plain server's answer.
+    body = {"messages": [{"role": "user", "content": COPY[1]}], "max_tokens": 40, "temperature": 0, "n": 2}
+    with hf_fast.client() as client:
+        answer = client.post("/v1/chat/completions", json=body).json()
+    assert answer["usage"]["completion_tokens"] == 80
+    alone = ask(hf_plain, COPY[1], temperature=0, max_tokens=40)["message"]["content"]
+    assert [c["message"]["content"] for c in answer["choices"]] == [alone, alone]
 
 
 def test_a_guess_is_what_followed_the_latest_match() -> None:

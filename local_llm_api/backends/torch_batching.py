@@ -16,6 +16,11 @@ kept prefix it shares (agents: one system prompt and tool list; chats: the previ
 
 Merging caches needs plain `DynamicLayer`s (full attention); a model with other cache layers (sliding
 window, quantised, ...) runs its sequences one at a time.
+
+Prompt lookup (`prompt_lookup.py`): a sequence decoding alone feeds guessed tokens after its next one in the same
+forward pass when that raises the expected tokens per second, as on the GGUF engine; the cache is cropped back to
+the tokens the sampler confirmed. Beside other rows it does not guess: the batch cache holds one column per step
+for every row, and rows that kept different numbers of guesses would leave holes in it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from ..structured.logprobs import TokenLogprob
 from .base import GenerationChunk, SamplingParams, SequenceText
 from .batching import common_prefix
 from .engine import Engine, Sequence
+from .prompt_lookup import PromptLookup, StepCost, draft_length
 from .torch_sampling import TokenSampler
 
 log = logging.getLogger("local_llm_api.torch_batching")
@@ -56,6 +62,7 @@ class TorchSequence(Sequence):
     fed: int = 0  # prompt tokens in the cache so far
     next_token: int = 0  # the last sample, fed at the next step
     history: list[int] = field(default_factory=list)  # prompt and answer, for the repetition penalties
+    lookup: PromptLookup | None = None  # drafts guesses from its prompt and output (None: speculation off)
 
 
 class TorchBatchEngine(Engine):
@@ -68,6 +75,7 @@ class TorchBatchEngine(Engine):
         prefill_chunk: int,
         prefix_cache: bool = True,
         reproducible: bool = False,
+        draft_tokens: int = 0,
         make_sampler: Callable[[SamplingParams], TokenSampler],
         token_bytes: Callable[[int], bytes],
         is_end: Callable[[int], bool],
@@ -83,6 +91,9 @@ class TorchBatchEngine(Engine):
         self._prefix_cache = prefix_cache and can_batch(model)
         self._reproducible = reproducible
         self._kept: list[KeptPrefix] = []  # least recently used first
+        self._draft_tokens = draft_tokens
+        self._step_cost = StepCost()
+        self._max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         self._make_sampler = make_sampler
         self._rows: list[TorchSequence] = []  # decoding, in the order of the batch cache's rows
         self._reading: list[TorchSequence] = []  # admitted, still reading their prompt
@@ -92,7 +103,9 @@ class TorchBatchEngine(Engine):
 
     def _new_sequence(self, prompt: list[int], params: SamplingParams, text: SequenceText,
                       emit: Callable[[GenerationChunk | BaseException], None]) -> Sequence:
-        return TorchSequence(prompt, params, text, emit, sampler=self._make_sampler(params), history=list(prompt))
+        lookup = PromptLookup(prompt, self._draft_tokens) if self._draft_tokens else None
+        return TorchSequence(prompt, params, text, emit, sampler=self._make_sampler(params), history=list(prompt),
+                             lookup=lookup)
 
     def _running_count(self) -> int:
         return len(self._rows) + len(self._reading)
@@ -176,33 +189,79 @@ class TorchBatchEngine(Engine):
 
     def _decode(self) -> None:
         rows = self._rows
+        started = time.perf_counter()
+        draft = self._draft(rows[0]) if len(rows) == 1 else []
+        width = 1 + len(draft)
         assert self._mask is not None
-        self._mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], dim=1)
+        self._mask = torch.cat([self._mask, self._mask.new_ones((len(rows), width))], dim=1)
         out = self._model(
-            input_ids=torch.tensor([[s.next_token] for s in rows], device=self._device),
+            input_ids=torch.tensor([[s.next_token, *draft] for s in rows], device=self._device),
             attention_mask=self._mask,
-            position_ids=torch.tensor([[len(s.history) - 1] for s in rows], device=self._device),
+            position_ids=torch.tensor([[len(s.history) - 1 + i for i in range(width)] for s in rows],
+                                      device=self._device),
             past_key_values=self._cache,
             use_cache=True,
         )
-        logits = out.logits[:, -1]
         now = time.perf_counter()
-        staying = []
+        staying, produced = [], 0
         for row, sequence in enumerate(rows):
             try:
-                token, logprob = self._sample(sequence, logits[row])
-                finished = self._deliver(sequence, token, now, logprob)
+                # The next token, then one more for each guess the sampler confirms: each drawn from its own
+                # logits by the sequence's sampler, exactly as one step at a time would.
+                for j in range(width):
+                    token, logprob = self._sample(sequence, out.logits[row, j])
+                    finished = self._deliver(sequence, token, now, logprob)
+                    produced += 1
+                    if finished or j == len(draft) or token != draft[j]:
+                        break
             except Exception as exc:  # this sequence's sampler, grammar or text: it alone fails, the others go on
                 self._fail_sequence(sequence, exc)
                 continue
+            if draft:
+                self._drop_guesses(sequence, draft, kept=j)
             if finished:
                 self._counters["requests"] += 1
                 self._keep_row(row, sequence)
             else:
                 sequence.next_token = token
                 staying.append(sequence)
-        self._record_step(now, len(rows))
+        self._record_step(now, produced)
+        self._step_cost.record(len(rows) * width, time.perf_counter() - started)
         self._keep_rows(staying)
+
+    def _draft(self, sequence: TorchSequence) -> list[int]:
+        """The guesses a lone sequence feeds after its next token: as many as raise the step's expected tokens per
+        second (`prompt_lookup.draft_length`)."""
+        lookup = sequence.lookup
+        if lookup is None:
+            return []
+        room = self._max_positions - len(sequence.history) if self._max_positions else lookup.max_draft
+        guess = lookup.guess(room)
+        if not guess:
+            return []
+        cost = self._step_cost.estimate()
+        if cost is None:  # until steps of several sizes have been timed, two guesses: enough to learn their cost
+            return guess[:2]
+        fixed, per_token = cost
+        drafted = draft_length(lookup, len(guess), 1.0, fixed + per_token, per_token)
+        if not drafted:
+            lookup.skipped(guess)
+        return guess[:drafted]
+
+    def _drop_guesses(self, sequence: TorchSequence, draft: list[int], kept: int) -> None:
+        """Crop the batch cache (one row) back to the tokens fed that the sampler confirmed: the next token and the
+        first `kept` guesses (the last token drawn is fed at the next step, as always)."""
+        self._counters["drafted"] += len(draft)
+        held = sum(1 for guess, token in zip(draft, sequence.history[-(kept + 1):], strict=False) if guess == token)
+        self._counters["accepted"] += held
+        assert sequence.lookup is not None and self._mask is not None
+        sequence.lookup.verified(len(draft), held)
+        rejected = len(draft) - kept
+        if rejected:
+            length = self._mask.shape[1] - rejected
+            for layer in self._cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, :length], layer.values[:, :, :length]
+            self._mask = self._mask[:, :length]
 
     def _sample(self, sequence: TorchSequence, logits: torch.Tensor) -> tuple[int, TokenLogprob | None]:
         assert sequence.sampler is not None
@@ -214,6 +273,8 @@ class TorchBatchEngine(Engine):
             logits = row.to(logits.device)
         token = sequence.sampler.sample(logits, sequence.history)
         sequence.history.append(token)
+        if sequence.lookup is not None:
+            sequence.lookup.extend([token])
         return token, self._logprob_of(sequence, logprobs, token)
 
     # ---------------------------------------------------------------- kept prefixes
