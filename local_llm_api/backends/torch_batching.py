@@ -20,7 +20,8 @@ window, quantised, ...) runs its sequences one at a time.
 Prompt lookup (`prompt_lookup.py`): a sequence decoding alone feeds guessed tokens after its next one in the same
 forward pass when that raises the expected tokens per second, as on the GGUF engine; the cache is cropped back to
 the tokens the sampler confirmed. Beside other rows it does not guess: the batch cache holds one column per step
-for every row, and rows that kept different numbers of guesses would leave holes in it.
+for every row, and rows that kept different numbers of guesses would leave holes in it. Like the prefix cache, it
+needs plain cache layers (a sliding-window layer cut back would have lost the columns the guesses pushed out).
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ class TorchBatchEngine(Engine):
         self._prefix_cache = prefix_cache and can_batch(model)
         self._reproducible = reproducible
         self._kept: list[KeptPrefix] = []  # least recently used first
-        self._draft_tokens = draft_tokens
+        # Guesses are taken back by cutting the cache's last columns: only plain layers hold every column.
+        self._draft_tokens = draft_tokens if can_batch(model) else 0
         self._step_cost = StepCost()
         self._max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         self._make_sampler = make_sampler
