@@ -105,9 +105,7 @@ class TorchBatchEngine(Engine):
 
     def _new_sequence(self, prompt: list[int], params: SamplingParams, text: SequenceText,
                       emit: Callable[[GenerationChunk | BaseException], None]) -> Sequence:
-        lookup = PromptLookup(prompt, self._draft_tokens) if self._draft_tokens else None
-        return TorchSequence(prompt, params, text, emit, sampler=self._make_sampler(params), history=list(prompt),
-                             lookup=lookup)
+        return TorchSequence(prompt, params, text, emit, sampler=self._make_sampler(params), history=list(prompt))
 
     def _running_count(self) -> int:
         return len(self._rows) + len(self._reading)
@@ -135,6 +133,8 @@ class TorchBatchEngine(Engine):
             if sequence is None:
                 break
             assert isinstance(sequence, TorchSequence)
+            if self._draft_tokens:  # indexes the prompt's n-grams: here, off the event loop
+                sequence.lookup = PromptLookup(sequence.prompt, self._draft_tokens)
             self._reading.append(sequence)
             self._counters["prompt"] += len(sequence.prompt)
         self._reading = [s for s in self._reading if not s.cancelled]
