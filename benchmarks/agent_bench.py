@@ -2,8 +2,10 @@
 six tools, as agents send), at temperature 0 (what agents and evaluation harnesses send) or another temperature.
 Each client sends its next turn (its history, the answer, a new question) as soon as the previous answer ends.
 
-Reported per contender: time to first token p50/p95, aggregate completion tokens/s, and the prompt tokens the
-server evaluated versus read from its prefix cache (from /health). Contenders run one after another:
+Reported per contender: time to first token p50/p95, aggregate completion tokens/s, the prompt tokens the
+server evaluated versus read from its prefix cache (from /health), and, after the load, the time to first token
+of a later turn sent alone (a new first question, a fixed answer and a second question behind the cached system
+prompt: the least a later turn can take on that server, its new tokens read after the long context). Contenders run one after another:
 our server with the default (prefix reuse for every request), our server with REPRODUCIBLE=true (seeded and
 greedy requests read their whole prompt: the behaviour before prefix reuse became the default), and llama.cpp's
 C++ server when `--llama-server` gives its path (built from the same llama.cpp as our engine; not part of this
@@ -60,12 +62,31 @@ class Outcome:
     seconds: float = 0.0
     evaluated: int | None = None  # None: the server does not report them
     cached: int | None = None
+    alone: list[float] = field(default_factory=list)  # TTFT of later turns sent with nothing else running
 
     def row(self) -> str:
         ttft = sorted(self.ttft)
         p95 = ttft[min(len(ttft) - 1, round(0.95 * (len(ttft) - 1)))]
+        alone = (f"{statistics.median(self.alone):.2f} ({min(self.alone):.2f}-{max(self.alone):.2f})"
+                 if self.alone else "n/a")
         return (f"| {self.label} | {statistics.median(ttft):.2f} | {p95:.2f} | {self.tokens / self.seconds:.1f} | "
-                f"{'n/a' if self.evaluated is None else self.evaluated} | {'n/a' if self.cached is None else self.cached} |")
+                f"{'n/a' if self.evaluated is None else self.evaluated} | {'n/a' if self.cached is None else self.cached} | "
+                f"{alone} |")
+
+
+async def later_turns_alone(base: str, model: str, system: str, count: int, max_tokens: int) -> list[float]:
+    """Time to first token of later turns sent one at a time: each has a first question no earlier request had,
+    so only the system prompt is cached and the turn reads its own new tokens after it."""
+    ttfts = []
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        for i in range(count):
+            messages = [{"role": "system", "content": system},
+                        {"role": "user", "content": f"Which tool should I use for task number {i + 40}?"},
+                        {"role": "assistant", "content": "Answer 1: see the manual."},
+                        {"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
+            body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+            ttfts.append((await one_request(client, f"{base}/v1/chat/completions", body))[1])
+    return ttfts
 
 
 async def agent_load(base: str, model: str, label: str, clients: int, turns: int, system: str, temperature: float,
@@ -112,6 +133,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--llama-server", type=Path, help="also measure llama.cpp's C++ server (path to llama-server)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["default", "reproducible"])
+    parser.add_argument("--alone", type=int, default=6, help="later turns sent alone after the load")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     args = parser.parse_args()
 
@@ -140,13 +162,15 @@ def main() -> None:
                 asyncio.run(agent_load(base, model.name, label, 1, 1, "Warm up.", args.temperature, 2))
                 outcome = asyncio.run(agent_load(base, model.name, label, args.clients, args.turns, system,
                                                  args.temperature, args.max_tokens))
+                outcome.alone = asyncio.run(later_turns_alone(base, model.name, system, args.alone, 4))
             outcomes.append(outcome)
             print(outcome.row(), flush=True)
     title = (f"model {model.name}, {args.threads} threads, {args.clients} clients x {args.turns} turns, system prompt "
              f"of {args.system_words} words, temperature {args.temperature}, {args.max_tokens}-token answers")
     lines = [title, "",
-             "| server | TTFT p50 (s) | TTFT p95 (s) | tokens/s | prompt tokens evaluated | prompt tokens from cache |",
-             "| --- | --- | --- | --- | --- | --- |", *(o.row() for o in outcomes)]
+             "| server | TTFT p50 (s) | TTFT p95 (s) | tokens/s | prompt tokens evaluated | prompt tokens from cache | "
+             "a later turn alone: TTFT (s) |",
+             "| --- | --- | --- | --- | --- | --- | --- |", *(o.row() for o in outcomes)]
     print("\n" + "\n".join(lines))
     if args.markdown:
         args.markdown.write_text("\n".join(lines) + "\n")

@@ -33,8 +33,9 @@ def test_serve_bench() -> None:
 
 def test_agent_bench() -> None:
     out = run("agent_bench.py", "--port", str(free_port()), "--model", str(bundled_model_path()), "--threads", "1",
-              "--clients", "2", "--turns", "2", "--system-words", "60", "--max-tokens", "4")
+              "--clients", "2", "--turns", "2", "--system-words", "60", "--max-tokens", "4", "--alone", "2")
     assert "| local-llm-api (prefix reuse" in out and "| local-llm-api, REPRODUCIBLE=true" in out
+    assert "a later turn alone: TTFT (s) |" in out
 
 
 def test_copy_bench() -> None:
