@@ -4,8 +4,9 @@ temperature 0, the kind of answer where speculative decoding from the prompt (pr
 Reported per contender and number of clients: completion tokens/s, time to first token p50, the share of guessed
 tokens the model confirmed (from /health), and whether every answer is the same text as our server's with
 speculation off (greedy decoding: it must be). Contenders run one after another: our server (prompt lookup on,
-the default), our server with PROMPT_LOOKUP_TOKENS=0, and llama.cpp's C++ server when `--llama-server` gives its
-path (built from the same llama.cpp as our engine; not part of this repository).
+the default), our server with PROMPT_LOOKUP_TOKENS=0, our server feeding every guess it finds
+(PROMPT_LOOKUP_ADAPTIVE=false), and llama.cpp's C++ server when `--llama-server` gives its path (built from the
+same llama.cpp as our engine; not part of this repository).
 
     python benchmarks/copy_bench.py --model models/SmolLM2-135M-Instruct.Q4_1.gguf --threads 2 --clients 1 4
 """
@@ -143,7 +144,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=400)
     parser.add_argument("--port", type=int, default=8767)
     parser.add_argument("--llama-server", type=Path, help="also measure llama.cpp's C++ server (path to llama-server)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["plain"], help="leave out the server without lookup")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["plain", "eager"],
+                        help="leave out the server without lookup, or the one that feeds every guess")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     args = parser.parse_args()
 
@@ -156,6 +158,8 @@ def main() -> None:
     contenders = {
         "lookup": ("local-llm-api (prompt lookup, the default)", ours, ours_env),
         "plain": ("local-llm-api, PROMPT_LOOKUP_TOKENS=0", ours, {**ours_env, "PROMPT_LOOKUP_TOKENS": "0"}),
+        # Every guess fed, whatever it costs: what the adaptive decision saves (or misses) on this hardware.
+        "eager": ("local-llm-api, PROMPT_LOOKUP_ADAPTIVE=false", ours, {**ours_env, "PROMPT_LOOKUP_ADAPTIVE": "false"}),
     }
     if args.llama_server:
         contenders["llama.cpp"] = (f"llama.cpp server, C++ ({slots} slots)", [

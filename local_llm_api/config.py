@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     prompt_lookup_tokens: int = Field(8, ge=0, le=64, description="Most tokens a streaming sequence guesses per step "
                                       "from its own prompt and output for the model to check (speculative decoding; the "
                                       "answer is unchanged); 0 turns it off.")
+    prompt_lookup_adaptive: bool = Field(True, description="Feed only the guesses that raise the expected tokens per "
+                                         "second, by the measured step cost and how often the sequence's guesses hold. "
+                                         "Off, every guess found is fed (hardware where a token more in a step costs "
+                                         "little, or to measure).")
     reproducible: bool = Field(False, description="Seeded and temperature-0 requests evaluate their whole prompt, so that "
                                "the same request gives the same answer whatever shares its batch (slower: no prefix reuse "
                                "for them). Off, they reuse cached prefixes like every request.")

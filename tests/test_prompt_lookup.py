@@ -2,8 +2,9 @@
 or sampled, constrained or not, with log probabilities; and they are used. On both engines (the Transformers engine
 guesses for a sequence decoding alone).
 
-The suite's shared server runs with the default (PROMPT_LOOKUP_TOKENS=8); `plain` is the same model with it off;
-`hf_fast` and `hf_plain` are the same pair for the Transformers copy of the model.
+`eager` feeds every guess it finds (PROMPT_LOOKUP_ADAPTIVE=false: whether a guess pays depends on measured step
+times, which a test must not), `plain` is the same model with speculation off; `hf_fast` and `hf_plain` are the
+same pair for the Transformers copy of the model. The suite's shared server runs with the defaults.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ COPY = [
 
 
 @pytest.fixture(scope="module")
+def eager(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[Server]:
+    with running_server(tmp_path_factory.mktemp("eager"), model_dir, PROMPT_LOOKUP_ADAPTIVE="false") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
 def plain(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[Server]:
     with running_server(tmp_path_factory.mktemp("plain"), model_dir, PROMPT_LOOKUP_TOKENS="0") as srv:
         yield srv
@@ -52,7 +59,8 @@ def ask(server: Server, prompt: str, **fields: Any) -> dict:
 
 @pytest.fixture(scope="module")
 def hf_fast(tmp_path_factory: pytest.TempPathFactory, hf_model_dir: Path) -> Iterator[Server]:
-    with running_server(tmp_path_factory.mktemp("hf-fast"), hf_model_dir, DEFAULT_MODEL=HF_SMOLLM2) as srv:
+    with running_server(tmp_path_factory.mktemp("hf-fast"), hf_model_dir, DEFAULT_MODEL=HF_SMOLLM2,
+                        PROMPT_LOOKUP_ADAPTIVE="false") as srv:
         yield srv
 
 
@@ -74,10 +82,10 @@ def drafts(server: Server, model: str = MODEL) -> tuple[int, int]:
             time.sleep(0.02)
 
 
-def test_greedy_answers_and_their_logprobs_are_unchanged_and_guesses_are_used(server: Server, plain: Server) -> None:
-    before = drafts(server)
+def test_greedy_answers_and_their_logprobs_are_unchanged_and_guesses_are_used(eager: Server, plain: Server) -> None:
+    before = drafts(eager)
     for prompt in COPY:
-        fast = ask(server, prompt, temperature=0, logprobs=True, top_logprobs=2)
+        fast = ask(eager, prompt, temperature=0, logprobs=True, top_logprobs=2)
         slow = ask(plain, prompt, temperature=0, logprobs=True, top_logprobs=2)
         assert fast["message"]["content"] == slow["message"]["content"]
         assert fast["finish_reason"] == slow["finish_reason"]
@@ -85,33 +93,33 @@ def test_greedy_answers_and_their_logprobs_are_unchanged_and_guesses_are_used(se
         for a, b in zip(fast["logprobs"]["content"], slow["logprobs"]["content"], strict=True):
             assert a["token"] == b["token"] and a["logprob"] == pytest.approx(b["logprob"], abs=1e-3)
             assert [t["token"] for t in a["top_logprobs"]] == [t["token"] for t in b["top_logprobs"]]
-    drafted, accepted = (after - was for after, was in zip(drafts(server), before, strict=True))
+    drafted, accepted = (after - was for after, was in zip(drafts(eager), before, strict=True))
     assert accepted > 0 and drafted >= accepted, (drafted, accepted)
     assert drafts(plain) == (0, 0)
 
 
-def test_sampled_answers_are_the_same_seed_for_seed(server: Server, plain: Server) -> None:
+def test_sampled_answers_are_the_same_seed_for_seed(eager: Server, plain: Server) -> None:
     # Each emitted token is one draw of the sequence's sampler from that position's distribution, confirmed
     # guess or not (for a guess from the prompt, this is the speculative sampling rule): the same seed gives
     # the same answer, so the distribution of answers over seeds is the one without guesses.
     for seed in range(6):
         fields = {"temperature": 0.8, "top_p": 0.95, "seed": seed, "max_tokens": 60}
-        assert ask(server, COPY[0], **fields)["message"] == ask(plain, COPY[0], **fields)["message"]
+        assert ask(eager, COPY[0], **fields)["message"] == ask(plain, COPY[0], **fields)["message"]
 
 
-def test_constrained_answers_are_unchanged(server: Server, plain: Server) -> None:
+def test_constrained_answers_are_unchanged(eager: Server, plain: Server) -> None:
     schema = {"type": "object", "properties": {"name": {"type": "string"}, "born": {"type": "integer"},
                                                 "city": {"type": "string"}},
               "required": ["name", "born", "city"], "additionalProperties": False}
     fields = {"temperature": 0, "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}}
-    fast, slow = ask(server, COPY[2], **fields), ask(plain, COPY[2], **fields)
+    fast, slow = ask(eager, COPY[2], **fields), ask(plain, COPY[2], **fields)
     assert fast["message"]["content"] == slow["message"]["content"]
 
 
-def test_streamed_answer_equals_the_plain_one(server: Server, plain: Server) -> None:
+def test_streamed_answer_equals_the_plain_one(eager: Server, plain: Server) -> None:
     # Several tokens of one step arrive as one or more chunks; the text is the same.
     body = {"messages": [{"role": "user", "content": COPY[1]}], "max_tokens": 80, "temperature": 0, "stream": True}
-    with server.client() as client, client.stream("POST", "/v1/chat/completions", json=body) as response:
+    with eager.client() as client, client.stream("POST", "/v1/chat/completions", json=body) as response:
         pieces = [line for line in response.iter_lines() if line.startswith("data: {")]
     text = "".join(json.loads(p[6:])["choices"][0]["delta"].get("content") or "" for p in pieces)
     assert text == ask(plain, COPY[1], temperature=0, max_tokens=80)["message"]["content"]

@@ -89,6 +89,7 @@ class BatchEngine(Engine):
         prefix_cache: bool,
         reproducible: bool = False,
         draft_tokens: int = 0,
+        adaptive_drafts: bool = True,
         make_sampler: Callable[[SamplingParams], Any],
         token_bytes: Callable[[int], bytes],
         is_end: Callable[[int], bool],
@@ -108,6 +109,7 @@ class BatchEngine(Engine):
         self._reproducible = reproducible
         self._slot_context = slot_context
         self._draft_tokens = draft_tokens
+        self._adaptive_drafts = adaptive_drafts
         self._step_cost = StepCost()
         self._prompt_in_step = False  # the step being run reads prompt tokens (its time is not a decode's)
         self._make_sampler = make_sampler
@@ -293,8 +295,12 @@ class BatchEngine(Engine):
             guess = sequence.lookup.guess(min(self._batch_size - n, self._slot_context - len(slot.cached)))
             if not guess:
                 continue
-            # Until steps of several sizes have been timed, two guesses: enough to learn what a token costs.
-            drafted = draft_length(sequence.lookup, len(guess), produced, seconds, per_token) if cost else min(2, len(guess))
+            if not self._adaptive_drafts:
+                drafted = len(guess)
+            elif cost is None:  # until steps of several sizes have been timed, two: enough to learn a token's cost
+                drafted = min(2, len(guess))
+            else:
+                drafted = draft_length(sequence.lookup, len(guess), produced, seconds, per_token)
             if not drafted:
                 sequence.lookup.skipped(guess)
                 continue

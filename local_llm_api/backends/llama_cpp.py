@@ -138,6 +138,7 @@ class LlamaCppBackend(EngineBackend):
             prefix_cache=settings.prefix_cache,
             reproducible=settings.reproducible,
             draft_tokens=settings.prompt_lookup_tokens,
+            adaptive_drafts=settings.prompt_lookup_adaptive,
             make_sampler=self._sampler,
             token_bytes=self.token_bytes,
             is_end=lambda token: bool(lib.llama_vocab_is_eog(model.vocab, token)),

@@ -77,6 +77,7 @@ class TorchBatchEngine(Engine):
         prefix_cache: bool = True,
         reproducible: bool = False,
         draft_tokens: int = 0,
+        adaptive_drafts: bool = True,
         make_sampler: Callable[[SamplingParams], TokenSampler],
         token_bytes: Callable[[int], bytes],
         is_end: Callable[[int], bool],
@@ -94,6 +95,7 @@ class TorchBatchEngine(Engine):
         self._kept: list[KeptPrefix] = []  # least recently used first
         # Guesses are taken back by cutting the cache's last columns: only plain layers hold every column.
         self._draft_tokens = draft_tokens if can_batch(model) else 0
+        self._adaptive_drafts = adaptive_drafts
         self._step_cost = StepCost()
         self._max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
         self._make_sampler = make_sampler
@@ -239,8 +241,8 @@ class TorchBatchEngine(Engine):
             return []
         room = self._max_positions - len(sequence.history) if self._max_positions else lookup.max_draft
         guess = lookup.guess(room)
-        if not guess:
-            return []
+        if not guess or not self._adaptive_drafts:
+            return guess
         cost = self._step_cost.estimate()
         if cost is None:  # until steps of several sizes have been timed, two guesses: enough to learn their cost
             return guess[:2]

@@ -134,6 +134,7 @@ class TransformersBackend(EngineBackend):
             prefix_cache=settings.prefix_cache,
             reproducible=settings.reproducible,
             draft_tokens=settings.prompt_lookup_tokens,
+            adaptive_drafts=settings.prompt_lookup_adaptive,
             make_sampler=lambda params: TokenSampler(params, vocab, self._device),
             token_bytes=self._token_bytes,
             is_end=lambda token: token in self._end_ids,
