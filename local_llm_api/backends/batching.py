@@ -29,7 +29,7 @@ import numpy as np
 from ..structured.constraint import ConstraintFactory
 from .base import GenerationChunk, SamplingParams, SequenceText
 from .engine import Engine, Sequence
-from .prompt_lookup import PromptLookup, StepCost, draft_length
+from .prompt_lookup import PromptLookup, StepCost, guesses_to_feed
 
 log = logging.getLogger("local_llm_api.batching")
 
@@ -293,18 +293,10 @@ class BatchEngine(Engine):
                 continue
             # A guess past the slot's KV stream would fail the whole decode.
             guess = sequence.lookup.guess(min(self._batch_size - n, self._slot_context - len(slot.cached)))
-            if not guess:
+            item.draft = guesses_to_feed(sequence.lookup, guess, cost, produced, seconds, self._adaptive_drafts)
+            if not item.draft:
                 continue
-            if not self._adaptive_drafts:
-                drafted = len(guess)
-            elif cost is None:  # until steps of several sizes have been timed, two: enough to learn a token's cost
-                drafted = min(2, len(guess))
-            else:
-                drafted = draft_length(sequence.lookup, len(guess), produced, seconds, per_token)
-            if not drafted:
-                sequence.lookup.skipped(guess)
-                continue
-            item.draft = guess[:drafted]
+            drafted = len(item.draft)
             slot.cached.extend(item.draft)
             n += drafted
             produced += sequence.lookup.expected_tokens(drafted) - 1
@@ -337,10 +329,7 @@ class BatchEngine(Engine):
                 continue
             if item.draft:
                 self._drop_rejected(slot, len(item.draft) - accepted)
-                self._counters["drafted"] += len(item.draft)
-                self._counters["accepted"] += accepted
-                assert sequence.lookup is not None
-                sequence.lookup.verified(len(item.draft), accepted)
+                self._count_guesses(sequence.lookup, len(item.draft), accepted)
             if finished:
                 self._free(slot)
             else:

@@ -30,6 +30,7 @@ from .base import (
     SamplingParams,
     SequenceText,
 )
+from .prompt_lookup import PromptLookup
 
 log = logging.getLogger("local_llm_api.engine")
 
@@ -245,6 +246,13 @@ class Engine(ABC):
         if chunk is not None:
             sequence.emit(chunk)
         return chunk is not None and chunk.finish_reason is not None
+
+    def _count_guesses(self, lookup: PromptLookup | None, drafted: int, accepted: int) -> None:
+        """`drafted` guesses were checked and the first `accepted` held: the counters, and the sequence's acceptance."""
+        assert lookup is not None
+        self._counters["drafted"] += drafted
+        self._counters["accepted"] += accepted
+        lookup.verified(drafted, accepted)
 
     def _record_step(self, now: float, produced: int) -> None:
         self._counters["generated"] += produced

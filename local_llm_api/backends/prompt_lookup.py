@@ -112,6 +112,21 @@ class StepCost:
         return self._fitted
 
 
+def guesses_to_feed(lookup: PromptLookup, guess: list[int], cost: tuple[float, float] | None, produced: float,
+                    step: float, adaptive: bool = True) -> list[int]:
+    """Of `guess`, the tokens to feed this step (both engines): all of them when not `adaptive`; two until a step
+    cost has been fitted (enough to learn what a token costs); else `draft_length`'s choice. A guess not fed is
+    checked later against the tokens written (`PromptLookup.skipped`)."""
+    if not adaptive:
+        return guess
+    if cost is None:
+        return guess[:2]
+    drafted = draft_length(lookup, len(guess), produced, step, cost[1])
+    if not drafted:
+        lookup.skipped(guess)
+    return guess[:drafted]
+
+
 def draft_length(lookup: PromptLookup, guessed: int, produced: float, step: float, per_token: float) -> int:
     """How many of `guessed` tokens to feed: the number that gives the step the most expected tokens per second,
     where the step so far yields `produced` tokens in `step` seconds and each fed token adds `per_token`."""

@@ -39,7 +39,7 @@ from ..structured.logprobs import TokenLogprob
 from .base import GenerationChunk, SamplingParams, SequenceText
 from .batching import common_prefix
 from .engine import Engine, Sequence
-from .prompt_lookup import PromptLookup, StepCost, draft_length
+from .prompt_lookup import PromptLookup, StepCost, guesses_to_feed
 from .torch_sampling import TokenSampler
 
 log = logging.getLogger("local_llm_api.torch_batching")
@@ -212,17 +212,21 @@ class TorchBatchEngine(Engine):
             try:
                 # The next token, then one more for each guess the sampler confirms: each drawn from its own
                 # logits by the sequence's sampler, exactly as one step at a time would.
+                accepted = 0
                 for j in range(width):
                     token, logprob = self._sample(sequence, out.logits[row, j])
                     finished = self._deliver(sequence, token, now, logprob)
                     produced += 1
-                    if finished or j == len(draft) or token != draft[j]:
+                    hit = j < len(draft) and token == draft[j]
+                    accepted += hit
+                    if finished or not hit:
                         break
             except Exception as exc:  # this sequence's sampler, grammar or text: it alone fails, the others go on
                 self._fail_sequence(sequence, exc)
                 continue
             if draft:
-                self._drop_guesses(sequence, draft, kept=j)
+                self._count_guesses(sequence.lookup, len(draft), accepted)
+                self._drop_guesses(len(draft) - j)
             if finished:
                 self._counters["requests"] += 1
                 self._keep_row(row, sequence)
@@ -241,26 +245,16 @@ class TorchBatchEngine(Engine):
             return []
         room = self._max_positions - len(sequence.history) if self._max_positions else lookup.max_draft
         guess = lookup.guess(room)
-        if not guess or not self._adaptive_drafts:
-            return guess
+        if not guess:
+            return []
         cost = self._step_cost.estimate()
-        if cost is None:  # until steps of several sizes have been timed, two guesses: enough to learn their cost
-            return guess[:2]
-        fixed, per_token = cost
-        drafted = draft_length(lookup, len(guess), 1.0, fixed + per_token, per_token)
-        if not drafted:
-            lookup.skipped(guess)
-        return guess[:drafted]
+        step = cost[0] + cost[1] if cost else 1.0  # a step of its one token
+        return guesses_to_feed(lookup, guess, cost, 1.0, step, self._adaptive_drafts)
 
-    def _drop_guesses(self, sequence: TorchSequence, draft: list[int], kept: int) -> None:
-        """Crop the batch cache (one row) back to the tokens fed that the sampler confirmed: the next token and the
-        first `kept` guesses (the last token drawn is fed at the next step, as always)."""
-        self._counters["drafted"] += len(draft)
-        held = sum(1 for guess, token in zip(draft, sequence.history[-(kept + 1):], strict=False) if guess == token)
-        self._counters["accepted"] += held
-        assert sequence.lookup is not None and self._mask is not None
-        sequence.lookup.verified(len(draft), held)
-        rejected = len(draft) - kept
+    def _drop_guesses(self, rejected: int) -> None:
+        """Cut the batch cache (one row) back by the `rejected` columns the sampler did not confirm: the next token
+        and the confirmed guesses stay (the last token drawn is fed at the next step, as always)."""
+        assert self._mask is not None
         if rejected:
             length = self._mask.shape[1] - rejected
             for layer in self._cache.layers:
