@@ -50,7 +50,8 @@ class Settings(BaseSettings):
 
     # llama.cpp
     gpu_layers: int = Field(-1, ge=-1, description="-1 offloads every layer when a GPU is present.")
-    context_size: int = Field(4096, ge=0, description="0 uses the model's training context.")
+    context_size: int = Field(0, ge=0, description="Tokens of context per request (per slot). 0: the model's training "
+                              "context, cut to what fits MEMORY_BUDGET (or half this machine's memory) for every slot.")
     threads: int | None = Field(None, ge=1, description="Generation threads; unset lets llama.cpp choose.")
     batch_size: int = Field(512, ge=1, description="Most tokens in one decode step.")
     parallel_slots: int = Field(4, ge=1, le=256, description="Sequences decoded together (continuous batching).")
@@ -80,6 +81,9 @@ class Settings(BaseSettings):
 
     # Several models at once
     models_config: Path | None = Field(None, description="A YAML file declaring models (see README).")
+    model_aliases: str = Field("", description="Other names for models, for clients that send names of their own "
+                               "(Claude Code's background model): comma-separated NAME=MODEL pairs, NAME may hold * "
+                               "(claude-*=SmolLM2). Used only for names that match no model.")
     rerank_model: str = Field("", description="The model /rerank uses when a request names none; unset: the only "
                               "cross-encoder in MODEL_DIR, else the only embedding model, else DEFAULT_MODEL.")
     max_loaded_models: int = Field(0, ge=0, description="Most models loaded at once; 0 = no limit.")
@@ -98,6 +102,13 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="Where the server keeps its state (stored responses, SQLite).")
     responses_max_stored: int = Field(10000, ge=0, description="Most stored responses; the oldest go first. 0 = no limit.")
     responses_max_age_seconds: float = Field(30 * 86400, ge=0, description="Stored responses older than this are dropped; 0 = kept.")
+
+    # Requests
+    stream_keepalive_seconds: float = Field(5.0, ge=0, description="A stream silent this long (a long prompt being read) "
+                                            "gets a keep-alive frame: an SSE comment, Anthropic's ping event; 0: none.")
+    strict_request_fields: bool = Field(False, description="Refuse request fields this server does not know with a 400 "
+                                        "(OpenAI's behaviour). Off, they are accepted and named in the X-Ignored-Fields "
+                                        "response header and the access log: clients add fields with every release.")
 
     # Security
     api_key_required: bool = False
@@ -144,6 +155,11 @@ class Settings(BaseSettings):
         return None if value == "" else value
 
     @cached_property
+    def aliases(self) -> tuple[tuple[str, str], ...]:
+        pairs = [item.split("=", 1) for item in self.model_aliases.split(",") if item.strip()]
+        return tuple((name.strip(), model.strip()) for name, model in pairs)
+
+    @cached_property
     def api_keys(self) -> tuple[str, ...]:
         return tuple(key.strip() for key in self.api_key.split(",") if key.strip())
 
@@ -151,6 +167,8 @@ class Settings(BaseSettings):
         """Cross-field rules that a single field's validator cannot express."""
         if self.max_replicas and self.max_replicas < self.replicas:
             raise SettingsError("MAX_REPLICAS", f"{self.max_replicas} is below REPLICAS ({self.replicas})")
+        if any("=" not in item for item in self.model_aliases.split(",") if item.strip()):
+            raise SettingsError("MODEL_ALIASES", "write NAME=MODEL pairs separated by commas (claude-*=SmolLM2)")
         if self.api_key_required and not self.api_keys:
             raise SettingsError("API_KEY", "API_KEY_REQUIRED is true but API_KEY is empty")
         if self.model_backend in (BackendChoice.sentence_transformers, BackendChoice.cross_encoder):

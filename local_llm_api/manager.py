@@ -11,6 +11,7 @@ never unloaded. With KEEP_ALIVE, models idle that long are unloaded in the backg
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import math
 import time
@@ -74,8 +75,8 @@ class ModelManager:
     def discover(self) -> list[ModelEntry]:
         return self.catalog.entries()
 
-    def resolve(self, name: str | None) -> ModelEntry:
-        """Find a model by file name, stem, or unique prefix of its stem."""
+    def resolve(self, name: str | None, *, aliased: bool = True) -> ModelEntry:
+        """Find a model by file name, stem, or unique prefix of its stem; else by MODEL_ALIASES."""
         name = name or self.default_model_name()
         if not name:
             raise invalid_request("No model was named and DEFAULT_MODEL is not set.", param="model")
@@ -95,6 +96,9 @@ class ModelManager:
         why = self.catalog.unreadable.get(name)
         if why is not None:
             raise not_found(f"The model '{name}' cannot be read by this server ({why}).", "model", "model_unreadable")
+        target = next((model for pattern, model in self.settings.aliases if aliased and fnmatch.fnmatchcase(name, pattern)), None)
+        if target is not None:
+            return self.resolve(target, aliased=False)
         raise model_not_found(name)
 
     def default_model_name(self) -> str:
@@ -176,23 +180,36 @@ class ModelManager:
 
     # ---------------------------------------------------------------- limits
 
+    def _kv_value_bytes(self, entry: ModelEntry) -> int:
+        if entry.backend == BackendChoice.llama_cpp:
+            return 2  # f16 cache
+        return 2 if self.settings.transformers_dtype in ("float16", "bfloat16") else 4  # auto on CPU: float32
+
+    def context_length(self, entry: ModelEntry) -> int | None:
+        """The context a request gets on this model (per slot): the loaded model's, else what loading it would give.
+        Reads the model's header: call it off the event loop."""
+        loaded = self.loaded.get(entry.name)
+        if loaded is not None:
+            return loaded.backend.facts.context_size
+        if "chat" not in entry.capabilities:
+            return None
+        facts = describe(entry)
+        requested = (entry.spec.context_size if entry.spec else None) or self.settings.context_size
+        trained = facts.context_length or 0
+        if entry.backend == BackendChoice.llama_cpp:
+            return per_slot_context(requested, trained, facts.kv_values_per_token * self._kv_value_bytes(entry),
+                                    entry.size_bytes, self.settings, entry.name) if trained else requested or None
+        return min(requested or trained, trained or 1 << 62) or None
+
     def footprint(self, entry: ModelEntry) -> int:
         """Bytes a model takes once loaded: its weights, and for a generative model the KV cache of every slot
         (allocated up front by llama.cpp, plus its embedding context; grown on demand by Transformers, counted at
         its most). Reads the model's header: call it off the event loop."""
         if "chat" not in entry.capabilities:
             return entry.size_bytes
-        facts = describe(entry)
-        spec_context = entry.spec.context_size if entry.spec else None
-        trained = facts.context_length or 0
-        if entry.backend == BackendChoice.llama_cpp:
-            per_slot = per_slot_context(spec_context or self.settings.context_size, trained, entry.name) if trained else 0
-            tokens, value_bytes = per_slot * (self.settings.parallel_slots + 1), 2  # f16 cache; +1: the embedding context
-        else:
-            per_slot = min(spec_context or self.settings.context_size or trained, trained or 1 << 62)
-            tokens = per_slot * self.settings.parallel_slots
-            value_bytes = 2 if self.settings.transformers_dtype in ("float16", "bfloat16") else 4  # auto on CPU: float32
-        return entry.size_bytes + tokens * facts.kv_values_per_token * value_bytes
+        per_slot = self.context_length(entry) or 0
+        slots = self.settings.parallel_slots + (1 if entry.backend == BackendChoice.llama_cpp else 0)  # +1: embeddings
+        return entry.size_bytes + per_slot * slots * describe(entry).kv_values_per_token * self._kv_value_bytes(entry)
 
     async def _make_room(self, entry: ModelEntry) -> int:
         """Unload least recently used idle models until `entry` fits the limits, or refuse with 503; return what the

@@ -51,7 +51,8 @@ F_TOOL = {"type": "function", "function": {"name": "f"}}
         ({"messages": [{"role": "user"}]}, "messages.0"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages[0].content[0].type"),
-        ({"frobnicate": True}, "frobnicate"),
+        ({"stream": 0}, "stream"),  # 0 is not false
+        ({"logprobs": "yes"}, "logprobs"),
         ({"tool_choice": "required"}, "tool_choice"),
         ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
         ({"tools": [F_TOOL], "tool_choice": {"type": "function", "function": {"name": "g"}}}, "tool_choice.function.name"),
@@ -95,11 +96,14 @@ def test_unknown_model_and_route_are_404(client: httpx.Client, spec: SpecValidat
 
 
 def test_context_length_exceeded(client: httpx.Client, spec: SpecValidator) -> None:
-    response = client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 100_000})
-    assert_error(response, 400, spec, code="context_length_exceeded", param="max_tokens")
+    # A max_tokens beyond what the context has left is cut to it (tests/test_agent_requests.py); a prompt that
+    # leaves no room at all is refused, naming the prompt's field.
     long = [{"role": "user", "content": "word " * 5000}]
-    assert_error(client.post("/v1/chat/completions", json={"messages": long}), 400, code="context_length_exceeded")
-    assert_error(client.post("/v1/completions", json={"prompt": "word " * 5000}), 400, code="context_length_exceeded")
+    response = client.post("/v1/chat/completions", json={"messages": long})
+    assert_error(response, 400, spec, code="context_length_exceeded", param="messages")
+    assert "maximum context length is 2048 tokens" in response.json()["error"]["message"]
+    assert_error(client.post("/v1/completions", json={"prompt": "word " * 5000}), 400, code="context_length_exceeded",
+                 param="prompt")
     # A stream is refused before any event is sent.
     response = client.post("/v1/chat/completions", json={"messages": long, "stream": True})
     assert response.headers["content-type"].startswith("application/json")

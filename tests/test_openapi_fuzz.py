@@ -1,6 +1,7 @@
 """Schemathesis against the live server, from the server's own /openapi.json: every operation but the pull
 (which downloads), both /v1 and /api/v1 and the Ollama and utility routes, valid and invalid requests from a
-fixed seed. All of schemathesis's checks: no 5xx, every status documented, every body as documented, requests
+fixed seed, and its coverage phase (every boundary of every field: each schema-valid value at its edges, each
+way to break one, unexpected methods). All of schemathesis's checks: no 5xx, every status documented, every body as documented, requests
 the document calls valid accepted (or refused for a reason the document allows: an unknown model is a 404),
 requests it calls invalid refused. The exceptions are what a JSON Schema document cannot state: limits of the
 loaded model (its context length, its vocabulary, its embedding size), references between fields (a
@@ -23,6 +24,10 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
+from schemathesis.generation.coverage import GenerationSession
+from schemathesis.generation.drivers import CoverageGenerator
+from schemathesis.generation.feedback import FeedbackSources
+from schemathesis.generation.overrides import Override
 
 from local_llm_api.config import Settings
 from local_llm_api.main import create_app
@@ -44,7 +49,8 @@ CASES = [pytest.param(operation, mode, id=f"{mode.value}-{operation.label}") for
 
 # Those refusals, by their message (Anthropic's and Ollama's envelopes carry no error code).
 BEYOND_THE_DOCUMENT = ("maximum context length", "outside the vocabulary", "-dimensional embeddings and cannot shorten",
-                       "which is not among the tools", "Two tools are named", "This JSON schema cannot be used")
+                       "which is not among the tools", "Two tools are named", "This JSON schema cannot be used",
+                       "a tool the model can call now", "prompt is too long")
 
 
 def refused_for_what_no_document_states(response: requests.Response) -> bool:
@@ -57,7 +63,8 @@ def fuzzed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     place_model(models)
     place_tree(minilm_folder(), models / MINILM)
     # A short context keeps the longest answer a fuzzer can ask for to a few seconds.
-    with running_server(tmp_path_factory.mktemp("fuzz"), models, CONTEXT_SIZE="256", PARALLEL_SLOTS="2") as server:
+    with running_server(tmp_path_factory.mktemp("fuzz"), models, CONTEXT_SIZE="192", PARALLEL_SLOTS="2",
+                        REPRODUCIBLE="false") as server:  # prefix reuse: the fuzzer repeats its prompts
         yield server
 
 
@@ -73,3 +80,20 @@ def test_the_server_answers_as_its_openapi_document_says(operation: schemathesis
         case.validate_response(response, excluded_checks=excluded)
 
     check()
+
+
+@pytest.mark.parametrize("operation", OPERATIONS, ids=[operation.label for operation in OPERATIONS])
+def test_the_coverage_phase_finds_nothing(operation: schemathesis.APIOperation, fuzzed_server: Server) -> None:
+    generation = SCHEMA.config.generation_for(operation=operation, phase="coverage")
+    cases = CoverageGenerator(operation=operation, generation_modes=generation.modes, generation_config=generation,
+                              auth_storage=None, override=Override(query={}, headers={}, cookies={}, path_parameters={}, body={}),
+                              feedback=FeedbackSources(), session=GenerationSession())
+    failures = []
+    for case in cases:
+        response = case.call(base_url=fuzzed_server.url, timeout=120)
+        excluded = [positive_data_acceptance] if refused_for_what_no_document_states(response) else []
+        try:
+            case.validate_response(response, excluded_checks=excluded)
+        except AssertionError as failure:  # schemathesis's check failures (one group per case)
+            failures.append(f"{case.method} {case.path} {case.body!r:.300}: {str(failure)[:600]}")
+    assert not failures, "\n".join(failures[:10])

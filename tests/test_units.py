@@ -139,7 +139,7 @@ async def _state(manager: ModelManager) -> str:
 def test_env_example_loads_with_its_defaults() -> None:
     settings = load_settings(env_file=Path(__file__).parent.parent / ".env.example")
     assert settings.model_dir == Path("models") and settings.threads is None and settings.log_file is None
-    assert settings.context_size == 4096 and settings.api_keys == ()
+    assert settings.context_size == 0 and settings.api_keys == ()
 
 
 def test_catalog_tells_backends_apart_and_follows_model_backend(tmp_path: Path) -> None:
@@ -281,12 +281,16 @@ def test_close_frees_every_model_even_when_one_fails_or_its_file_is_gone(tmp_pat
     assert not manager.loaded and backends["a"].closed and backends["c"].closed  # type: ignore[attr-defined]
 
 
-def test_context_size_zero_is_the_training_context_capped() -> None:
-    from local_llm_api.backends.llama_cpp import TRAINING_CONTEXT_CAP, per_slot_context
+def test_context_size_zero_is_the_training_context_where_memory_allows() -> None:
+    from local_llm_api.backends.llama_cpp import MIN_CONTEXT, per_slot_context
 
-    assert per_slot_context(None, 2048, "m") == 2048
-    assert per_slot_context(None, 131072, "m") == TRAINING_CONTEXT_CAP
-    assert per_slot_context(65536, 131072, "m") == 65536  # asked for: given
+    budget = load_settings(None, memory_budget="1GB", parallel_slots=3)  # 4 KV caches: 3 slots and embeddings
+    assert per_slot_context(None, 8192, 1000, 0, budget, "m") == 8192  # 4 x 8192 x 1000 bytes fit 1 GB
+    # 131072 tokens do not: the most that fit beside the weights, in steps of 256.
+    assert per_slot_context(None, 131072, 10000, 10**8, budget, "m") == (10**9 - 10**8) // 40000 // 256 * 256
+    assert per_slot_context(None, 131072, 10**6, 0, budget, "m") == MIN_CONTEXT  # never below MIN_CONTEXT
+    assert per_slot_context(65536, 131072, 1000, 0, budget, "m") == 65536  # asked for: given
+    assert per_slot_context(None, 4096, 0, 0, budget, "m") == 4096  # the cache's size unknown: the training context
 
 
 def test_discovery_sees_changes_to_a_remembered_folder(tmp_path: Path) -> None:

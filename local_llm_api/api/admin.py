@@ -114,12 +114,18 @@ def info(manager: ModelManager, entry: ModelEntry) -> ModelInfo:
         size_bytes=entry.size_bytes,
         capabilities=list(entry.capabilities),
         keep_alive_seconds=manager.keep_alive_of(entry),
-        context_size=loaded.backend.facts.context_size if loaded else (manager.settings.context_size or None),
+        context_size=manager.context_length(entry),
         active_requests=loaded.in_flight if loaded else 0,
         loaded_at=loaded.loaded_at if loaded else None,
         error=manager.failures.get(entry.name),
         download=download_info(manager.pulls.get(entry.name)),
     )
+
+
+@health_router.api_route("/api/hello", methods=["GET", "HEAD"], include_in_schema=False)
+async def hello() -> dict[str, str]:
+    """Claude Code's connectivity check (it warms a connection with `HEAD /api/hello`)."""
+    return {"message": "hello"}
 
 
 @health_router.get("/health")
@@ -148,7 +154,7 @@ async def health(request: Request) -> Health:
 @router.get("/models")
 async def models(request: Request) -> ModelInfoList:
     manager = manager_of(request)
-    listed = [info(manager, e) for e in await asyncio.to_thread(manager.discover)]
+    listed = await asyncio.to_thread(lambda: [info(manager, e) for e in manager.discover()])
     names = {m.id for m in listed}
     return ModelInfoList(data=listed + [pending(p) for name, p in manager.pulls.items() if name not in names])
 

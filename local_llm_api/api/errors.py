@@ -11,6 +11,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import Scope
 
 from ..core.errors import APIError
 
@@ -68,6 +70,15 @@ def validation_error(exc: RequestValidationError) -> APIError:
     return APIError(400, f"Invalid value for '{param or 'body'}': {message}", param=param or None)
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route answers on this path (what a 405's `Allow` must list)."""
+    return [method for method in _METHODS
+            if any(route.matches({**scope, "method": method})[0] is Match.FULL for route in app.router.routes)]
+
+
 def install_error_handlers(app: FastAPI, renderers: ErrorRenderers) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> Response:
@@ -81,7 +92,10 @@ def install_error_handlers(app: FastAPI, renderers: ErrorRenderers) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         kind = _STATUS_TYPES.get(exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error")
         message = str(exc.detail) if exc.status_code != 404 else "Not found: no such route."
-        error = APIError(exc.status_code, message, type=kind, headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # Starlette names the methods of the first route on the path only
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(app, request.scope))}
+        error = APIError(exc.status_code, message, type=kind, headers=headers)
         return renderers.render(request.url.path, error)
 
     @app.exception_handler(Exception)

@@ -20,6 +20,16 @@ from .errors import ErrorRenderers
 
 log = logging.getLogger("local_llm_api.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_MAX_NAMED = 30  # X-Ignored-Fields names at most this many; the log line names them all
+
+
+def ignored_fields_header(names: list[str]) -> str:
+    """X-Ignored-Fields: the request fields the server did not know (dialects/base.py), in printable ASCII only
+    (a field name is the client's text), and not endless."""
+    shown = [name.encode("ascii", "backslashreplace").decode("ascii") for name in names[:_MAX_NAMED]]
+    shown = ["".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in name) for name in shown]
+    more = f", ... ({len(names) - _MAX_NAMED} more)" if len(names) > _MAX_NAMED else ""
+    return ", ".join(shown) + more
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
@@ -48,6 +58,18 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+def decompressed(body: bytes, encoding: str, limit: int) -> bytes:
+    """A zstd, gzip or deflate body, decompressed up to `limit` bytes; 400 when it is not what it says."""
+    try:
+        if encoding == "zstd":
+            return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body)).read(limit)
+        if encoding == "gzip":
+            return gzip.GzipFile(fileobj=io.BytesIO(body)).read(limit)
+        return zlib.decompressobj().decompress(body, limit)
+    except (zstandard.ZstdError, OSError, EOFError, zlib.error) as exc:
+        raise APIError(400, f"The request body is not valid {encoding} data: {exc}", code="invalid_encoding") from None
 
 
 class RequestContextMiddleware:
@@ -91,16 +113,7 @@ class RequestContextMiddleware:
             return receive
         if len(body) > self.max_body_bytes:
             raise APIError(413, f"Request body too large; the limit is {self.max_body_bytes} bytes.", code="request_too_large")
-        limit = self.max_body_bytes + 1
-        try:
-            if encoding == "zstd":
-                plain = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body)).read(limit)
-            elif encoding == "gzip":
-                plain = gzip.GzipFile(fileobj=io.BytesIO(body)).read(limit)
-            else:
-                plain = zlib.decompressobj().decompress(body, limit)
-        except (zstandard.ZstdError, OSError, EOFError, zlib.error) as exc:
-            raise APIError(400, f"The request body is not valid {encoding} data: {exc}", code="invalid_encoding") from None
+        plain = decompressed(body, encoding, self.max_body_bytes + 1)
         if len(plain) > self.max_body_bytes:
             raise APIError(413, f"Request body too large once decompressed; the limit is {self.max_body_bytes} bytes.",
                            code="request_too_large")
@@ -137,7 +150,12 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                extra = [(b"x-request-id", request_id.encode())]
+                if state.get("ignored_fields"):
+                    extra.append((b"x-ignored-fields", ignored_fields_header(state["ignored_fields"]).encode()))
+                # What the route said it did differently (core/chat.py's notes), in ASCII.
+                extra += [(k.lower().encode(), v.encode("ascii", "replace")) for k, v in state.get("response_headers", {}).items()]
+                message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 
         try:
@@ -154,11 +172,12 @@ class RequestContextMiddleware:
                 extra={
                     "method": scope["method"],
                     "path": scope["path"],
-                    "status": status,
+                    "status": 499 if state.get("client_left") else status,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 1),
                     "request_id": request_id,
                     "model": state.get("model"),
                     "prompt_tokens": usage.prompt_tokens if usage else None,
                     "completion_tokens": usage.completion_tokens if usage else None,
+                    "ignored_fields": ",".join(state["ignored_fields"]) if state.get("ignored_fields") else None,
                 },
             )

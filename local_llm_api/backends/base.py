@@ -51,6 +51,7 @@ class GenerationChunk:
     completion_tokens: int = 0
     logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens behind this text, when asked for
     stop_sequence: str | None = None  # the stop string that ended the sequence, if one did
+    cached_tokens: int = 0  # on the last chunk: prompt tokens read from the prefix cache instead of computed
 
 
 @dataclass(frozen=True)

@@ -198,6 +198,7 @@ class BatchEngine(Engine):
             if self._draft_tokens:
                 sequence.lookup = PromptLookup(prompt, self._draft_tokens)
             slot.sequence = sequence
+            sequence.cached_tokens = reuse
             self._counters["prompt"] += len(prompt)
             self._counters["cached"] += reuse
 

@@ -15,7 +15,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -49,6 +49,7 @@ class Sequence:
     cancelled: bool = False  # set by the request's task; read by the engine thread each step
     first_token_at: float | None = None
     constraint: TokenConstraint | None = None  # the grammar its output must match, if any
+    cached_tokens: int = 0  # prompt tokens it started with from the prefix cache (reported in the usage)
 
     @property
     def shapes_logits(self) -> bool:
@@ -243,6 +244,8 @@ class Engine(ABC):
             constraint.accept(token)
         # A complete grammar allows nothing but end-of-generation: the sequence ends now, a step early.
         chunk = sequence.text.feed(token, logprob, last=constraint is not None and constraint.complete)
+        if chunk is not None and chunk.finish_reason is not None:
+            chunk = replace(chunk, cached_tokens=sequence.cached_tokens)
         if chunk is not None:
             sequence.emit(chunk)
         return chunk is not None and chunk.finish_reason is not None

@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from ..catalog import ModelEntry
 from ..config import Settings
 from ..prompting.chat_template import fallback_template
@@ -54,7 +56,7 @@ log = logging.getLogger("local_llm_api.llama_cpp")
 
 # CONTEXT_SIZE=0 asks for the training context, per slot and allocated up front: 128k tokens x 4 slots is a KV
 # cache of tens of GB for a 7B model. Without an explicit size, this is the most a slot gets.
-TRAINING_CONTEXT_CAP = 8192
+MIN_CONTEXT = 2048  # CONTEXT_SIZE=0 never gives a slot less (unless the model was trained on less)
 
 
 MEAN_POOLING, OWN_POOLINGS = 1, {1, 2, 3}  # llama.cpp's mean, CLS and last-token pooling
@@ -70,15 +72,42 @@ def pooling_type(meta: dict[str, str]) -> int:
     return value if value in OWN_POOLINGS else MEAN_POOLING
 
 
-def per_slot_context(requested: int | None, trained: int, name: str) -> int:
-    """Tokens of KV cache per slot: the size asked for, else the training context capped at TRAINING_CONTEXT_CAP."""
+def per_slot_context(requested: int | None, trained: int, kv_bytes_per_token: int, weights: int, settings: Settings,
+                     name: str) -> int:
+    """Tokens of KV cache per slot: the size asked for; else (CONTEXT_SIZE=0, the default) the model's training
+    context where memory allows: llama.cpp allocates every slot's cache up front (plus one for embeddings), so the
+    context is cut to what fits MEMORY_BUDGET, or half this machine's memory without one, beside the weights."""
     if requested:
         return requested
-    if trained > TRAINING_CONTEXT_CAP:
-        log.warning("%s was trained on %d tokens; CONTEXT_SIZE=0 gives each slot %d (set CONTEXT_SIZE for more)",
-                    name, trained, TRAINING_CONTEXT_CAP)
-        return TRAINING_CONTEXT_CAP
-    return trained
+    if not kv_bytes_per_token:
+        return trained
+    budget = int(settings.memory_budget) or psutil.virtual_memory().total // 2
+    fits = max(budget - weights, 0) // (kv_bytes_per_token * (settings.parallel_slots + 1)) // 256 * 256
+    if fits >= trained:
+        return trained
+    context = max(fits, min(trained, MIN_CONTEXT))
+    log.warning("%s was trained on %d tokens; %d slots of that do not fit %s, so each slot gets %d (set CONTEXT_SIZE, "
+                "PARALLEL_SLOTS or MEMORY_BUDGET to choose)", name, trained, settings.parallel_slots,
+                "MEMORY_BUDGET" if settings.memory_budget else "half of this machine's memory", context)
+    return context
+
+
+def kv_bytes_per_token(meta: dict[str, str]) -> int:
+    """What one token adds to the KV cache (f16 keys and values over all layers), from GGUF metadata."""
+    arch = meta.get("general.architecture", "")
+
+    def number(key: str, default: int = 0) -> int:
+        try:
+            return int(meta.get(f"{arch}.{key}", default))
+        except ValueError:
+            return default
+
+    heads, width = number("attention.head_count"), number("embedding_length")
+    if not heads or not width:
+        return 0
+    key = number("attention.key_length", width // heads)
+    values = number("block_count") * number("attention.head_count_kv", heads) * (key + number("attention.value_length", key))
+    return values * 2
 
 
 class LlamaCppBackend(EngineBackend):
@@ -106,7 +135,7 @@ class LlamaCppBackend(EngineBackend):
         model = self._model
         meta = model.metadata()
         per_sequence = per_slot_context((spec.context_size if spec else None) or settings.context_size, model.n_ctx_train(),
-                                        entry.name)
+                                        kv_bytes_per_token(meta), path.stat().st_size, settings, entry.name)
         slots = settings.parallel_slots
         try:
             context = self._context(n_ctx=per_sequence * slots, n_seq_max=slots, batch=settings.batch_size, embeddings=False)

@@ -291,7 +291,7 @@ class TorchBatchEngine(Engine):
         sequence.cache = DynamicCache(config=self._model.config)
         for index, (keys, values) in enumerate(best.layers):
             sequence.cache.update(keys[:, :, :shared].clone(), values[:, :, :shared].clone(), index)
-        sequence.fed = shared
+        sequence.fed = sequence.cached_tokens = shared
         self._counters["cached"] += shared
         self._counters["shared"] += shared
         self._kept.remove(best)

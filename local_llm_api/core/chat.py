@@ -37,6 +37,7 @@ class ChoiceEnd:
     calls: tuple[Call, ...]
     completion_tokens: int
     stop_sequence: str | None = None  # the request's stop string that ended it, if one did
+    cached_tokens: int = 0  # prompt tokens read from the prefix cache
 
 
 ChatEvent = TextDelta | ChoiceEnd
@@ -52,6 +53,7 @@ class Answer:
     finish_reason: str = "stop"
     completion_tokens: int = 0
     stop_sequence: str | None = None
+    cached_tokens: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)
 
     def add(self, event: ChatEvent) -> None:
@@ -60,7 +62,7 @@ class Answer:
             self.logprobs += event.logprobs
             return
         self.finish_reason, self.calls, self.completion_tokens = event.finish_reason, event.calls, event.completion_tokens
-        self.stop_sequence = event.stop_sequence
+        self.stop_sequence, self.cached_tokens = event.stop_sequence, event.cached_tokens
         if event.calls:  # the text around tool calls, if any, without the whitespace before them
             self.content = (self.content or "").strip() or None
 
@@ -74,6 +76,7 @@ class ChatRun:
     prompt: list[int]
     jobs: list[ChoiceJob]
     _stack: AsyncExitStack
+    notes: dict[str, str] = field(default_factory=dict)  # response headers that say what the server did differently
 
     @property
     def prompt_tokens(self) -> int:
@@ -105,7 +108,8 @@ class ChatRun:
                 if rest:
                     yield TextDelta(index, rest)
             stop = chunk.stop_sequence if chunk.stop_sequence not in self.plan.stop else None
-            yield ChoiceEnd(index, "tool_calls" if calls else chunk.finish_reason, tuple(calls), chunk.completion_tokens, stop)
+            yield ChoiceEnd(index, "tool_calls" if calls else chunk.finish_reason, tuple(calls), chunk.completion_tokens, stop,
+                            chunk.cached_tokens)
 
     async def answers(self) -> list[Answer]:
         answers = {job.index: Answer(job.index) for job in self.jobs}
@@ -134,8 +138,7 @@ async def start_chat(req: ChatRequest, manager: ModelManager, settings: Settings
         # Compiling schemas and tokenizing only read the vocabulary: they need not queue behind generations.
         plan, prompt = await asyncio.to_thread(prepare, model, req)
         facts = model.backend.facts
-        budget = token_budget(len(prompt), req.max_tokens, req.context(facts.context_size), settings,
-                              req.max_tokens_param if req.max_tokens is not None else "messages")
+        budget = token_budget(len(prompt), req.max_tokens, req.context(facts.context_size), settings, req.prompt_param)
         jobs = [ChoiceJob(i, prompt, sampling_params(req.sampling, settings, facts, budget, i, grammar=plan.grammar,
                                                      logprobs=req.logprobs, extra_stop=plan.stop))
                 for i in range(req.n)]
@@ -143,7 +146,18 @@ async def start_chat(req: ChatRequest, manager: ModelManager, settings: Settings
     except BaseException:
         await stack.aclose()
         raise
-    return ChatRun(model, plan, prompt, jobs, stack)
+    return ChatRun(model, plan, prompt, jobs, stack, notes(req))
+
+
+REASONING_IGNORED = "X-Reasoning-Ignored"
+
+
+def notes(req: ChatRequest) -> dict[str, str]:
+    """What the answer could not honour, said in a header rather than refused (clients send these on every
+    request whatever the model)."""
+    if req.reasoning is not None and req.reasoning.wanted:
+        return {REASONING_IGNORED: f"{req.reasoning.param}: this model does not think; it answered without reasoning"}
+    return {}
 
 
 async def count_prompt_tokens(req: ChatRequest, manager: ModelManager) -> int:

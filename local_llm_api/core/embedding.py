@@ -15,6 +15,6 @@ def embedding_tokens(backend: Backend, text: str, param: str, *, limit: int | No
         raise invalid_request(f"'{param}' has no tokens to embed: it is empty for this model.", param)
     if len(tokens) > context:
         if not truncate:
-            raise context_length_exceeded(len(tokens), 0, context, param)
+            raise context_length_exceeded(len(tokens), context, param)
         tokens = tokens[:context]
     return tokens

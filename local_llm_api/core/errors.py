@@ -53,15 +53,22 @@ def model_not_found(name: str) -> APIError:
     )
 
 
-def context_length_exceeded(prompt_tokens: int, max_tokens: int, context: int, param: str = "messages") -> APIError:
-    return APIError(
-        400,
-        f"This model's maximum context length is {context} tokens. However, you requested "
-        f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, {max_tokens} for the "
-        "completion). Please reduce the prompt or the completion length.",
-        param=param,
-        code="context_length_exceeded",
-    )
+class ContextOverflow(APIError):
+    """The prompt alone fills the context: nothing is left for an answer. Each dialect words it the way its
+    clients recognise (Claude Code compacts on Anthropic's "prompt is too long: N tokens > M maximum")."""
+
+    def __init__(self, prompt_tokens: int, context: int, param: str) -> None:
+        super().__init__(
+            400,
+            f"This model's maximum context length is {context} tokens. However, your {param} resulted in "
+            f"{prompt_tokens} tokens, which leaves no room for an answer. Please reduce the length of the {param}.",
+            param=param, code="context_length_exceeded")
+        self.prompt_tokens = prompt_tokens
+        self.context = context
+
+
+def context_length_exceeded(prompt_tokens: int, context: int, param: str = "messages") -> ContextOverflow:
+    return ContextOverflow(prompt_tokens, context, param)
 
 
 def server_busy(reason: str) -> APIError:

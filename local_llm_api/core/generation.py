@@ -32,6 +32,7 @@ class ChoiceResult:
     finish_reason: str
     completion_tokens: int
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ async def collect_choices(backend: Backend, jobs: list[ChoiceJob]) -> list[Choic
         if chunk.finish_reason is not None:
             result.finish_reason = chunk.finish_reason
             result.completion_tokens = chunk.completion_tokens
+            result.cached_tokens = chunk.cached_tokens
     return [results[job.index] for job in jobs]
 
 

@@ -84,6 +84,20 @@ class JSONOutput:
 
 
 @dataclass(frozen=True)
+class Reasoning:
+    """How much the model should think before it answers, from any API's control on one scale: `effort` "none"
+    is off, None the model's own default; `budget_tokens` caps the thinking."""
+
+    effort: str | None = None  # none, minimal, low, medium, high, xhigh, max
+    budget_tokens: int | None = None
+    param: str = "reasoning"  # the request field it came from, for errors and notes
+
+    @property
+    def wanted(self) -> bool:
+        return self.effort != "none"
+
+
+@dataclass(frozen=True)
 class Sampling:
     """Sampling fields as the request gave them; None falls back to the server's defaults."""
 
@@ -105,7 +119,7 @@ class ChatRequest:
     model: str | None = None
     sampling: Sampling = field(default_factory=Sampling)
     max_tokens: int | None = None
-    max_tokens_param: str = "max_tokens"  # the dialect's name for it, for errors
+    prompt_param: str = "messages"  # the dialect's field that holds the prompt, for errors
     n: int = 1
     tools: list[Tool] = field(default_factory=list)
     tool_choice: ToolChoice | None = None
@@ -115,6 +129,7 @@ class ChatRequest:
     truncate: bool = False  # drop the oldest turns when the prompt does not fit, instead of a 400
     context_limit: int | None = None  # fewer context tokens than the model's (Ollama's num_ctx); never more
     raw_prompt: str | None = None  # read as-is instead of `messages` rendered with the chat template (Ollama's raw)
+    reasoning: Reasoning | None = None  # None: the model's default
 
     def context(self, model_context: int) -> int:
         """The context this request runs in: the model's, or the smaller one it asked for."""

@@ -27,15 +27,15 @@ def logit_bias_tokens(bias: dict[str, int] | None, vocab_size: int) -> dict[int,
     return tokens
 
 
-def token_budget(prompt_tokens: int, requested: int | None, context: int, settings: Settings, param: str) -> int:
+def token_budget(prompt_tokens: int, requested: int | None, context: int, settings: Settings, prompt_param: str) -> int:
     """How many tokens a completion may generate in `context` tokens (the model's per-request context, or less
-    when the request asks for less); 400 context_length_exceeded when the prompt leaves no room."""
+    when the request asks for less): what was asked for, cut to what the context has left (the answer then ends
+    with "length", as llama.cpp's server and Ollama do); 400 context_length_exceeded, naming the prompt's field,
+    only when the prompt leaves no room at all."""
     room = context - prompt_tokens
-    if requested is not None and requested > room or room <= 0:
-        raise context_length_exceeded(prompt_tokens, requested or 0, context, param)
-    if requested is not None:
-        return requested
-    return min(room, settings.max_tokens or room)
+    if room <= 0:
+        raise context_length_exceeded(prompt_tokens, context, prompt_param)
+    return min(requested if requested is not None else settings.max_tokens or room, room)
 
 
 def sampling_params(sampling: Sampling, settings: Settings, facts: ModelFacts, max_tokens: int, choice: int, *,

@@ -1,37 +1,134 @@
-"""Request-model bases every dialect's protocol uses."""
+"""What every dialect's requests share: the request-model base, and the route class that decides what happens
+to fields a request carries that the dialect does not know.
+
+Clients add fields with every release (Codex's `client_metadata`, Claude Code's `defer_loading`); refusing
+them breaks every user of that release. So an unknown field is accepted and named: the response carries
+`X-Ignored-Fields` and the access log line says which. `STRICT_REQUEST_FIELDS=true` refuses them with a 400
+instead, as OpenAI does. Known fields keep their JSON types: `true` is not a number and `0` is not `false`.
+"""
 
 from __future__ import annotations
 
-from functools import cache
-from typing import Any, get_args
+import functools
+import inspect
+from collections.abc import Callable, Coroutine
+from contextvars import ContextVar
+from typing import Annotated, Any, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, WithJsonSchema, model_serializer, model_validator
+from fastapi import Request as HTTPRequest
+from fastapi import Response
+from fastapi.routing import APIRoute
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    SerializerFunctionWrapHandler,
+    Tag,
+    WithJsonSchema,
+    model_serializer,
+    model_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
+from ..core.errors import APIError
 
 class Request(BaseModel):
-    """Unknown fields are refused with a 400 that names them, never dropped; `true` is not a number."""
+    """A request body or a part of one. Unknown fields are kept aside (`model_extra`) for `unknown_fields`; known
+    ones take only their own JSON type (strict mode: `true` is not 1, `0` is not false, "1" is not a number)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     @model_validator(mode="before")
     @classmethod
-    def _no_booleans_for_numbers(cls, data: Any) -> Any:
-        # Pydantic's lax mode reads true as 1 (keeping 2.0 for an integer, as JSON Schema does).
-        if isinstance(data, dict):
-            for name in _numeric_fields(cls) & data.keys():
-                if isinstance(data[name], bool):
-                    raise ValueError(f"'{name}' must be a number, not {str(data[name]).lower()}")
-        return data
+    def _integral_numbers(cls, data: Any) -> Any:
+        # JSON Schema counts 2.0 as an integer (a Python client's json.dumps writes one); strict mode would not.
+        return {key: _integral(value) for key, value in data.items()} if isinstance(data, dict) else data
 
 
-@cache
-def _numeric_fields(model: type[BaseModel]) -> frozenset[str]:
-    def numeric(annotation: Any) -> bool:
-        kinds = [kind for kind in get_args(annotation) or (annotation,) if kind is not type(None)]
-        return bool(kinds) and all(kind in (int, float) for kind in kinds)
+def _integral(value: Any, depth: int = 2) -> Any:
+    """An integral float as an int, in a field's value and in the lists and maps it holds (token ids, logit bias)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    if depth and isinstance(value, list):
+        return [_integral(item, depth - 1) for item in value]
+    if depth and isinstance(value, dict):
+        return {key: _integral(item, depth - 1) for key, item in value.items()}
+    return value
 
-    return frozenset(field.alias or name for name, field in model.model_fields.items() if numeric(field.annotation))
+
+def unknown_fields(value: object, path: str = "") -> list[str]:
+    """The unknown fields of a parsed request, as dotted paths (`tools[*].defer_loading`), each named once."""
+    found: dict[str, None] = {}
+    if isinstance(value, Request):
+        for key in value.model_extra or {}:
+            found[f"{path}.{key}" if path else key] = None
+        for name, field in type(value).model_fields.items():
+            inner = f"{path}.{field.alias or name}" if path else field.alias or name
+            found.update(dict.fromkeys(unknown_fields(getattr(value, name), inner)))
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            found.update(dict.fromkeys(unknown_fields(item, f"{path}[*]")))
+    return list(found)
+
+
+_route_request: ContextVar[HTTPRequest | None] = ContextVar("route_request", default=None)
+
+
+def _checking_fields(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    """The endpoint, after a look at its parsed body: unknown fields named in `request.state.ignored_fields`,
+    or refused when the server is strict."""
+    if not inspect.iscoroutinefunction(endpoint):
+        return endpoint
+
+    @functools.wraps(endpoint)  # FastAPI reads the parameters through __wrapped__
+    async def checked(*args: Any, **kwargs: Any) -> Any:
+        names = [name for value in kwargs.values() if isinstance(value, Request) for name in unknown_fields(value)]
+        request = _route_request.get()
+        if names and request is not None:
+            if request.app.state.settings.strict_request_fields:
+                raise APIError(400, f"Unrecognized request argument supplied: {names[0]}", param=names[0],
+                               code="unknown_parameter")
+            request.state.ignored_fields = names
+        return await endpoint(*args, **kwargs)
+
+    return checked
+
+
+class DialectRoute(APIRoute):
+    """The route class of every dialect: unknown body fields are named or refused (see the module's doc)."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, _checking_fields(endpoint), **kwargs)
+
+    def get_route_handler(self) -> Callable[[HTTPRequest], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: HTTPRequest) -> Response:
+            token = _route_request.set(request)
+            try:
+                return await handler(request)
+            finally:
+                _route_request.reset(token)
+
+        return route
+
+
+class JSONBodyRoute(DialectRoute):
+    """Reads the body as JSON whatever its Content-Type: Ollama's own examples and many scripts (`curl -d '{...}'`)
+    send JSON as form data or with no type at all."""
+
+    def get_route_handler(self) -> Callable[[HTTPRequest], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: HTTPRequest) -> Response:
+            kind = request.headers.get("content-type", "")
+            if "json" not in kind and request.method != "GET":
+                headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+                request = HTTPRequest({**request.scope, "headers": [*headers, (b"content-type", b"application/json")]},
+                                      request.receive)
+            return await handler(request)
+
+        return route
 
 
 class Typed(BaseModel):
@@ -40,6 +137,24 @@ class Typed(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     type: str
+
+
+def by_type(*models: type[BaseModel], other: type[Typed]) -> Any:
+    """A union of parts told apart by their `type`: each known type validates as its own model, so that a bad
+    field is named as such; any other type as `other`, which the translation refuses by name (left out of the
+    document). A model whose `type` may be left out takes parts without one."""
+    tags: dict[object, str] = {}
+    for model in models:
+        for value in get_args(model.model_fields["type"].annotation) or (model.model_fields["type"].default,):
+            for literal in get_args(value) or (value,):
+                tags[None if literal is type(None) else literal] = model.__name__
+
+    def tag(part: Any) -> str:
+        kind = part.get("type") if isinstance(part, dict) else getattr(part, "type", None)
+        return tags.get(kind, "other") if isinstance(kind, str | None) else "other"
+
+    members = tuple(Annotated[model, Tag(model.__name__)] for model in models) + (Refused[Annotated[other, Tag("other")]],)
+    return Annotated[Union[members], Discriminator(tag)]  # noqa: UP007  (a runtime union of a tuple)
 
 
 class DropNone(BaseModel):

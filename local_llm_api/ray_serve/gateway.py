@@ -23,6 +23,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from .. import __version__
 from ..api.admin import Health
 from ..api.auth import require_api_key
+from ..api.middleware import decompressed
 from ..api.errors import install_error_handlers
 from ..backends.base import EngineStats
 from ..config import Settings
@@ -55,16 +56,23 @@ class DeploymentHealth(BaseModel):
     engines: dict[str, EngineStats]
 
 
-def routing_hints(body: bytes, default_model: str) -> tuple[str, str | None]:
-    """(model, conversation key) of a request body: the model for model-aware routing, and a key for the start
-    of its conversation (system prompt and first turn, or the prompt's start), for prefix affinity."""
+def routing_hints(body: bytes, default_model: str, encoding: str = "") -> tuple[str, str | None]:
+    """(model, conversation key) of a request body (compressed as Codex sends it, or not): the model for
+    model-aware routing, and a key for its conversation, for prefix affinity: the client's `prompt_cache_key`
+    when it gives one (Codex: its session), else the conversation's start (system prompt and first turn, or the
+    prompt's start)."""
     try:
+        if encoding in ("zstd", "gzip", "deflate"):
+            body = decompressed(body, encoding, 16 * 2**20)  # a hint only: a bigger body goes unhinted
         payload = json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, APIError):
         payload = None
     if not isinstance(payload, dict):
         return "", None
     model = payload.get("model") if isinstance(payload.get("model"), str) else default_model
+    if isinstance(payload.get("prompt_cache_key"), str) and payload["prompt_cache_key"]:
+        text = json.dumps([model, "prompt_cache_key", payload["prompt_cache_key"]])
+        return model, hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
     start: Any = None
     for field in ("messages", "input", "prompt"):
         value = payload.get(field)
@@ -158,7 +166,8 @@ def create_gateway(settings: Settings, send: Send) -> FastAPI:
         if len(body) > settings.max_request_bytes:
             raise APIError(413, f"The request body is larger than {settings.max_request_bytes} bytes.",
                            code="request_too_large")
-        model, affinity = routing_hints(body, settings.default_model) if request.method == "POST" else ("", None)
+        encoding = request.headers.get("content-encoding", "").strip().lower()
+        model, affinity = routing_hints(body, settings.default_model, encoding) if request.method == "POST" else ("", None)
         if request.method == "POST" and (load := LOAD.match(request.url.path)):
             model = load.group(1)
         client = (request.client.host, request.client.port) if request.client else None

@@ -155,10 +155,10 @@ def test_agents_sdk_style_request(sdk: OpenAI, served: Served) -> None:
 
 
 @pytest.mark.parametrize(("body", "param"), [
-    ({"input": "x", "reasoning": {"effort": "high"}}, "reasoning"),
+    ({"input": "x", "reasoning": {"effort": "extreme"}}, "reasoning.effort"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "http://x"}]}]}, "input[0].content[0].type"),
     ({"input": "x", "background": True}, "background"),
-    ({"input": "x", "bogus": 1}, "bogus"),
+    ({"input": "x", "store": 1}, "store"),
     ({"input": "x", "temperature": 3}, "temperature"),
     ({"input": [{"type": "reasoning", "summary": []}]}, "input[0].type"),
     ({"input": "x", "top_logprobs": 3}, "top_logprobs"),

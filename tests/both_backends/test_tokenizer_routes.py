@@ -55,7 +55,7 @@ def test_tokenizer_routes_refuse_bad_input(client: httpx.Client, served: Served)
         ("/tokenize", {}, "exactly one"),
         ("/tokenize", {"content": "a", "messages": MESSAGES}, "exactly one"),
         ("/tokenize", {"content": "a", "tools": TOOLS}, "'tools' go with 'messages'"),
-        ("/tokenize", {"content": "a", "colour": 1}, "colour"),
+        ("/tokenize", {"content": "a", "with_pieces": 1}, "with_pieces"),
         ("/detokenize", {"tokens": [1, 10**9]}, "tokens[1]"),
         ("/detokenize", {"tokens": "abc"}, "tokens"),
         ("/apply-template", {"messages": []}, "messages"),

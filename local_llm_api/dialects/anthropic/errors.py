@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.responses import JSONResponse
 
-from ...core.errors import APIError
+from ...core.errors import APIError, ContextOverflow
 from ...core.streaming import sse_data
 from .protocol import ErrorDetail, ErrorEnvelope
 
@@ -14,6 +14,9 @@ TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permis
 
 def envelope(exc: APIError) -> ErrorEnvelope:
     kind = TYPES.get(exc.status, "api_error" if exc.status >= 500 else "invalid_request_error")
+    if isinstance(exc, ContextOverflow):  # Anthropic's own words, which Claude Code reads to compact the conversation
+        return ErrorEnvelope(error=ErrorDetail(type=kind, message=f"prompt is too long: {exc.prompt_tokens} tokens > "
+                                                                  f"{exc.context - 1} maximum"))
     message = exc.body.message + (f" (param: {exc.body.param})" if exc.body.param else "")
     return ErrorEnvelope(error=ErrorDetail(type=kind, message=message))
 

@@ -1,5 +1,6 @@
-"""Messages API request and response models, as the `anthropic` SDK sends and reads them. Unknown fields
-are refused with a 400 naming them; `cache_control` is accepted everywhere (the prefix cache does its job)."""
+"""Messages API request and response models, as the `anthropic` SDK and Claude Code send and read them.
+Unknown fields are accepted and named (dialects/base.py); `cache_control` is accepted everywhere (the prefix
+cache does its job)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,25 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..base import Refused, Request, Typed, only, when
+from ..base import Request, Typed, by_type, only, when
+
+
+class ToolParam(Request):
+    name: str = Field(min_length=1, max_length=128)
+    description: str | None = None
+    input_schema: dict[str, Any]
+    type: Literal["custom"] | None = None
+    cache_control: dict[str, Any] | None = None
+    # Tool search: a deferred tool is not shown to the model until a tool result references it.
+    defer_loading: bool | None = None
+    strict: bool | None = None  # enforced: the call's input is constrained to the schema
+    input_examples: list[dict[str, Any]] | None = None  # shown to the model with the tool's description
+    allowed_callers: list[str] | None = Field(None, min_length=1)  # who may call it ("direct": the model)
+    eager_input_streaming: bool | None = None  # how the input streams: whole calls are sent as one delta here
 
 
 class OtherBlock(Typed):
-    """Image, document, thinking, server-tool blocks: refused."""
+    """Image, document, server-tool blocks: refused."""
 
 
 class TextBlock(Request):
@@ -33,15 +48,61 @@ class ToolUseBlock(Request):
     toolset_name: str | None = None
 
 
+class ToolReferenceBlock(Request):
+    """In a tool result (a tool search's answer): the named deferred tool is loaded from here on."""
+
+    type: Literal["tool_reference"]
+    tool_name: str
+
+
 class ToolResultBlock(Request):
     type: Literal["tool_result"]
     tool_use_id: str
-    content: str | list[TextBlock | Refused[OtherBlock]] | None = None
+    content: str | list[by_type(TextBlock, ToolReferenceBlock, other=OtherBlock)] | None = None  # type: ignore[valid-type]
     is_error: bool | None = None
     cache_control: dict[str, Any] | None = None
 
 
-Block = Annotated[TextBlock | ToolUseBlock | ToolResultBlock | Refused[OtherBlock], Field(union_mode="left_to_right")]
+class ThinkingBlock(Request):
+    """An earlier answer's reasoning, sent back in the history."""
+
+    type: Literal["thinking"]
+    thinking: str
+    signature: str | None = None
+    cache_control: dict[str, Any] | None = None
+
+
+class RedactedThinkingBlock(Request):
+    type: Literal["redacted_thinking"]
+    data: str
+
+
+class ToolReference(Request):
+    type: Literal["tool_reference"]
+    name: str
+
+
+class ToolDefinition(Request):
+    type: Literal["tool_definition"]
+    definition: ToolParam
+
+
+class ToolAdditionBlock(Request):
+    """In a system turn inside `messages`: a tool offered from here on."""
+
+    type: Literal["tool_addition"]
+    tool: ToolDefinition
+
+
+class ToolRemovalBlock(Request):
+    """In a system turn inside `messages`: a tool withdrawn from here on."""
+
+    type: Literal["tool_removal"]
+    tool: ToolReference
+
+
+Block = by_type(TextBlock, ToolUseBlock, ToolResultBlock, ThinkingBlock, RedactedThinkingBlock, ToolAdditionBlock,
+                ToolRemovalBlock, other=OtherBlock)
 
 
 def _blocks_of(role: str, types: list[str]) -> dict[str, Any]:
@@ -50,20 +111,15 @@ def _blocks_of(role: str, types: list[str]) -> dict[str, Any]:
 
 
 class MessageParam(Request):
-    # Tool calls stand in the assistant's turns, their results in the user's.
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [
-        _blocks_of("user", ["text", "tool_result"]), _blocks_of("assistant", ["text", "tool_use"])]})
+    # Tool calls stand in the assistant's turns, their results in the user's; a system turn (Claude Code's
+    # mid-conversation instructions) holds text and changes to the tools.
+    model_config = ConfigDict(json_schema_extra={"allOf": [
+        _blocks_of("user", ["text", "tool_result"]),
+        _blocks_of("assistant", ["text", "tool_use", "thinking", "redacted_thinking"]),
+        _blocks_of("system", ["text", "tool_addition", "tool_removal"])]})
 
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "system"]
     content: str | Annotated[list[Block], Field(min_length=1)]
-
-
-class ToolParam(Request):
-    name: str = Field(min_length=1, max_length=128)
-    description: str | None = None
-    input_schema: dict[str, Any]
-    type: Literal["custom"] | None = None
-    cache_control: dict[str, Any] | None = None
 
 
 class OtherTool(Typed):
@@ -71,16 +127,30 @@ class OtherTool(Typed):
 
 
 class ToolChoice(Request):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [when(
-        {"properties": {"type": {"const": "tool"}}}, {"required": ["name"], "properties": {"name": {"type": "string"}}})]})
+    model_config = ConfigDict(json_schema_extra={"allOf": [when(
+        {"properties": {"type": {"const": "tool"}}}, {"required": ["name"], "properties": {"name": {"type": "string", "minLength": 1}}})]})
 
     type: Literal["auto", "any", "tool", "none"]
     name: str | None = None
     disable_parallel_tool_use: bool | None = None
 
 
-class ThinkingParam(Typed):
-    """`thinking`: only `{"type": "disabled"}` is served."""
+class ThinkingEnabled(Request):
+    type: Literal["enabled"]
+    budget_tokens: int = Field(ge=1)
+    display: Literal["summarized", "omitted"] | None = None
+
+
+class ThinkingAdaptive(Request):
+    type: Literal["adaptive"]
+    display: Literal["summarized", "omitted"] | None = None
+
+
+class ThinkingDisabled(Request):
+    type: Literal["disabled"]
+
+
+ThinkingParam = Annotated[ThinkingEnabled | ThinkingAdaptive | ThinkingDisabled, Field(discriminator="type")]
 
 
 class JSONOutputFormat(Request):
@@ -99,16 +169,16 @@ class Metadata(Request):
 
 
 class CountTokensRequest(Request):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [when(
+    model_config = ConfigDict(json_schema_extra={"allOf": [when(
         {"required": ["tool_choice"], "properties": {"tool_choice": {"type": "object", "properties": {"type": {"enum": ["auto", "any", "tool"]}}}}},
         {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}})]})
 
     model: str | None = Field(None, description="Model name; the server's default model when left out.")
     messages: list[MessageParam] = Field(min_length=1)
     system: str | list[TextBlock] | None = None
-    tools: list[Annotated[ToolParam | Refused[OtherTool], Field(union_mode="left_to_right")]] | None = None
+    tools: list[by_type(ToolParam, other=OtherTool)] | None = None  # type: ignore[valid-type]
     tool_choice: ToolChoice | None = None
-    thinking: Annotated[ThinkingParam | None, only(None, {"type": "disabled"})] = None
+    thinking: ThinkingParam | None = None
     output_config: OutputConfig | None = None
     # Claude Code sends these; they concern Anthropic's platform (context editing, MCP, containers).
     context_management: dict[str, Any] | None = None

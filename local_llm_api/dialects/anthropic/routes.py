@@ -15,6 +15,7 @@ from ...api.auth import require_api_key
 from ...core.chat import Answer, ChatRun, TextDelta, count_prompt_tokens, start_chat
 from ...core.generation import TokenCounts, until_disconnected
 from ...core.streaming import sse_data, sse_response
+from ..base import DialectRoute
 from .errors import error_event
 from .protocol import CountTokensRequest, CreateMessage, ErrorEnvelope, MessageOut, TokenCount, Usage, message_id
 from .translate import chat_request, content_blocks, stop_reason
@@ -22,27 +23,34 @@ from .translate import chat_request, content_blocks, stop_reason
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorEnvelope} for code in (400, 401, 404, 413, 429, 503)}
 STREAM = {200: {"content": {"text/event-stream": {}}, "description": "JSON, or server-sent events when `stream` is true"}}
 
-router = APIRouter(dependencies=[Depends(require_api_key)], responses=ERRORS, tags=["anthropic"])
+router = APIRouter(dependencies=[Depends(require_api_key)], responses=ERRORS, route_class=DialectRoute, tags=["anthropic"])
 
 
 @router.post("/messages", response_model=MessageOut, responses=STREAM)
 async def create_message(req: CreateMessage, request: Request) -> Response | MessageOut:
     run = await start_chat(chat_request(req), request.app.state.manager, request.app.state.settings)
+    request.state.response_headers = run.notes
     request.state.model = run.model.entry.name
     if req.stream:
-        return sse_response(_stream(run, request), run.aclose, error_event)
+        return sse_response(_stream(run, request), run.aclose, error_event, keepalive=_event("ping"))
     async with run:
         answer = (await until_disconnected(request, run.answers()))[0]
     request.state.usage = TokenCounts(run.prompt_tokens, answer.completion_tokens)
     return MessageOut(id=message_id(), model=run.model.entry.name, content=content_blocks(answer),
                       stop_reason=stop_reason(answer), stop_sequence=answer.stop_sequence,
-                      usage=Usage(input_tokens=run.prompt_tokens, output_tokens=answer.completion_tokens))
+                      usage=usage(run.prompt_tokens, answer))
 
 
 @router.post("/messages/count_tokens")
 async def count_tokens(req: CountTokensRequest, request: Request) -> TokenCount:
     """The tokens the model would read: system, tools and the chat template's own tokens included."""
     return TokenCount(input_tokens=await count_prompt_tokens(chat_request(req), request.app.state.manager))
+
+
+def usage(prompt_tokens: int, answer: Answer) -> Usage:
+    """Anthropic counts a prompt's cached part apart: `input_tokens` are the ones read anew."""
+    return Usage(input_tokens=prompt_tokens - answer.cached_tokens, output_tokens=answer.completion_tokens,
+                 cache_read_input_tokens=answer.cached_tokens)
 
 
 def _event(kind: str, **fields: Any) -> str:
@@ -82,5 +90,5 @@ async def _stream(run: ChatRun, request: Request) -> AsyncIterator[str]:
         index += 1
     request.state.usage = TokenCounts(run.prompt_tokens, answer.completion_tokens)
     yield _event("message_delta", delta={"stop_reason": stop_reason(answer), "stop_sequence": answer.stop_sequence},
-                 usage={"output_tokens": answer.completion_tokens})
+                 usage=usage(run.prompt_tokens, answer).model_dump())
     yield _event("message_stop")

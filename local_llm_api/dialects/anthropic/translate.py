@@ -7,15 +7,24 @@ from collections.abc import Sequence
 
 from ...core.chat import Answer
 from ...core.errors import invalid_request, unsupported
-from ...core.request import ChatRequest, ForcedTool, JSONOutput, Message, Sampling, Tool, ToolCall, ToolChoice
+from ...core.request import ChatRequest, ForcedTool, JSONOutput, Message, Reasoning, Sampling, Tool, ToolCall, ToolChoice
 from .protocol import (
     CountTokensRequest,
     CreateMessage,
     OtherBlock,
     OtherTool,
+    RedactedThinkingBlock,
     StopReason,
     TextBlock,
     TextOut,
+    ThinkingAdaptive,
+    ThinkingBlock,
+    ThinkingDisabled,
+    ThinkingEnabled,
+    ToolAdditionBlock,
+    ToolParam,
+    ToolReferenceBlock,
+    ToolRemovalBlock,
     ToolResultBlock,
     ToolUseBlock,
     ToolUseOut,
@@ -23,18 +32,22 @@ from .protocol import (
 )
 
 
-def _block_text(blocks: str | Sequence[TextBlock | OtherBlock | ToolUseBlock | ToolResultBlock], param: str) -> str:
+def _block_text(blocks: str | Sequence[object], param: str) -> str:
     if isinstance(blocks, str):
         return blocks
     texts = []
     for j, block in enumerate(blocks):
+        if isinstance(block, ToolReferenceBlock):
+            continue  # a deferred tool loaded (see `_tools_in_play`); no text of its own
         if not isinstance(block, TextBlock):
-            raise invalid_request(f"Only text blocks can stand here; got '{block.type}'.", f"{param}[{j}].type")
+            raise invalid_request(f"Only text blocks can stand here; got '{getattr(block, 'type', '?')}'.", f"{param}[{j}].type")
         texts.append(block.text)
     return "\n".join(texts)
 
 
 def messages_of(req: CountTokensRequest) -> list[Message]:
+    """The conversation in the core's terms. System turns inside `messages` stay where they stand; their tool
+    changes are read by `_tools_in_play`."""
     messages: list[Message] = []
     if req.system:
         messages.append(Message("system", _block_text(req.system, "system")))
@@ -44,30 +57,73 @@ def messages_of(req: CountTokensRequest) -> list[Message]:
             messages.append(Message(message.role, message.content))
             continue
         text: list[str] = []
+        reasoning: list[str] = []
         calls: list[ToolCall] = []
         for j, block in enumerate(message.content):
             if isinstance(block, TextBlock):
                 text.append(block.text)
             elif isinstance(block, ToolUseBlock) and message.role == "assistant":
                 calls.append(ToolCall(block.id, block.name, json.dumps(block.input, ensure_ascii=False)))
+            elif isinstance(block, ThinkingBlock) and message.role == "assistant":
+                reasoning.append(block.thinking)
+            elif isinstance(block, RedactedThinkingBlock) and message.role == "assistant":
+                continue  # reasoning another model encrypted: nothing a template can render
             elif isinstance(block, ToolResultBlock) and message.role == "user":
                 content = _block_text(block.content or "", f"{where}[{j}].content")
+                loaded = [part.tool_name for part in block.content or () if isinstance(part, ToolReferenceBlock)]
+                if loaded and not content:
+                    content = "Tools loaded: " + ", ".join(loaded)
                 if block.is_error:
                     content = f"Error: {content}"
                 messages.append(Message("tool", content, tool_call_id=block.tool_use_id))
+            elif isinstance(block, ToolAdditionBlock | ToolRemovalBlock) and message.role == "system":
+                continue
             elif isinstance(block, OtherBlock):
                 raise invalid_request(f"Content blocks of type '{block.type}' are not supported: this server serves "
                                       "text models.", f"{where}[{j}].type")
             else:
                 raise invalid_request(f"A '{block.type}' block cannot stand in the {message.role}'s message.", f"{where}[{j}].type")
-        if text or calls:
-            messages.append(Message(message.role, "\n".join(text), tuple(calls)))
+        if text or calls or reasoning:
+            messages.append(Message(message.role, "\n".join(text), tuple(calls),
+                                    reasoning="\n".join(reasoning) if reasoning else None))
     return messages
 
 
+def _tools_in_play(req: CountTokensRequest) -> list[tuple[ToolParam, str]]:
+    """The tools the model may call next, with where each was declared: those of `tools` (a deferred one once a
+    tool result references it, as Anthropic's tool search loads it), then the system turns' additions and
+    removals in order. A tool that only code may call (`allowed_callers` without "direct") is not the model's."""
+    declared: dict[str, tuple[ToolParam, str]] = {}
+    deferred: dict[str, tuple[ToolParam, str]] = {}
+    for i, tool in enumerate(req.tools or []):
+        if isinstance(tool, OtherTool):
+            raise unsupported(f"tools[{i}]", f"(server tool '{tool.type}') is not supported: this server runs no tools itself")
+        (deferred if tool.defer_loading else declared)[tool.name] = (tool, f"tools[{i}]")
+    for i, message in enumerate(req.messages):
+        for j, block in enumerate(message.content if isinstance(message.content, list) else ()):
+            if isinstance(block, ToolResultBlock):
+                for part in block.content if isinstance(block.content, list) else ():
+                    if isinstance(part, ToolReferenceBlock) and part.tool_name in deferred:
+                        declared[part.tool_name] = deferred.pop(part.tool_name)
+            elif isinstance(block, ToolAdditionBlock):
+                declared[block.tool.definition.name] = (block.tool.definition, f"messages[{i}].content[{j}].tool.definition")
+            elif isinstance(block, ToolRemovalBlock):
+                declared.pop(block.tool.name, None)
+    return [(tool, where) for tool, where in declared.values()
+            if tool.allowed_callers is None or "direct" in tool.allowed_callers]
+
+
+def _tool(tool: ToolParam, where: str) -> Tool:
+    description = tool.description
+    if tool.input_examples:
+        examples = "\n".join(json.dumps(example, ensure_ascii=False) for example in tool.input_examples)
+        description = (description + "\n\n" if description else "") + "Examples of input:\n" + examples
+    # Agents' schemas use keywords a grammar compiler may not know (propertyNames...): compiled leniently unless
+    # the tool asks for strict.
+    return Tool(tool.name, description, tool.input_schema, strict=bool(tool.strict), param=where)
+
+
 def refuse_unsupported(req: CountTokensRequest) -> None:
-    if req.thinking is not None and req.thinking.type != "disabled":
-        raise unsupported("thinking", "is not supported: the models this server runs do not think; leave it out")
     if req.mcp_servers:
         raise unsupported("mcp_servers", "(Anthropic's MCP connector) is not supported by this server")
     if isinstance(req, CreateMessage) and req.container is not None:
@@ -77,15 +133,13 @@ def refuse_unsupported(req: CountTokensRequest) -> None:
 
 
 def tools_of(req: CountTokensRequest) -> tuple[list[Tool], ToolChoice | None, bool | None]:
-    tools = []
-    for i, tool in enumerate(req.tools or []):
-        if isinstance(tool, OtherTool):
-            raise unsupported(f"tools[{i}]", f"(server tool '{tool.type}') is not supported: this server runs no tools itself")
-        # Agents' schemas use keywords a grammar compiler may not know (propertyNames...): compile leniently.
-        tools.append(Tool(tool.name, tool.description, tool.input_schema, strict=False, param=f"tools[{i}]"))
+    tools = [_tool(tool, where) for tool, where in _tools_in_play(req)]
     choice, parallel = req.tool_choice, None
     if choice is None:
         return tools, None, None
+    if choice.type in ("any", "tool") and req.tools and not tools:
+        raise invalid_request("'tool_choice' needs a tool the model can call now: every tool is deferred (defer_loading, "
+                              "not referenced yet) or not the model's to call (allowed_callers).", "tool_choice")
     if choice.disable_parallel_tool_use is not None:
         parallel = not choice.disable_parallel_tool_use
     if choice.type == "tool":
@@ -93,6 +147,18 @@ def tools_of(req: CountTokensRequest) -> tuple[list[Tool], ToolChoice | None, bo
             raise invalid_request("tool_choice of type 'tool' needs a 'name'.", "tool_choice.name")
         return tools, ForcedTool(choice.name, "tool_choice.name"), parallel
     return tools, {"auto": "auto", "any": "required", "none": "none"}[choice.type], parallel  # type: ignore[return-value]
+
+
+def reasoning_of(req: CountTokensRequest) -> Reasoning | None:
+    """`thinking` and `output_config.effort` on the one scale every API maps to."""
+    thinking, effort = req.thinking, req.output_config.effort if req.output_config else None
+    if isinstance(thinking, ThinkingDisabled):
+        return Reasoning(effort="none", param="thinking")
+    if isinstance(thinking, ThinkingEnabled):
+        return Reasoning(effort=effort, budget_tokens=thinking.budget_tokens, param="thinking")
+    if isinstance(thinking, ThinkingAdaptive):
+        return Reasoning(effort=effort, param="thinking")
+    return Reasoning(effort=effort, param="output_config.effort") if effort else None
 
 
 def chat_request(req: CountTokensRequest) -> ChatRequest:
@@ -107,7 +173,8 @@ def chat_request(req: CountTokensRequest) -> ChatRequest:
     # Compiled leniently, like tool schemas: keywords a grammar cannot enforce do not fail the request.
     output = JSONOutput(fmt.schema_, strict=False, param="output_config.format.schema") if fmt else None
     return ChatRequest(messages=messages_of(req), model=req.model, sampling=sampling, max_tokens=max_tokens,
-                       tools=tools, tool_choice=choice, parallel_tool_calls=parallel, output=output)
+                       tools=tools, tool_choice=choice, parallel_tool_calls=parallel, output=output,
+                       reasoning=reasoning_of(req))
 
 
 def stop_reason(answer: Answer) -> StopReason:

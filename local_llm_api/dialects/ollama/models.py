@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ...api.auth import require_admin_key, require_api_key
-from ...api.json_route import JSONBodyRoute
+from ..base import JSONBodyRoute
 from ...catalog import ModelEntry
 from ...core.errors import APIError, invalid_request
 from ...manager import LoadedModel, ModelManager

@@ -73,7 +73,7 @@ class ToolCall(Request):
 
 
 class ChatMessage(Request):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [when(  # only the assistant calls tools
+    model_config = ConfigDict(json_schema_extra={"allOf": [when(  # only the assistant calls tools
         {"properties": {"role": {"enum": ["system", "user", "tool"]}}}, {"properties": {"tool_calls": {"enum": [None, []]}}})]})
 
     role: Literal["system", "user", "assistant", "tool"]
@@ -101,7 +101,7 @@ TOP_LOGPROBS_NEED_LOGPROBS = when({"required": ["top_logprobs"], "properties": {
 
 
 class Generation(Request):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [TOP_LOGPROBS_NEED_LOGPROBS]})
+    model_config = ConfigDict(json_schema_extra={"allOf": [TOP_LOGPROBS_NEED_LOGPROBS]})
 
     """What /api/chat and /api/generate share."""
 
@@ -122,7 +122,7 @@ class ChatRequest(Generation):
 
 
 class GenerateRequest(Generation):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [TOP_LOGPROBS_NEED_LOGPROBS, when(
+    model_config = ConfigDict(json_schema_extra={"allOf": [TOP_LOGPROBS_NEED_LOGPROBS, when(
         {"required": ["raw", "system"], "properties": {"raw": {"const": True}, "system": {"type": "string", "minLength": 1}}},
         {"not": {}})]})  # a raw prompt is read as-is: no system prompt
 

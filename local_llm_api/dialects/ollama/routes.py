@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from ...api.auth import require_api_key
-from ...api.json_route import JSONBodyRoute
+from ..base import JSONBodyRoute
 from ...core.chat import Answer, ChatRun, TextDelta, start_chat
 from ...core.embedding import embedding_tokens
 from ...core.errors import invalid_request
@@ -81,7 +81,8 @@ class Clock:
         first = self.first_token or end
         reason = "length" if answer.finish_reason == "length" else "stop"
         return {"done_reason": reason, "total_duration": _ns(end - self.started), "load_duration": _ns(loaded - self.started),
-                "prompt_eval_count": prompt_tokens, "prompt_eval_duration": _ns(first - loaded),
+                # As Ollama counts them: the prompt tokens evaluated, not those its cache already held.
+                "prompt_eval_count": prompt_tokens - answer.cached_tokens, "prompt_eval_duration": _ns(first - loaded),
                 "eval_count": answer.completion_tokens, "eval_duration": _ns(end - first)}
 
 
@@ -111,6 +112,7 @@ async def _load_or_unload(manager: ModelManager, name: str, keep: float | None) 
 
 async def _start(core: CoreChat, request: Request, keep: float | None, clock: Clock) -> ChatRun:
     run = await start_chat(core, _manager(request), request.app.state.settings)
+    request.state.response_headers = run.notes
     clock.loaded = time.perf_counter()
     _keep(run.model, keep)
     request.state.model = run.model.entry.name

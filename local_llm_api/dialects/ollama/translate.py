@@ -140,7 +140,7 @@ def chat_request(req: OllamaChat, model: str) -> ChatRequest:
              for i, t in enumerate(req.tools or [])]
     sampled, max_tokens = sampling(req.options)
     return ChatRequest(messages=messages_of(req.messages), model=model, sampling=sampled, max_tokens=max_tokens,
-                       max_tokens_param="options.num_predict", tools=tools, output=json_output(req.format),
+                       tools=tools, output=json_output(req.format),
                        logprobs=_logprobs(req), truncate=req.truncate is not False,
                        context_limit=req.options.num_ctx if req.options else None)
 
@@ -163,7 +163,7 @@ def generate_request(req: GenerateRequest, model: str) -> ChatRequest:
     sampled, max_tokens = sampling(req.options)
     messages = ([Message("system", req.system)] if req.system else []) + [Message("user", req.prompt or "")]
     return ChatRequest(messages=messages, model=model, sampling=sampled, max_tokens=max_tokens,
-                       max_tokens_param="options.num_predict", output=json_output(req.format), logprobs=_logprobs(req),
+                       prompt_param="prompt", output=json_output(req.format), logprobs=_logprobs(req),
                        context_limit=req.options.num_ctx if req.options else None,
                        raw_prompt=req.prompt if req.raw else None)
 

@@ -49,13 +49,14 @@ async def create_chat_completion(
     req: ChatCompletionRequest, manager: ModelManager, settings: Settings, request: Request
 ) -> Response | ChatCompletionResponse:
     run = await start_chat(chat_request(req), manager, settings)
+    request.state.response_headers = run.notes
     request.state.model = run.model.entry.name
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return sse_response(_stream(run, include_usage, request), run.aclose, error_event, DONE)
     async with run:
         answers = await until_disconnected(request, run.answers())
-    request.state.usage = usage(run.prompt_tokens, sum(a.completion_tokens for a in answers))
+    request.state.usage = usage(run.prompt_tokens, sum(a.completion_tokens for a in answers), answers[0].cached_tokens)
     choices = [
         ChatChoice(index=a.index, message=AssistantMessage(content=a.content, tool_calls=tool_calls(a.calls)),
                    finish_reason=a.finish_reason,  # type: ignore[arg-type]
@@ -78,19 +79,20 @@ async def _stream(run: ChatRun, include_usage: bool, request: Request) -> AsyncI
 
     for job in run.jobs:
         yield event(job.index, ChatDelta(role="assistant", content=""))
-    completion_tokens = 0
+    completion_tokens = cached_tokens = 0
     async for item in run.events():
         if isinstance(item, TextDelta):
             logprobs = chat_logprobs(run.model.backend, item.logprobs) if item.logprobs else None
             yield event(item.index, ChatDelta(content=item.text), logprobs=logprobs)
             continue
         completion_tokens += item.completion_tokens
+        cached_tokens = max(cached_tokens, item.cached_tokens)
         for n, call in enumerate(item.calls):
             head = ToolCallDelta(index=n, id=call_id(), type="function", function=FunctionCallDelta(name=call.name, arguments=""))
             yield event(item.index, ChatDelta(tool_calls=[head]))
             yield event(item.index, ChatDelta(tool_calls=[ToolCallDelta(index=n, function=FunctionCallDelta(arguments=call.arguments))]))
         yield event(item.index, ChatDelta(), item.finish_reason)
-    request.state.usage = usage(run.prompt_tokens, completion_tokens)
+    request.state.usage = usage(run.prompt_tokens, completion_tokens, cached_tokens)
     if include_usage:
         final = ChatCompletionChunk(id=chunk_id, created=created, model=name, choices=[], usage=request.state.usage)
         yield sse_data(final.model_dump_json())

@@ -72,7 +72,7 @@ async def create_completion(
             return _nothing_to_generate(req, model.entry.name, echoes, sum(len(t) for t in token_prompts), request)
         jobs = []
         for p, tokens in enumerate(token_prompts):
-            budget = token_budget(len(tokens), req.max_tokens, backend.facts.context_size, settings, "max_tokens" if req.max_tokens else "prompt")
+            budget = token_budget(len(tokens), req.max_tokens, backend.facts.context_size, settings, "prompt")
             jobs += [ChoiceJob(p * n + i, tokens, sampling_params(params, settings, backend.facts, budget, i, logprobs=req.logprobs))
                      for i in range(n)]
         ensure_capacity(model.backend, jobs)
@@ -88,7 +88,7 @@ async def create_completion(
                             error_event, DONE)
     async with stack:
         results = await until_disconnected(request, collect_choices(backend, jobs))
-    request.state.usage = usage(prompt_tokens, sum(r.completion_tokens for r in results))
+    request.state.usage = usage(prompt_tokens, sum(r.completion_tokens for r in results), sum(r.cached_tokens for r in results if r.index % n == 0))
     choices = []
     for r in results:
         logprobs = None
@@ -142,6 +142,8 @@ async def _stream(
             yield event(index, text)
     offsets = {index: len(text) for index, text in echo_of.items()}  # where each choice's next token starts
     completion_tokens = 0
+    prompt_of = {job.index: id(job.prompt) for job in jobs}
+    cached: dict[int, int] = {}  # per prompt (its choices read the same cache)
     async for index, chunk in stream_choices(model.backend, jobs):
         logprobs = None
         if top_n is not None and chunk.logprobs:
@@ -150,6 +152,7 @@ async def _stream(
             yield event(index, chunk.text, chunk.finish_reason, logprobs)
         if chunk.finish_reason is not None:
             completion_tokens += chunk.completion_tokens
-    request.state.usage = usage(prompt_tokens, completion_tokens)
+            cached[prompt_of[index]] = max(cached.get(prompt_of[index], 0), chunk.cached_tokens)
+    request.state.usage = usage(prompt_tokens, completion_tokens, sum(cached.values()))
     if include_usage:
         yield sse_data(CompletionResponse(id=chunk_id, created=created, model=name, choices=[], usage=request.state.usage).model_dump_json())

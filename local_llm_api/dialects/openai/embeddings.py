@@ -45,7 +45,7 @@ def tokenize_inputs(backend: Backend, items: list[str | list[int]]) -> list[list
             raise invalid_request(f"Input {i} has token ids outside the vocabulary (0..{facts.vocab_size - 1}).", "input",
                                   "token_out_of_vocabulary")
         if len(item) > facts.context_size:
-            raise context_length_exceeded(len(item), 0, facts.context_size, "input")
+            raise context_length_exceeded(len(item), facts.context_size, "input")
         out.append(list(item))
     return out
 

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..base import DropNone, Refused, Request, Typed, only, when
+from ..base import DropNone, Request, Typed, by_type, only, when
 
 # ---------------------------------------------------------------- shared request parts
 
@@ -44,15 +44,15 @@ class OtherPart(Typed):
     """Image, audio, file and refusal parts: refused (text-only models)."""
 
 
-ContentPart = Annotated[TextPart | Refused[OtherPart], Field(union_mode="left_to_right")]
+ContentPart = by_type(TextPart, other=OtherPart)
 
 
-class FunctionCall(BaseModel):
+class FunctionCall(Request):
     name: str
     arguments: str
 
 
-class ToolCall(BaseModel):
+class ToolCall(Request):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
@@ -62,7 +62,7 @@ class ChatMessage(Request):
     """Every field the spec gives a message, as clients echo them back in the history; `reasoning_content` (sent back
     by clients of reasoning models) goes to the chat template, which renders it where it knows it."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [  # the rules of _content_rules
+    model_config = ConfigDict(json_schema_extra={"allOf": [  # the rules of _content_rules
         when({"properties": {"role": {"enum": ["system", "developer", "user", "tool"]}}},
              {"required": ["content"], "properties": {"content": {"type": ["string", "array"]}}}),
         when({"properties": {"role": {"const": "tool"}}},
@@ -127,7 +127,7 @@ class JSONObjectFormat(Request):
 
 class JSONSchema(Request):
     # `schema` is optional in the spec, but there is nothing to constrain to without one (a 400 in translate.py).
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"required": ["name", "schema"]})
+    model_config = ConfigDict(json_schema_extra={"required": ["name", "schema"]})
 
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
@@ -177,7 +177,7 @@ class SamplingFields(Request):
 
 
 class ChatCompletionRequest(SamplingFields):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [STREAM_OPTIONS_NEED_STREAM, TOOL_CHOICE_NEEDS_TOOLS, when(
+    model_config = ConfigDict(json_schema_extra={"allOf": [STREAM_OPTIONS_NEED_STREAM, TOOL_CHOICE_NEEDS_TOOLS, when(
         {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}},
         {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}})]})
 
@@ -204,7 +204,7 @@ class ChatCompletionRequest(SamplingFields):
     modalities: Annotated[list[str] | None, only(None, ["text"])] = None
     audio: Annotated[dict[str, Any] | None, only(None)] = None
     prediction: Annotated[dict[str, Any] | None, only(None)] = None
-    reasoning_effort: Annotated[str | None, only(None)] = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
     verbosity: Annotated[str | None, only(None)] = None
     web_search_options: Annotated[dict[str, Any] | None, only(None)] = None
     moderation: Annotated[dict[str, Any] | None, only(None)] = None
@@ -227,7 +227,7 @@ NonEmptyTexts = Annotated[str | list[str] | list[StrictInt] | list[list[StrictIn
 
 
 class CompletionRequest(SamplingFields):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [STREAM_OPTIONS_NEED_STREAM, when(
+    model_config = ConfigDict(json_schema_extra={"allOf": [STREAM_OPTIONS_NEED_STREAM, when(
         {"required": ["echo", "logprobs"], "properties": {"echo": {"const": True}, "logprobs": {"type": "integer"}}},
         {"not": {}})]})  # echo with logprobs (the prompt's logprobs) is refused
 
@@ -261,14 +261,20 @@ def now() -> int:
     return int(time.time())
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0  # read from the prefix cache instead of computed
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> Usage:
-    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> Usage:
+    return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens,
+                 prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens))
 
 
 class AssistantMessage(BaseModel):
@@ -410,6 +416,7 @@ class ModelCard(BaseModel):
     state: str
     size_bytes: int
     capabilities: list[str]
+    context_length: int | None = None  # tokens a request can use (per slot): prompt and answer together
 
 
 class ModelList(BaseModel):

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from ...api.auth import require_api_key
+from ..base import DialectRoute
 from ...catalog import ModelEntry
 from ...manager import ModelManager
 from .chat import create_chat_completion
@@ -30,7 +31,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
 }
 STREAM = {200: {"content": {"text/event-stream": {}}, "description": "JSON, or server-sent events when `stream` is true"}}
 
-router = APIRouter(dependencies=[Depends(require_api_key)], responses=ERRORS)
+router = APIRouter(dependencies=[Depends(require_api_key)], responses=ERRORS, route_class=DialectRoute)
 
 
 def manager_of(request: Request) -> ModelManager:
@@ -46,6 +47,7 @@ def card(manager: ModelManager, entry: ModelEntry) -> ModelCard:
         state=manager.state(entry).value,
         size_bytes=entry.size_bytes,
         capabilities=list(entry.capabilities),
+        context_length=manager.context_length(entry),
     )
 
 
@@ -67,10 +69,10 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> EmbeddingRespo
 @router.get("/models", tags=["openai"])
 async def list_models(request: Request) -> ModelList:
     manager = manager_of(request)
-    return ModelList(data=[card(manager, e) for e in await asyncio.to_thread(manager.discover)])
+    return ModelList(data=await asyncio.to_thread(lambda: [card(manager, e) for e in manager.discover()]))
 
 
 @router.get("/models/{model_id:path}", tags=["openai"])
 async def get_model(model_id: str, request: Request) -> ModelCard:
     manager = manager_of(request)
-    return card(manager, manager.resolve(model_id))
+    return await asyncio.to_thread(card, manager, manager.resolve(model_id))

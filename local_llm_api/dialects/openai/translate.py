@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from ...core.errors import invalid_request, unsupported
-from ...core.request import ChatRequest, ForcedTool, JSONOutput, Message, Sampling, Tool, ToolCall
+from ...core.request import ChatRequest, ForcedTool, JSONOutput, Message, Reasoning, Sampling, Tool, ToolCall
 from .protocol import (
     ChatCompletionRequest,
     ChatMessage,
@@ -31,7 +31,7 @@ def refuse_unsupported_chat_fields(req: ChatCompletionRequest) -> None:
         raise unsupported(name, "(the deprecated function calling) is not supported; use 'tools' and 'tool_choice'")
     if req.modalities is not None and req.modalities != ["text"]:
         raise unsupported("modalities", "can only be ['text'] on this server")
-    for name in ("audio", "prediction", "web_search_options", "reasoning_effort", "verbosity", "moderation"):
+    for name in ("audio", "prediction", "web_search_options", "verbosity", "moderation"):
         if getattr(req, name) is not None:
             raise unsupported(name)
 
@@ -97,7 +97,8 @@ def chat_request(req: ChatCompletionRequest) -> ChatRequest:
     requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     return ChatRequest(
         messages=messages, model=req.model, sampling=sampling(req), max_tokens=requested,
-        max_tokens_param="max_tokens", n=req.n or 1, tools=tools, tool_choice=tool_choice,
+        n=req.n or 1, tools=tools, tool_choice=tool_choice,
         parallel_tool_calls=req.parallel_tool_calls, output=output,
         logprobs=(req.top_logprobs or 0) if req.logprobs else None,
+        reasoning=Reasoning(effort=req.reasoning_effort, param="reasoning_effort") if req.reasoning_effort else None,
     )

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, SerializerFunctionWrapHandler, Tag, model_serializer
 
-from ..base import DropNone, Refused, Request, Typed, only, when
+from ..base import DropNone, Refused, Request, Typed, by_type, only, when
 
 
 def new_id(prefix: str) -> str:
@@ -31,7 +31,7 @@ class OtherContent(Typed):
     """Image, file, audio and refusal parts: refused."""
 
 
-Content = Annotated[InputText | Refused[OtherContent], Field(union_mode="left_to_right")]
+Content = by_type(InputText, other=OtherContent)
 
 
 class MessageItem(Request):
@@ -55,8 +55,10 @@ class FunctionCallItem(Request):
 
 class FunctionCallOutputItem(Request):
     type: Literal["function_call_output"]
-    call_id: str
+    call_id: str | None = None  # Codex's goal tools leave it out: the call is found by name and namespace
     output: str | list[Content]
+    name: str | None = None
+    namespace: str | None = None
     id: str | None = None
     status: str | None = None
 
@@ -84,7 +86,7 @@ class OtherItem(Typed):
 
 def _item_tag(value: Any) -> str:
     kind = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", "message")
-    return kind if kind in ITEM_TYPES else "other"
+    return kind if isinstance(kind, str) and kind in ITEM_TYPES else "other"
 
 
 ITEM_TYPES = {"message", "function_call", "function_call_output", "custom_tool_call", "custom_tool_call_output"}
@@ -171,8 +173,7 @@ class OtherToolChoice(Typed):
     """A tool choice naming a built-in tool: refused."""
 
 
-ToolChoiceParam = Literal["none", "auto", "required"] | Annotated[
-    NamedToolChoice | AllowedTools | Refused[OtherToolChoice], Field(union_mode="left_to_right")]
+ToolChoiceParam = Literal["none", "auto", "required"] | by_type(NamedToolChoice, AllowedTools, other=OtherToolChoice)
 
 
 # ---------------------------------------------------------------- text format, reasoning
@@ -193,7 +194,7 @@ class TextFormatJSONSchema(Request, DropNone):  # echoed in the response
     description: str | None = None
     strict: bool | None = None
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
 
 
 TextFormat = Annotated[TextFormatText | TextFormatJSONObject | TextFormatJSONSchema, Field(discriminator="type")]
@@ -205,10 +206,9 @@ class TextParam(Request, DropNone):  # echoed in the response
 
 
 class ReasoningParam(Request, DropNone):  # echoed in the response
-    # These models do not reason: only "none" is served.
-    effort: Annotated[str | None, only(None, "none")] = None
-    summary: Annotated[str | None, only(None)] = None
-    generate_summary: Annotated[str | None, only(None)] = None
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    summary: Literal["auto", "concise", "detailed", "none"] | None = None
+    generate_summary: Literal["auto", "concise", "detailed"] | None = None  # the older name of `summary`
     mode: str | None = None
     context: Any = None
 
@@ -231,7 +231,7 @@ INCLUDABLE = Literal[
 
 
 class CreateResponse(Request):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
+    model_config = ConfigDict(json_schema_extra={
         "anyOf": [  # something to answer
             {"required": ["input"], "properties": {"input": {"anyOf": [{"type": "string"}, {"type": "array", "minItems": 1}]}}},
             {"required": ["instructions"], "properties": {"instructions": {"type": "string", "minLength": 1}}},
@@ -261,6 +261,7 @@ class CreateResponse(Request):
     prompt_cache_retention: str | None = None
     prompt_cache_options: dict[str, Any] | None = None
     service_tier: str | None = None
+    client_metadata: dict[str, Any] | None = None  # Codex CLI's bookkeeping about its turn: nothing to act on here
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     store: bool | None = True

@@ -15,11 +15,13 @@ from ...core.chat import Answer, ChatRun, TextDelta, start_chat
 from ...core.errors import APIError, not_found
 from ...core.generation import TokenCounts, until_disconnected
 from ...core.streaming import sse_data, sse_response
+from ..base import DialectRoute
 from ..openai.errors import ErrorResponse
 from .protocol import (
     CreateResponse,
     DeletedResponse,
     IncompleteDetails,
+    InputTokensDetails,
     InputItem,
     InputItemList,
     OutputMessage,
@@ -47,7 +49,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for co
 STREAM = {200: {"content": {"text/event-stream": {}}, "description": "JSON, or server-sent events when `stream` is true"}}
 IGNORED_TOOLS_HEADER = "X-Ignored-Tools"  # built-in tools in the request that this server cannot run
 
-router = APIRouter(dependencies=[Depends(require_api_key)], responses=ERRORS, tags=["responses"])
+router = APIRouter(dependencies=[Depends(require_api_key)], responses=ERRORS, route_class=DialectRoute, tags=["responses"])
 
 
 def store_of(request: Request) -> ResponseStore:
@@ -58,8 +60,10 @@ def owner(request: Request) -> str:
     return owner_of(presented_key(request) if request.app.state.settings.api_key_required else None)
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> ResponseUsage:
-    return ResponseUsage(input_tokens=prompt_tokens, output_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)
+def usage(prompt_tokens: int, answer: Answer) -> ResponseUsage:
+    return ResponseUsage(input_tokens=prompt_tokens, output_tokens=answer.completion_tokens,
+                         total_tokens=prompt_tokens + answer.completion_tokens,
+                         input_tokens_details=InputTokensDetails(cached_tokens=answer.cached_tokens))
 
 
 def skeleton(req: CreateResponse, model: str) -> ResponseObject:
@@ -79,7 +83,7 @@ async def conclude(request: Request, req: CreateResponse, run: ChatRun, response
                    own: list[InputItem], context: list[InputItem]) -> None:
     """The finished response: status, output text and usage; logged, and stored unless `store` is false."""
     response.output_text = "".join(part.text for item in response.output if isinstance(item, OutputMessage) for part in item.content)
-    response.usage = usage(run.prompt_tokens, answer.completion_tokens)
+    response.usage = usage(run.prompt_tokens, answer)
     if answer.finish_reason == "length":
         response.status, response.incomplete_details = "incomplete", IncompleteDetails(reason="max_output_tokens")
     else:
@@ -105,6 +109,7 @@ async def create_response(req: CreateResponse, request: Request) -> Response:
     tools = tool_set(req)
     own = input_items(req)
     run = await start_chat(chat_request(req, context, own, tools), request.app.state.manager, request.app.state.settings)
+    request.state.response_headers = run.notes
     request.state.model = run.model.entry.name
     response = skeleton(req, run.model.entry.name)
     headers = {IGNORED_TOOLS_HEADER: ", ".join(tools.ignored)} if tools.ignored else None

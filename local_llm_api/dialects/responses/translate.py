@@ -13,7 +13,7 @@ from pydantic import TypeAdapter
 from ...backends.base import Backend
 from ...core.chat import Answer
 from ...core.errors import invalid_request, unsupported
-from ...core.request import ChatRequest, ForcedTool, JSONOutput, Message, Sampling, Tool, ToolCall, ToolChoice
+from ...core.request import ChatRequest, ForcedTool, JSONOutput, Message, Reasoning, Sampling, Tool, ToolCall, ToolChoice
 from ...prompting.tool_calls import Call
 from ...structured.logprobs import TokenLogprob
 from .protocol import (
@@ -68,10 +68,6 @@ def refuse_unsupported(req: CreateResponse) -> None:
     for name in ("conversation", "prompt", "context_management", "moderation"):
         if getattr(req, name) is not None:
             raise unsupported(name)
-    if req.reasoning is not None and (req.reasoning.effort not in (None, "none") or req.reasoning.summary is not None
-                                      or req.reasoning.generate_summary is not None):
-        raise unsupported("reasoning", "is not supported: the models this server runs do not reason; leave it out "
-                          "or set its effort to 'none'")
     if req.text is not None and req.text.verbosity is not None:
         raise unsupported("text.verbosity", "is not supported by this server")
     if req.top_logprobs and LOGPROBS not in (req.include or []):
@@ -149,11 +145,31 @@ def messages_of(items: list[InputItem], param: str = "input") -> list[Message]:
             else:
                 messages.append(Message("assistant", "", (call,)))
         elif isinstance(item, FunctionCallOutputItem | CustomToolCallOutputItem):
-            messages.append(Message("tool", _text(item.output, where), tool_call_id=item.call_id))
+            call_id = item.call_id if item.call_id is not None else _answered_call(messages, item)
+            messages.append(Message("tool", _text(item.output, where), tool_call_id=call_id))
         else:
             raise invalid_request(f"Input items of type '{item.type}' are not supported by this server.", f"{where}.type",
                                   "unsupported_item_type")
     return messages
+
+
+def _answered_call(messages: list[Message], item: FunctionCallOutputItem) -> str | None:
+    """The call an output without `call_id` answers: the latest call of that (namespaced) name not answered yet;
+    None (plain output) when there is none."""
+    name = f"{item.namespace}.{item.name}" if item.namespace and item.name else item.name
+    answered = {m.tool_call_id for m in messages if m.role == "tool"}
+    for message in reversed(messages):
+        for call in reversed(message.tool_calls):
+            if call.name == name and call.id not in answered:
+                return call.id
+    return None
+
+
+def reasoning_of(req: CreateResponse) -> Reasoning | None:
+    if req.reasoning is None:
+        return None
+    effort = req.reasoning.effort
+    return Reasoning(effort=effort, param="reasoning.effort" if effort else "reasoning")
 
 
 def input_items(req: CreateResponse) -> list[InputItem]:
@@ -188,8 +204,9 @@ def chat_request(req: CreateResponse, context: list[InputItem], own: list[InputI
     logprobs = (req.top_logprobs or 0) if LOGPROBS in (req.include or []) else None
     return ChatRequest(
         messages=messages, model=req.model, sampling=Sampling(temperature=req.temperature, top_p=req.top_p),
-        max_tokens=req.max_output_tokens, max_tokens_param="max_output_tokens", tools=tools.tools, tool_choice=choice,
+        max_tokens=req.max_output_tokens, prompt_param="input", tools=tools.tools, tool_choice=choice,
         parallel_tool_calls=req.parallel_tool_calls, output=output, logprobs=logprobs, truncate=req.truncation == "auto",
+        reasoning=reasoning_of(req),
     )
 
 

@@ -13,7 +13,7 @@ from ..openai.protocol import TOOL_CHOICE_NEEDS_TOOLS, ChatMessage, FunctionTool
 class ChatPrompt(Request):
     """A chat as /v1/chat/completions takes it, for the prompt it renders to."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [TOOL_CHOICE_NEEDS_TOOLS]})
+    model_config = ConfigDict(json_schema_extra={"allOf": [TOOL_CHOICE_NEEDS_TOOLS]})
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
     tools: list[FunctionTool] | None = None
@@ -30,7 +30,7 @@ class ApplyTemplateResponse(BaseModel):
 class TokenizeRequest(Request):
     """A text (`content`, llama.cpp's name, or `prompt`), or chat `messages` rendered with the model's template."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={  # the rules of _one_input
+    model_config = ConfigDict(json_schema_extra={  # the rules of _one_input
         "oneOf": [{"required": [name], "properties": {name: {"type": kind}}}
                   for name, kind in (("content", "string"), ("prompt", "string"), ("messages", "array"))],
         "allOf": [when({"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}},

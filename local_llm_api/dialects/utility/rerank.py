@@ -10,7 +10,7 @@ import uuid
 from fastapi import APIRouter, Depends, Request, Response
 
 from ...api.auth import require_api_key
-from ...api.json_route import JSONBodyRoute
+from ..base import JSONBodyRoute
 from ...backends.base import Backend
 from ...config import BackendChoice
 from ...core.embedding import embedding_tokens

@@ -8,7 +8,7 @@ import asyncio
 from fastapi import APIRouter, Depends, Request
 
 from ...api.auth import require_api_key
-from ...api.json_route import JSONBodyRoute
+from ..base import JSONBodyRoute
 from ...backends.base import Backend
 from ...core.errors import invalid_request
 from ...core.output import plan_output
