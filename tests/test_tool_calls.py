@@ -12,11 +12,12 @@ from local_llm_api.core.output import plan_output
 from local_llm_api.core.prompt import template_messages
 from local_llm_api.dialects.openai.protocol import ChatCompletionRequest
 from local_llm_api.dialects.openai.translate import chat_request
-from local_llm_api.prompting.chat_template import CHATML, LLAMA3, render_chat
+from local_llm_api.prompting.chat_template import CHATML, LLAMA3, render_chat, template_info
 from local_llm_api.prompting.tool_calls import HERMES, MISTRAL, Call, ToolCallStream, tool_format
 from local_llm_api.prompting.tool_calls import LLAMA3 as LLAMA3_FORMAT
 
-QWEN_LIKE = "{% for m in messages %}{{ m.content }}{% endfor %}{% if tools %}<tools>{{ tools | tojson }}</tools>{% endif %}<tool_call>"
+QWEN_LIKE = ("{% for m in messages %}{{ m.content }}{% for c in m.tool_calls or [] %}<tool_call>{{ c.function | tojson }}"
+             "</tool_call>{% endfor %}{% endfor %}{% if tools %}<tools>{{ tools | tojson }}</tools>{% endif %}")
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 
 
@@ -93,7 +94,7 @@ def test_history_renders_calls_and_results_for_a_template_without_tools() -> Non
         tools=[TOOL],
     ))
     plan = plan_output(request, CHATML)
-    messages = template_messages(request.messages, plan, CHATML)
+    messages = template_messages(request.messages, plan, template_info(CHATML), CHATML)
     assert messages[0]["role"] == "system" and "<tools>" in messages[0]["content"] and "get_weather" in messages[0]["content"]
     assert messages[2]["content"] == '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
     assert messages[3] == {"role": "user", "content": "<tool_response>\nsunny\n</tool_response>"}
@@ -108,7 +109,7 @@ def test_history_passes_calls_as_objects_to_a_template_with_tools() -> None:
                   {"role": "tool", "tool_call_id": "c", "content": "sunny"}],
         tools=[TOOL],
     ))
-    messages = template_messages(request.messages, plan_output(request, QWEN_LIKE), QWEN_LIKE)
+    messages = template_messages(request.messages, plan_output(request, QWEN_LIKE), template_info(QWEN_LIKE), QWEN_LIKE)
     assert messages[0]["tool_calls"][0]["function"]["arguments"] == {"city": "Oslo"}
     assert messages[1] == {"role": "tool", "content": "sunny", "tool_call_id": "c"}
     assert render_chat(LLAMA3, [{"role": "user", "content": "x"}], bos_token="", eos_token="", tools=[TOOL])

@@ -1,45 +1,65 @@
-"""The prompt a model reads: neutral messages rendered with the model's own chat template, then tokenized."""
+"""The prompt a model reads: neutral messages rendered with the model's own chat template (as Transformers
+renders it), with the template's thinking switches set and, where thinking is off but the generation prompt
+opened a block, that block closed; then tokenized."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from ..backends.base import Backend
-from ..prompting.chat_template import ChatTemplateError, render_chat
-from ..prompting.tool_calls import Call, template_takes_tools, tool_format, tools_system_prompt
+from ..prompting.chat_template import RESERVED, ChatTemplateError, TemplateInfo, render_chat, template_info
+from ..prompting.reasoning import ReasoningFormat, template_variables
+from ..prompting.tool_calls import Call, tool_format, tools_system_prompt
 from .errors import invalid_request
 from .output import OutputPlan
-from .request import Message, ToolCall
+from .request import ChatRequest, Message, ToolCall
+
+# The type of the template variables clients set, where a wrong one would render nonsense.
+KWARG_TYPES: dict[str, type | tuple[type, ...]] = {"enable_thinking": bool, "thinking": bool, "reasoning_effort": str}
 
 
-def template_messages(messages: list[Message], plan: OutputPlan, template: str) -> list[dict[str, Any]]:
-    """Messages as chat templates expect them, tool-call arguments as objects. A template that knows no
-    tools reads calls and results as text, and the tools in a system message."""
-    takes_tools = template_takes_tools(template)
-    fmt = tool_format(template)
+@dataclass(frozen=True)
+class Prompt:
+    """A request's prompt text, and whether the answer starts inside a reasoning block the prompt opened."""
+
+    text: str
+    starts_inside: bool = False
+    ignored: tuple[str, ...] = ()  # chat_template_kwargs the template does not read (named, not refused)
+
+
+def template_messages(messages: list[Message], plan: OutputPlan, info: TemplateInfo, template: str) -> list[dict[str, Any]]:
+    """Messages as chat templates expect them: list content as text parts where the template reads them, tool
+    calls with their arguments as objects where it renders calls, tool results as `tool` messages where it knows
+    the role. A template that knows none of it reads calls and results as text, and the tools in a system message."""
+    fmt = plan.tool_format or tool_format(template)
+    structured_results = info.knows_tool_role or info.renders_tool_calls
     out = []
     for message in messages:
-        item: dict[str, Any] = {"role": message.role, "content": message.content}
+        content: Any = message.content
+        if message.parts is not None and info.iterates_content:
+            content = [{"type": "text", "text": text} for text in message.parts]
+        item: dict[str, Any] = {"role": message.role, "content": content}
         if message.name:
             item["name"] = message.name
         if message.reasoning:
             item["reasoning_content"] = message.reasoning  # templates of reasoning models render it; others ignore it
         calls = message.tool_calls
-        if calls and takes_tools:
+        if calls and info.renders_tool_calls:
             item["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": _arguments(c)}}
                                   for c in calls]
         elif calls:
             text = fmt.call_text([Call(c.name, json.dumps(_arguments(c))) for c in calls])
-            item["content"] = (item["content"] + "\n" if item["content"] else "") + text
-        if message.role == "tool" and not takes_tools:
-            item = {"role": "user", "content": f"<tool_response>\n{item['content']}\n</tool_response>"}
+            item["content"] = (message.content + "\n" if message.content else "") + text
+        if message.role == "tool" and not structured_results:
+            item = {"role": "user", "content": f"<tool_response>\n{message.content}\n</tool_response>"}
         elif message.tool_call_id:
             item["tool_call_id"] = message.tool_call_id
         out.append(item)
-    if plan.tools and not takes_tools:
+    if plan.tools and not info.reads_tools:
         instructions = tools_system_prompt(plan.tools)
-        if out and out[0]["role"] == "system":
+        if out and out[0]["role"] == "system" and isinstance(out[0]["content"], str):
             out[0] = {**out[0], "content": out[0]["content"] + "\n\n" + instructions}
         else:
             out.insert(0, {"role": "system", "content": instructions})
@@ -47,7 +67,8 @@ def template_messages(messages: list[Message], plan: OutputPlan, template: str) 
 
 
 def _arguments(call: ToolCall) -> Any:
-    """A call's arguments as an object: a custom tool's raw input is shown as `{"input": ...}`."""
+    """A call's arguments as an object (as templates are written to read them, whatever the API sent): a custom
+    tool's raw input is shown as `{"input": ...}`."""
     if call.custom:
         return {"input": call.arguments}
     try:
@@ -56,29 +77,66 @@ def _arguments(call: ToolCall) -> Any:
         return call.arguments
 
 
-def prompt_text(backend: Backend, messages: list[Message], plan: OutputPlan) -> str:
+def template_kwargs(req: ChatRequest, info: TemplateInfo, reasoning: ReasoningFormat | None) -> dict[str, Any]:
+    """The variables the template gets: the thinking switches for the request's effort, then chat_template_kwargs
+    (which win). A name the template does not read is left out (the route names it as ignored)."""
+    for name, value in req.template_kwargs.items():
+        param = f"{req.template_kwargs_param}.{name}"
+        if name in RESERVED:
+            raise invalid_request(f"'{param}' cannot be set: the server passes '{name}' to the template itself.", param)
+        expected = KWARG_TYPES.get(name)
+        if expected is not None and not isinstance(value, expected):
+            kind = expected.__name__ if isinstance(expected, type) else " or ".join(t.__name__ for t in expected)
+            raise invalid_request(f"'{param}' must be a {kind}.", param)
+    effort = req.reasoning.effort if req.reasoning is not None else None
+    variables = template_variables(info, effort) if reasoning is not None else {}
+    return {**variables, **{k: v for k, v in req.template_kwargs.items() if k in info.variables}}
+
+
+def prompt_text(backend: Backend, req: ChatRequest, plan: OutputPlan, messages: list[Message] | None = None,
+                reasoning: ReasoningFormat | None = None) -> Prompt:
     facts = backend.facts
+    info = template_info(facts.chat_template)
     try:
-        return render_chat(facts.chat_template, template_messages(messages, plan, facts.chat_template),
+        text = render_chat(facts.chat_template, template_messages(messages or req.messages, plan, info, facts.chat_template),
                            bos_token=facts.bos_token, eos_token=facts.eos_token,
-                           tools=plan.tools if template_takes_tools(facts.chat_template) else None)
+                           add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
+                           continue_final_message=req.continue_final_message,
+                           tools=plan.tools if info.reads_tools else None,
+                           variables=template_kwargs(req, info, reasoning))
     except ChatTemplateError as exc:
         raise invalid_request(f"The model's chat template rejected these messages: {exc}", "messages") from None
+    ignored = tuple(f"{req.template_kwargs_param}.{name}" for name in req.template_kwargs if name not in info.variables)
+    if reasoning is None or req.continue_final_message:
+        return Prompt(text, ignored=ignored)
+    tail = generation_prompt(text, messages or req.messages)
+    asked = req.reasoning_asked
+    if asked is not None and not asked.wanted:  # off means off: close what the prompt opened
+        return Prompt(text + reasoning.closing(tail), ignored=ignored)
+    return Prompt(text, reasoning.starts_inside(tail), ignored)
 
 
-def prompt_tokens(backend: Backend, messages: list[Message], plan: OutputPlan, *, room: int | None = None,
-                  context: int | None = None) -> list[int]:
+def generation_prompt(text: str, messages: list[Message]) -> str:
+    """The end of a rendered prompt that follows the last message's text (the template's generation prompt)."""
+    last = messages[-1].content.strip() if messages else ""
+    at = text.rfind(last) if last else -1
+    return text[at + len(last):] if at >= 0 else text[-200:]
+
+
+def prompt_tokens(backend: Backend, req: ChatRequest, plan: OutputPlan, *, room: int | None = None,
+                  context: int | None = None, reasoning: ReasoningFormat | None = None) -> tuple[list[int], Prompt]:
     """The prompt's tokens. With `room`, the oldest turns (never system messages, never the last message) are
     dropped until the prompt leaves `room` tokens of the context (the model's, or `context`) for the answer."""
     context = context or backend.facts.context_size
-    messages = list(messages)
+    messages = list(req.messages)
     while True:
-        tokens = backend.tokenize(prompt_text(backend, messages, plan), add_special=True)
+        prompt = prompt_text(backend, req, plan, messages, reasoning)
+        tokens = backend.tokenize(prompt.text, add_special=True)
         if room is None or len(tokens) + room <= context:
-            return tokens
+            return tokens, prompt
         droppable = [i for i, m in enumerate(messages[:-1]) if m.role != "system"]
         if not droppable:
-            return tokens
+            return tokens, prompt
         del messages[droppable[0]]
         # A turn's tool results go with the call they answer.
         while droppable[0] < len(messages) - 1 and messages[droppable[0]].role == "tool":

@@ -23,11 +23,13 @@ class ToolCall:
 @dataclass(frozen=True)
 class Message:
     role: Role
-    content: str = ""
+    content: str = ""  # the text (list content joined with newlines)
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None  # a tool message: the call it answers
     name: str | None = None
     reasoning: str | None = None  # an assistant turn's reasoning, shown to templates as `reasoning_content`
+    parts: tuple[str, ...] | None = None  # the text parts, when the API sent content as a list (templates that
+    # iterate content get them as such)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class Reasoning:
     effort: str | None = None  # none, minimal, low, medium, high, xhigh, max
     budget_tokens: int | None = None
     param: str = "reasoning"  # the request field it came from, for errors and notes
+    required: bool = False  # a model that cannot think is an error (Ollama's `think: true`), not a note
 
     @property
     def wanted(self) -> bool:
@@ -130,6 +133,21 @@ class ChatRequest:
     context_limit: int | None = None  # fewer context tokens than the model's (Ollama's num_ctx); never more
     raw_prompt: str | None = None  # read as-is instead of `messages` rendered with the chat template (Ollama's raw)
     reasoning: Reasoning | None = None  # None: the model's default
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False  # the answer continues the last message (a prefill)
+    template_kwargs: dict[str, Any] = field(default_factory=dict)  # chat_template_kwargs: variables for the template
+    template_kwargs_param: str = "chat_template_kwargs"
+
+    @property
+    def reasoning_asked(self) -> Reasoning | None:
+        """How much to think: `reasoning`, else a thinking switch set through chat_template_kwargs."""
+        if self.reasoning is not None:
+            return self.reasoning
+        for name in ("enable_thinking", "thinking"):
+            if isinstance(self.template_kwargs.get(name), bool):
+                return Reasoning(effort=None if self.template_kwargs[name] else "none",
+                                 param=f"{self.template_kwargs_param}.{name}")
+        return None
 
     def context(self, model_context: int) -> int:
         """The context this request runs in: the model's, or the smaller one it asked for."""

@@ -177,10 +177,6 @@ def tool_format(template: str) -> ToolFormat:
     return HERMES
 
 
-def template_takes_tools(template: str) -> bool:
-    return "tools" in template
-
-
 def tools_system_prompt(tools: list[dict[str, Any]]) -> str:
     """Hermes-style tool instructions, for a model whose chat template does not render tools itself."""
     listing = "\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools)

@@ -8,13 +8,14 @@ import asyncio
 from fastapi import APIRouter, Depends, Request
 
 from ...api.auth import require_api_key
-from ..base import JSONBodyRoute
 from ...backends.base import Backend
+from ...core.chat import model_reasoning
 from ...core.errors import invalid_request
 from ...core.output import plan_output
-from ...core.prompt import prompt_text, prompt_tokens
+from ...core.prompt import Prompt, prompt_text, prompt_tokens
 from ...core.request import ChatRequest
-from ...manager import ModelManager
+from ...manager import LoadedModel, ModelManager
+from ..base import JSONBodyRoute, say_what_changed
 from ..openai.protocol import ChatCompletionRequest
 from ..openai.routes import ERRORS
 from ..openai.translate import chat_request
@@ -40,23 +41,26 @@ def _chat(body: ChatPrompt | TokenizeRequest) -> ChatRequest:
     return chat_request(ChatCompletionRequest.model_validate(fields))
 
 
-def _render(backend: Backend, req: ChatRequest) -> str:
-    return prompt_text(backend, req.messages, plan_output(req, backend.facts.chat_template))
+def _render(model: LoadedModel, req: ChatRequest) -> Prompt:
+    backend = model.backend
+    return prompt_text(backend, req, plan_output(req, backend.facts.chat_template), reasoning=model_reasoning(model))
 
 
 @router.post("/apply-template")
 async def apply_template(body: ChatPrompt, request: Request) -> ApplyTemplateResponse:
-    """The exact prompt text the chat route feeds the model for these messages and tools."""
+    """The exact prompt text the chat route feeds the model for these messages, tools and template variables."""
     req = _chat(body)
     async with _manager(request).use(body.model, "chat") as model:
-        prompt = await asyncio.to_thread(_render, model.backend, req)
-    return ApplyTemplateResponse(prompt=prompt, model=model.entry.name)
+        prompt = await asyncio.to_thread(_render, model, req)
+    say_what_changed(request, {}, prompt.ignored)
+    return ApplyTemplateResponse(prompt=prompt.text, model=model.entry.name)
 
 
-def _tokenize(backend: Backend, body: TokenizeRequest) -> list[int]:
+def _tokenize(model: LoadedModel, body: TokenizeRequest) -> list[int]:
+    backend = model.backend
     if body.messages is not None:
         req = _chat(body)
-        return prompt_tokens(backend, req.messages, plan_output(req, backend.facts.chat_template))
+        return prompt_tokens(backend, req, plan_output(req, backend.facts.chat_template), reasoning=model_reasoning(model))[0]
     return backend.tokenize(body.content if body.content is not None else body.prompt or "", add_special=body.add_special)
 
 
@@ -72,7 +76,7 @@ def _piece(backend: Backend, token: int) -> str | list[int]:
 async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
     async with _manager(request).use(body.model, "chat" if body.messages is not None else None) as model:
         backend = model.backend
-        tokens = await asyncio.to_thread(_tokenize, backend, body)
+        tokens = await asyncio.to_thread(_tokenize, model, body)
         out: list[int] | list[Piece] = [Piece(id=t, piece=_piece(backend, t)) for t in tokens] if body.with_pieces else tokens
     return TokenizeResponse(tokens=out, count=len(tokens), max_model_len=backend.facts.context_size, model=model.entry.name)
 
