@@ -39,6 +39,9 @@ class ModelSpec(BaseModel):
     context_size: int | None = Field(None, ge=1)
     gpu_layers: int | None = Field(None, ge=-1)
     chat_template: str | None = Field(None, description="A Jinja chat template used instead of the model's own.")
+    reasoning: str | None = Field(None, pattern=r"^(auto|none|[^,]+,[^,]+)$",
+                                  description="How the model marks its reasoning: auto (from the chat template), none "
+                                              "(it does not think), or the open and close markers, comma-separated.")
     embedding_only: bool = False
     trust_remote_code: bool = False
     keep_alive: float | None = Field(None, ge=0, description="Seconds idle before unloading; 0 keeps it loaded.")

@@ -27,6 +27,8 @@ from .catalog import Capability, Catalog, ModelEntry
 from .config import BackendChoice, Settings
 from .core.errors import APIError, invalid_request, model_not_found, not_found
 from .model_files import describe
+from .prompting.chat_template import ChatTemplateError, template_info
+from .prompting.reasoning import reasoning_format
 from .pull import PullError, PullStatus, download, plan
 
 log = logging.getLogger("local_llm_api.manager")
@@ -200,6 +202,30 @@ class ModelManager:
             return per_slot_context(requested, trained, facts.kv_values_per_token * self._kv_value_bytes(entry),
                                     entry.size_bytes, self.settings, entry.name) if trained else requested or None
         return min(requested or trained, trained or 1 << 62) or None
+
+    def chat_template(self, entry: ModelEntry) -> str | None:
+        """The template a model's chats use: the loaded model's, else the declared one, else the file's own. Reads
+        the model's header: call it off the event loop."""
+        loaded = self.loaded.get(entry.name)
+        if loaded is not None:
+            return loaded.backend.facts.chat_template
+        return (entry.spec.chat_template if entry.spec else None) or describe(entry).chat_template
+
+    def capabilities(self, entry: ModelEntry) -> list[str]:
+        """What a model does (chat, completion, embedding, rerank), and what its chat template says it can: `tools`
+        (it renders tools or calls) and `thinking` (it marks reasoning). Reads the model's header."""
+        found = list(entry.capabilities)
+        template = self.chat_template(entry) if "chat" in found else None
+        if template:
+            try:
+                info = template_info(template)
+            except ChatTemplateError:
+                return found
+            if info.reads_tools or info.renders_tool_calls:
+                found.append("tools")
+            if reasoning_format(info, entry.spec.reasoning if entry.spec else None) is not None:
+                found.append("thinking")
+        return found
 
     def footprint(self, entry: ModelEntry) -> int:
         """Bytes a model takes once loaded: its weights, and for a generative model the KV cache of every slot

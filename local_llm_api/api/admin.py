@@ -112,7 +112,7 @@ def info(manager: ModelManager, entry: ModelEntry) -> ModelInfo:
         path=entry.name if entry.path is None or manager.catalog.inside_root(entry.path) else str(entry.path),
         repo=entry.repo,
         size_bytes=entry.size_bytes,
-        capabilities=list(entry.capabilities),
+        capabilities=manager.capabilities(entry),
         keep_alive_seconds=manager.keep_alive_of(entry),
         context_size=manager.context_length(entry),
         active_requests=loaded.in_flight if loaded else 0,

@@ -8,7 +8,9 @@ lives in `SequenceText`.
 
 from __future__ import annotations
 
+import codecs
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -18,6 +20,18 @@ from pydantic import BaseModel, Field
 from ..prompting.text import StopMatcher, Utf8Stream
 from ..structured.constraint import ConstraintFactory
 from ..structured.logprobs import TokenLogprob
+
+
+@dataclass(frozen=True)
+class ThinkingControl:
+    """A thinking model's reasoning block, as the engine watches it: its markers, whether the answer starts inside
+    it (the prompt opened it), and a budget of tokens after which the close marker is forced."""
+
+    open: str
+    close: str
+    close_tokens: tuple[int, ...]  # the close marker as tokens, forced once the budget is spent
+    inside: bool = False
+    budget: int | None = None
 
 
 @dataclass(frozen=True)
@@ -35,6 +49,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     grammar: str | None = None  # an llguidance grammar the output must match (structured output, forced tools)
     logprobs: int | None = None  # None: no log probabilities; n: the drawn token's and the n most likely ones
+    thinking: ThinkingControl | None = None  # set for a thinking model: reasoning counted, its budget enforced
+    keep_tokens: dict[int, bytes] = field(default_factory=dict)  # special tokens whose text the answer keeps (markers)
 
     @property
     def wants_repeatable(self) -> bool:
@@ -52,6 +68,7 @@ class GenerationChunk:
     logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens behind this text, when asked for
     stop_sequence: str | None = None  # the stop string that ended the sequence, if one did
     cached_tokens: int = 0  # on the last chunk: prompt tokens read from the prefix cache instead of computed
+    reasoning_tokens: int = 0  # on the last chunk: tokens spent inside the reasoning block
 
 
 @dataclass(frozen=True)
@@ -103,10 +120,50 @@ class QueueFullError(Exception):
     """The backend's waiting queue is full; the client should retry later (429)."""
 
 
+class ThinkingTracker:
+    """Where a sequence stands in its reasoning block: watches the markers in its text, counts the tokens spent
+    inside, and once the budget is spent names the close marker's tokens to force."""
+
+    def __init__(self, control: ThinkingControl) -> None:
+        self._control = control
+        self.inside = control.inside
+        self._settled = control.inside  # whether it is known if (and where) the block starts
+        self._over = False  # the block has closed: reasoning cannot start again
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._tail = ""
+        self.tokens = 0
+        self._forced: deque[int] = deque()
+
+    def forced(self) -> int | None:
+        """The token the sequence must take next, if any."""
+        return self._forced[0] if self._forced else None
+
+    def feed(self, token: int, piece: bytes) -> None:
+        if self._forced and token == self._forced[0]:
+            self._forced.popleft()
+        if self._over:
+            return
+        self._tail = (self._tail + self._utf8.decode(piece))[-4 * len(self._control.close) - 16:]
+        if not self.inside:
+            head = self._tail.lstrip()
+            if head.startswith(self._control.open):
+                self.inside, self._settled = True, True
+                self._tail = head[len(self._control.open):]
+            elif head and not self._control.open.startswith(head):
+                self._over = True  # the answer did not open with reasoning
+            return
+        self.tokens += 1
+        if self._control.close in self._tail:
+            self.inside, self._over = False, True
+            self._forced.clear()
+        elif self._control.budget is not None and self.tokens >= self._control.budget and not self._forced:
+            self._forced.extend(self._control.close_tokens)
+
+
 class SequenceText:
     """One sequence's tokens turned into the client's text: UTF-8 pieces, stop strings held back and cut,
-    the length limit, end-of-generation tokens. `feed` returns what to send, if anything; log
-    probabilities travel with the text of their tokens."""
+    the length limit, end-of-generation tokens, and (for a thinking model) where its reasoning stands. `feed`
+    returns what to send, if anything; log probabilities travel with the text of their tokens."""
 
     def __init__(self, params: SamplingParams, token_bytes: Callable[[int], bytes], is_end: Callable[[int], bool]) -> None:
         self._params = params
@@ -116,6 +173,15 @@ class SequenceText:
         self._stops = StopMatcher(list(params.stop))
         self._logprobs: list[TokenLogprob] = []
         self.tokens = 0
+        self.thinking = ThinkingTracker(params.thinking) if params.thinking is not None else None
+
+    @property
+    def reasoning(self) -> bool:
+        """Inside the reasoning block: a grammar does not apply yet (it constrains the answer)."""
+        return self.thinking is not None and self.thinking.inside
+
+    def forced(self) -> int | None:
+        return self.thinking.forced() if self.thinking is not None else None
 
     def feed(self, token: int, logprob: TokenLogprob | None = None, *, last: bool = False) -> GenerationChunk | None:
         """`last`: nothing may follow this token (its grammar is complete), so the sequence ends with it."""
@@ -124,7 +190,10 @@ class SequenceText:
         self.tokens += 1
         if logprob is not None:
             self._logprobs.append(logprob)
-        out, hit = self._stops.push(self._utf8.push(self._token_bytes(token)))
+        piece = self._params.keep_tokens.get(token) or self._token_bytes(token)
+        if self.thinking is not None:
+            self.thinking.feed(token, piece)
+        out, hit = self._stops.push(self._utf8.push(piece))
         if hit:
             return self._chunk(out, "stop")
         if self.tokens >= self._params.max_tokens:
@@ -140,7 +209,9 @@ class SequenceText:
 
     def _chunk(self, text: str, finish_reason: Literal["stop", "length"] | None = None) -> GenerationChunk:
         logprobs, self._logprobs = tuple(self._logprobs), []
-        return GenerationChunk(text, finish_reason, self.tokens if finish_reason else 0, logprobs, self._stops.matched)
+        reasoning = self.thinking.tokens if self.thinking is not None and finish_reason else 0
+        return GenerationChunk(text, finish_reason, self.tokens if finish_reason else 0, logprobs, self._stops.matched,
+                               reasoning_tokens=reasoning)
 
 
 class Backend(ABC):

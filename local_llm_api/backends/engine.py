@@ -54,7 +54,7 @@ class Sequence:
     @property
     def shapes_logits(self) -> bool:
         """Whether its logits need `Engine._shape_logits` before sampling."""
-        return self.constraint is not None or self.params.logprobs is not None
+        return self.constraint is not None or self.params.logprobs is not None or self.text.forced() is not None
 
 
 class Engine(ABC):
@@ -223,9 +223,15 @@ class Engine(ABC):
     @staticmethod
     def _shape_logits(sequence: Sequence, logits: np.ndarray) -> np.ndarray | None:
         """Before sampling, in place: the model's log probabilities when asked for (returned), then the
-        grammar's mask, so that the sampler can only draw tokens the grammar allows."""
+        grammar's mask (once past any reasoning), so that the sampler can only draw tokens the grammar allows; or,
+        when a thinking budget is spent, only the close marker's next token."""
         logprobs = log_softmax(logits) if sequence.params.logprobs is not None else None
-        if sequence.constraint is not None:
+        forced = sequence.text.forced()
+        if forced is not None:
+            kept = logits[forced]
+            logits.fill(-np.inf)
+            logits[forced] = kept if np.isfinite(kept) else 0.0
+        elif sequence.constraint is not None and not sequence.text.reasoning:
             sequence.constraint.mask(logits)
         return logprobs
 
@@ -239,7 +245,8 @@ class Engine(ABC):
         if sequence.first_token_at is None:
             sequence.first_token_at = now
             self._record_ttft(now - sequence.arrived)
-        constraint = sequence.constraint
+        # The grammar constrains the answer: tokens inside a reasoning block are not its.
+        constraint = sequence.constraint if not sequence.text.reasoning else None
         if constraint is not None and not self._is_end(token):
             constraint.accept(token)
         # A complete grammar allows nothing but end-of-generation: the sequence ends now, a step early.

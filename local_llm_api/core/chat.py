@@ -8,13 +8,17 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
+from ..backends.base import Backend, ThinkingControl
 from ..config import Settings
 from ..manager import LoadedModel, ModelManager
+from ..prompting.chat_template import template_info
+from ..prompting.reasoning import ReasoningFormat, ReasoningSplitter, reasoning_format
 from ..prompting.tool_calls import Call, ToolCallStream
 from ..structured.logprobs import TokenLogprob
+from .errors import invalid_request
 from .generation import ChoiceJob, ensure_capacity, stream_choices
 from .output import OutputPlan, check_schemas, plan_output
-from .prompt import prompt_tokens
+from .prompt import Prompt, prompt_tokens
 from .request import ChatRequest
 from .sampling import sampling_params, token_budget
 
@@ -29,6 +33,14 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ReasoningDelta:
+    """New reasoning text of one choice (a thinking model's, apart from its answer)."""
+
+    index: int
+    text: str
+
+
+@dataclass(frozen=True)
 class ChoiceEnd:
     """A choice finished: `tool_calls` when its answer held calls, else the backend's stop/length."""
 
@@ -38,9 +50,10 @@ class ChoiceEnd:
     completion_tokens: int
     stop_sequence: str | None = None  # the request's stop string that ended it, if one did
     cached_tokens: int = 0  # prompt tokens read from the prefix cache
+    reasoning_tokens: int = 0  # of the completion tokens, those spent reasoning
 
 
-ChatEvent = TextDelta | ChoiceEnd
+ChatEvent = TextDelta | ReasoningDelta | ChoiceEnd
 
 
 @dataclass
@@ -54,15 +67,21 @@ class Answer:
     completion_tokens: int = 0
     stop_sequence: str | None = None
     cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    reasoning: str | None = None  # None: the model wrote no reasoning
     logprobs: list[TokenLogprob] = field(default_factory=list)
 
     def add(self, event: ChatEvent) -> None:
+        if isinstance(event, ReasoningDelta):
+            self.reasoning = (self.reasoning or "") + event.text
+            return
         if isinstance(event, TextDelta):
             self.content = (self.content or "") + event.text
             self.logprobs += event.logprobs
             return
         self.finish_reason, self.calls, self.completion_tokens = event.finish_reason, event.calls, event.completion_tokens
         self.stop_sequence, self.cached_tokens = event.stop_sequence, event.cached_tokens
+        self.reasoning_tokens = event.reasoning_tokens
         if event.calls:  # the text around tool calls, if any, without the whitespace before them
             self.content = (self.content or "").strip() or None
 
@@ -77,6 +96,9 @@ class ChatRun:
     jobs: list[ChoiceJob]
     _stack: AsyncExitStack
     notes: dict[str, str] = field(default_factory=dict)  # response headers that say what the server did differently
+    reasoning: ReasoningFormat | None = None  # set when the model thinks and may this time
+    starts_inside: bool = False  # the prompt opened the reasoning block
+    ignored: tuple[str, ...] = ()  # request fields that turned out to change nothing (template kwargs it does not read)
 
     @property
     def prompt_tokens(self) -> int:
@@ -92,12 +114,24 @@ class ChatRun:
         await self.aclose()
 
     async def events(self) -> AsyncIterator[ChatEvent]:
-        # With tools, content streams as it comes while text that may be a tool call is held and parsed at the end.
+        # Reasoning is split off first; of the answer, content streams as it comes while text that may be a tool
+        # call is held and parsed at the end.
         fmt = self.plan.tool_format
         splitters = {job.index: ToolCallStream(fmt) for job in self.jobs} if fmt else {}
+        ends = (fmt.marker,) if fmt is not None and fmt.marker else ()
+        thinkers = {job.index: ReasoningSplitter(self.reasoning, inside=self.starts_inside, ends=ends)
+                    for job in self.jobs} if self.reasoning is not None else {}
         async for index, chunk in stream_choices(self.model.backend, self.jobs):
+            text, thinker = chunk.text, thinkers.get(index)
+            if thinker is not None:
+                thought, text = thinker.push(text)
+                if chunk.finish_reason is not None:
+                    more_thought, more_text = thinker.finish()
+                    thought, text = thought + more_thought, text + more_text
+                if thought:
+                    yield ReasoningDelta(index, thought)
             splitter = splitters.get(index)
-            text = splitter.push(chunk.text) if splitter else chunk.text
+            text = splitter.push(text) if splitter else text
             if text or chunk.logprobs:
                 yield TextDelta(index, text, chunk.logprobs)
             if chunk.finish_reason is None:
@@ -109,7 +143,7 @@ class ChatRun:
                     yield TextDelta(index, rest)
             stop = chunk.stop_sequence if chunk.stop_sequence not in self.plan.stop else None
             yield ChoiceEnd(index, "tool_calls" if calls else chunk.finish_reason, tuple(calls), chunk.completion_tokens, stop,
-                            chunk.cached_tokens)
+                            chunk.cached_tokens, chunk.reasoning_tokens)
 
     async def answers(self) -> list[Answer]:
         answers = {job.index: Answer(job.index) for job in self.jobs}
@@ -118,15 +152,46 @@ class ChatRun:
         return [answers[job.index] for job in self.jobs]
 
 
-def prepare(model: LoadedModel, req: ChatRequest) -> tuple[OutputPlan, list[int]]:
-    """The output plan (schemas compiled) and the prompt's tokens: work off the event loop."""
+@dataclass(frozen=True)
+class Prepared:
+    plan: OutputPlan
+    tokens: list[int]
+    prompt: Prompt
+    reasoning: ReasoningFormat | None  # the model's markers, when it thinks
+
+
+def model_reasoning(model: LoadedModel) -> ReasoningFormat | None:
+    """How the model marks its reasoning: MODELS_CONFIG's `reasoning`, else read from its chat template."""
+    spec = model.entry.spec
+    return reasoning_format(template_info(model.backend.facts.chat_template), spec.reasoning if spec else None)
+
+
+def prepare(model: LoadedModel, req: ChatRequest) -> Prepared:
+    """The output plan (schemas compiled) and the prompt: work off the event loop."""
     backend = model.backend
     plan = plan_output(req, backend.facts.chat_template)
     check_schemas(backend, plan)
     if req.raw_prompt is not None:
-        return plan, backend.tokenize(req.raw_prompt, add_special=True)
+        return Prepared(plan, backend.tokenize(req.raw_prompt, add_special=True), Prompt(req.raw_prompt), None)
+    reasoning = model_reasoning(model)
     room = (req.max_tokens or 1) if req.truncate else None
-    return plan, prompt_tokens(backend, req.messages, plan, room=room, context=req.context(backend.facts.context_size))
+    tokens, prompt = prompt_tokens(backend, req, plan, room=room, context=req.context(backend.facts.context_size),
+                                   reasoning=reasoning)
+    return Prepared(plan, tokens, prompt, reasoning)
+
+
+def thinking_control(backend: Backend, fmt: ReasoningFormat, prompt: Prompt, req: ChatRequest) -> tuple[ThinkingControl, dict[int, bytes]]:
+    """What the engine watches of the reasoning block, and the special tokens of its markers whose text the answer
+    must keep for the splitter to see them."""
+    close = tuple(backend.tokenize(fmt.close, add_special=False))
+    keep = {}
+    for marker in (fmt.open, fmt.close, fmt.answer_prefix):
+        for token in backend.tokenize(marker, add_special=False) if marker else ():
+            if not backend.token_bytes(token):
+                keep[token] = backend.token_piece(token)
+    asked = req.reasoning_asked
+    budget = asked.budget_tokens if asked is not None else None
+    return ThinkingControl(fmt.open, fmt.close, close, inside=prompt.starts_inside, budget=budget), keep
 
 
 async def start_chat(req: ChatRequest, manager: ModelManager, settings: Settings) -> ChatRun:
@@ -136,27 +201,36 @@ async def start_chat(req: ChatRequest, manager: ModelManager, settings: Settings
     model = await stack.enter_async_context(manager.use(req.model, "chat"))
     try:
         # Compiling schemas and tokenizing only read the vocabulary: they need not queue behind generations.
-        plan, prompt = await asyncio.to_thread(prepare, model, req)
-        facts = model.backend.facts
-        budget = token_budget(len(prompt), req.max_tokens, req.context(facts.context_size), settings, req.prompt_param)
-        jobs = [ChoiceJob(i, prompt, sampling_params(req.sampling, settings, facts, budget, i, grammar=plan.grammar,
-                                                     logprobs=req.logprobs, extra_stop=plan.stop))
+        prepared = await asyncio.to_thread(prepare, model, req)
+        backend, facts, reasoning = model.backend, model.backend.facts, prepared.reasoning
+        asked = req.reasoning_asked
+        if reasoning is None and asked is not None and asked.required:
+            raise invalid_request(f"\"{model.entry.name}\" does not support thinking", asked.param)
+        thinks = reasoning is not None and (asked is None or asked.wanted)
+        control, keep = thinking_control(backend, reasoning, prepared.prompt, req) if thinks and reasoning else (None, {})
+        budget = token_budget(len(prepared.tokens), req.max_tokens, req.context(facts.context_size), settings, req.prompt_param)
+        jobs = [ChoiceJob(i, prepared.tokens, sampling_params(req.sampling, settings, facts, budget, i,
+                                                              grammar=prepared.plan.grammar, logprobs=req.logprobs,
+                                                              extra_stop=prepared.plan.stop, thinking=control,
+                                                              keep_tokens=keep))
                 for i in range(req.n)]
-        ensure_capacity(model.backend, jobs)
+        ensure_capacity(backend, jobs)
     except BaseException:
         await stack.aclose()
         raise
-    return ChatRun(model, plan, prompt, jobs, stack, notes(req))
+    return ChatRun(model, prepared.plan, prepared.tokens, jobs, stack, notes(req, reasoning),
+                   reasoning if thinks else None, prepared.prompt.starts_inside and thinks, prepared.prompt.ignored)
 
 
 REASONING_IGNORED = "X-Reasoning-Ignored"
 
 
-def notes(req: ChatRequest) -> dict[str, str]:
+def notes(req: ChatRequest, reasoning: ReasoningFormat | None) -> dict[str, str]:
     """What the answer could not honour, said in a header rather than refused (clients send these on every
     request whatever the model)."""
-    if req.reasoning is not None and req.reasoning.wanted:
-        return {REASONING_IGNORED: f"{req.reasoning.param}: this model does not think; it answered without reasoning"}
+    asked = req.reasoning_asked
+    if reasoning is None and asked is not None and asked.wanted:
+        return {REASONING_IGNORED: f"{asked.param}: this model does not think; it answered without reasoning"}
     return {}
 
 
@@ -165,5 +239,5 @@ async def count_prompt_tokens(req: ChatRequest, manager: ModelManager) -> int:
     async with manager.use(req.model, "chat") as model:
         backend = model.backend
         plan = plan_output(req, backend.facts.chat_template)  # what the model is shown; no grammar is compiled
-        prompt = await asyncio.to_thread(prompt_tokens, backend, req.messages, plan)
-    return len(prompt)
+        tokens, _ = await asyncio.to_thread(prompt_tokens, backend, req, plan, reasoning=model_reasoning(model))
+    return len(tokens)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..backends.base import ModelFacts, SamplingParams
+from ..backends.base import ModelFacts, SamplingParams, ThinkingControl
 from ..config import Settings
 from .errors import context_length_exceeded, invalid_request
 from .request import Sampling
@@ -39,7 +39,8 @@ def token_budget(prompt_tokens: int, requested: int | None, context: int, settin
 
 
 def sampling_params(sampling: Sampling, settings: Settings, facts: ModelFacts, max_tokens: int, choice: int, *,
-                    grammar: str | None = None, logprobs: int | None = None, extra_stop: tuple[str, ...] = ()) -> SamplingParams:
+                    grammar: str | None = None, logprobs: int | None = None, extra_stop: tuple[str, ...] = (),
+                    thinking: ThinkingControl | None = None, keep_tokens: dict[int, bytes] | None = None) -> SamplingParams:
     """Sampling for one choice; with a seed, choice i uses seed + i so that n choices differ but repeat."""
 
     def pick(value: float | int | None, default: float | int) -> float | int:
@@ -60,4 +61,6 @@ def sampling_params(sampling: Sampling, settings: Settings, facts: ModelFacts, m
         stop=sampling.stop + extra_stop,
         grammar=grammar,
         logprobs=logprobs,
+        thinking=thinking,
+        keep_tokens=keep_tokens or {},
     )

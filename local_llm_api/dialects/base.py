@@ -94,6 +94,14 @@ def _checking_fields(endpoint: Callable[..., Any]) -> Callable[..., Any]:
     return checked
 
 
+def say_what_changed(request: HTTPRequest, notes: dict[str, str], ignored: tuple[str, ...] = ()) -> None:
+    """Headers for what the server did differently (core.chat's notes), and request fields that turned out to change
+    nothing (named with the unknown ones)."""
+    request.state.response_headers = notes
+    if ignored:
+        request.state.ignored_fields = [*getattr(request.state, "ignored_fields", []), *ignored]
+
+
 class DialectRoute(APIRoute):
     """The route class of every dialect: unknown body fields are named or refused (see the module's doc)."""
 

@@ -88,7 +88,18 @@ def tool_call(name: str, **arguments: object) -> str:
 
 
 def build(path: Path, script: Script, context_length: int = 65536) -> Path:
-    """Write the model to `path` (a few MB: SmolLM2's vocabulary, 64-wide embeddings)."""
+    """The agent tests' model: three scripts chosen by the template's markers."""
+    call = script.call or tool_call("none")
+    chains = [(MARK_TEXT, script.text), (MARK_CALL, call), (MARK_AFTER, script.after)]
+    return build_model(path, chains, TEMPLATE, context_length=context_length, control=(MARK_TEXT, MARK_CALL, MARK_AFTER))
+
+
+def build_model(path: Path, chains: list[tuple[str | int, ...]], template: str, *, context_length: int = 65536,
+                control: tuple[str, ...] = ()) -> Path:
+    """A model that writes each chain: its first token (a new whole-text token, or an id of SmolLM2's vocabulary)
+    is followed by the second, and so on; the last by the end of the turn, as is every token in no chain. Texts
+    are added to the vocabulary (as control tokens when in `control`, else as user-defined ones, which the
+    tokenizer matches in any text); a text in several chains must have the same successor in each."""
     import gguf
 
     source = gguf.GGUFReader(bundled_model_path())
@@ -97,29 +108,35 @@ def build(path: Path, script: Script, context_length: int = 65536) -> Path:
     types = [int(source.fields["tokenizer.ggml.token_type"].parts[i][0]) for i in source.fields["tokenizer.ggml.token_type"].data]
     merges = [bytes(source.fields["tokenizer.ggml.merges"].parts[i]).decode("utf-8")
               for i in source.fields["tokenizer.ggml.merges"].data]
-    call = script.call or tool_call("none")
-    added = [MARK_TEXT, MARK_CALL, MARK_AFTER, script.text, call, script.after]
-    ids = {text: len(tokens) + i for i, text in enumerate(added)}
-    tokens += added
-    types += [gguf.TokenType.CONTROL] * 3 + [gguf.TokenType.USER_DEFINED] * 3
+    ids: dict[str | int, int] = {}
+    for chain in chains:
+        for item in chain:
+            if isinstance(item, int):
+                ids[item] = item
+            elif item not in ids:
+                ids[item] = len(tokens)
+                tokens.append(item)
+                types.append(gguf.TokenType.CONTROL if item in control else gguf.TokenType.USER_DEFINED)
     end = tokens.index(END)
-    chains = [(ids[MARK_TEXT], ids[script.text]), (ids[script.text], end),
-              (ids[MARK_CALL], ids[call]), (ids[call], end),
-              (ids[MARK_AFTER], ids[script.after]), (ids[script.after], end)]
+    successors: dict[int, int] = {}
+    for chain in chains:
+        for token, successor in zip([ids[i] for i in chain], [*(ids[i] for i in chain[1:]), end], strict=True):
+            assert successors.setdefault(token, successor) == successor, f"token {token} has two successors"
 
     width, vocab = 64, len(tokens)
+    assert len(successors) < width, "too many scripted tokens for the model's width"
     # Direction 0 stands for "any other token"; each token with a scripted successor has a direction of its own.
     embeddings = np.zeros((vocab, width), np.float32)
     embeddings[:, 0] = 1.0
     output = np.zeros((vocab, width), np.float32)
     output[end, 0] = 10.0
-    for direction, (token, successor) in enumerate(chains, start=1):
+    for direction, (token, successor) in enumerate(successors.items(), start=1):
         embeddings[token] = 0.0
         embeddings[token, direction] = 1.0
         output[successor, direction] = 10.0  # after RMS norm the hidden state is 8 along it: a logit of 80
 
     writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_name("scripted-agent-model")
+    writer.add_name("scripted-model")
     writer.add_context_length(context_length)
     writer.add_embedding_length(width)
     writer.add_block_count(1)
@@ -138,7 +155,7 @@ def build(path: Path, script: Script, context_length: int = 65536) -> Path:
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(end)
     writer.add_add_bos_token(False)
-    writer.add_chat_template(TEMPLATE)
+    writer.add_chat_template(template)
     zero = np.zeros
     writer.add_tensor("token_embd.weight", embeddings)
     writer.add_tensor("output_norm.weight", np.ones(width, np.float32))
@@ -157,4 +174,3 @@ def build(path: Path, script: Script, context_length: int = 65536) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
-

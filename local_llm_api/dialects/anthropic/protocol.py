@@ -234,6 +234,12 @@ class ToolUseOut(BaseModel):
     input: dict[str, Any]
 
 
+class ThinkingOut(BaseModel):
+    type: Literal["thinking"] = "thinking"
+    thinking: str  # empty when the request asked for `display: "omitted"`
+    signature: str  # the reasoning, sealed: sent back in the history, it reaches the template again
+
+
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
 
 
@@ -242,7 +248,7 @@ class MessageOut(BaseModel):
     type: Literal["message"] = "message"
     role: Literal["assistant"] = "assistant"
     model: str
-    content: list[TextOut | ToolUseOut]
+    content: list[ThinkingOut | TextOut | ToolUseOut]
     stop_reason: StopReason | None
     stop_sequence: str | None = None
     usage: Usage

@@ -5,20 +5,21 @@ check, which takes the SDK's `x-api-key` as well as `Authorization: Bearer`; `an
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from ...api.auth import require_api_key
-from ...core.chat import Answer, ChatRun, TextDelta, count_prompt_tokens, start_chat
+from ...core.chat import Answer, ChatRun, ReasoningDelta, TextDelta, count_prompt_tokens, start_chat
 from ...core.generation import TokenCounts, until_disconnected
 from ...core.streaming import sse_data, sse_response
-from ..base import DialectRoute
+from ...prompting.reasoning import seal
+from ..base import DialectRoute, say_what_changed
 from .errors import error_event
 from .protocol import CountTokensRequest, CreateMessage, ErrorEnvelope, MessageOut, TokenCount, Usage, message_id
-from .translate import chat_request, content_blocks, stop_reason
+from .translate import chat_request, content_blocks, shows_thinking, stop_reason
 
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorEnvelope} for code in (400, 401, 404, 413, 429, 503)}
 STREAM = {200: {"content": {"text/event-stream": {}}, "description": "JSON, or server-sent events when `stream` is true"}}
@@ -29,14 +30,14 @@ router = APIRouter(dependencies=[Depends(require_api_key)], responses=ERRORS, ro
 @router.post("/messages", response_model=MessageOut, responses=STREAM)
 async def create_message(req: CreateMessage, request: Request) -> Response | MessageOut:
     run = await start_chat(chat_request(req), request.app.state.manager, request.app.state.settings)
-    request.state.response_headers = run.notes
+    say_what_changed(request, run.notes, run.ignored)
     request.state.model = run.model.entry.name
     if req.stream:
-        return sse_response(_stream(run, request), run.aclose, error_event, keepalive=_event("ping"))
+        return sse_response(_stream(run, request, shows_thinking(req)), run.aclose, error_event, keepalive=_event("ping"))
     async with run:
         answer = (await until_disconnected(request, run.answers()))[0]
     request.state.usage = TokenCounts(run.prompt_tokens, answer.completion_tokens)
-    return MessageOut(id=message_id(), model=run.model.entry.name, content=content_blocks(answer),
+    return MessageOut(id=message_id(), model=run.model.entry.name, content=content_blocks(answer, shows_thinking(req)),
                       stop_reason=stop_reason(answer), stop_sequence=answer.stop_sequence,
                       usage=usage(run.prompt_tokens, answer))
 
@@ -57,28 +58,49 @@ def _event(kind: str, **fields: Any) -> str:
     return sse_data(json.dumps({"type": kind, **fields}, ensure_ascii=False, separators=(",", ":")), kind)
 
 
-async def _stream(run: ChatRun, request: Request) -> AsyncIterator[str]:
+async def _stream(run: ChatRun, request: Request, shown: bool) -> AsyncIterator[str]:
     message = MessageOut(id=message_id(), model=run.model.entry.name, content=[], stop_reason=None,
                          usage=Usage(input_tokens=run.prompt_tokens, output_tokens=0))
     yield _event("message_start", message=message.model_dump(mode="json"))
     yield _event("ping")
-    text_open, index = False, 0
+    index, open_block = 0, None  # the content block being streamed: "thinking" or "text"
     answer = Answer(0)
+
+    def close_block() -> Iterator[str]:
+        nonlocal index, open_block
+        if open_block == "thinking":  # its signature seals what was thought
+            yield _event("content_block_delta", index=index, delta={"type": "signature_delta", "signature": seal(answer.reasoning or "")})
+        if open_block is not None:
+            yield _event("content_block_stop", index=index)
+            index, open_block = index + 1, None
+
     async for item in run.events():
         answer.add(item)
+        if isinstance(item, ReasoningDelta):
+            if open_block != "thinking":
+                for frame in close_block():
+                    yield frame
+                open_block = "thinking"
+                yield _event("content_block_start", index=index, content_block={"type": "thinking", "thinking": "", "signature": ""})
+            if shown:
+                yield _event("content_block_delta", index=index, delta={"type": "thinking_delta", "thinking": item.text})
+            continue
         if not isinstance(item, TextDelta) or not item.text:
             continue
-        if not text_open:
-            text_open = True
+        if open_block != "text":
+            for frame in close_block():
+                yield frame
+            open_block = "text"
             yield _event("content_block_start", index=index, content_block={"type": "text", "text": ""})
         yield _event("content_block_delta", index=index, delta={"type": "text_delta", "text": item.text})
-    blocks = content_blocks(answer)
-    if not text_open and blocks and blocks[0].type == "text":  # an empty answer still has its text block
-        text_open = True
+    blocks = [block for block in content_blocks(answer) if block.type != "thinking"]
+    if open_block != "text" and blocks and blocks[0].type == "text":  # an empty answer still has its text block
+        for frame in close_block():
+            yield frame
+        open_block = "text"
         yield _event("content_block_start", index=index, content_block={"type": "text", "text": ""})
-    if text_open:
-        yield _event("content_block_stop", index=index)
-        index += 1
+    for frame in close_block():
+        yield frame
     for block in blocks:
         if block.type != "tool_use":
             continue

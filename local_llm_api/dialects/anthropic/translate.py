@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from ...core.chat import Answer
 from ...core.errors import invalid_request, unsupported
 from ...core.request import ChatRequest, ForcedTool, JSONOutput, Message, Reasoning, Sampling, Tool, ToolCall, ToolChoice
+from ...prompting.reasoning import seal, unseal
 from .protocol import (
     CountTokensRequest,
     CreateMessage,
@@ -18,6 +19,7 @@ from .protocol import (
     TextBlock,
     TextOut,
     ThinkingAdaptive,
+    ThinkingOut,
     ThinkingBlock,
     ThinkingDisabled,
     ThinkingEnabled,
@@ -65,7 +67,8 @@ def messages_of(req: CountTokensRequest) -> list[Message]:
             elif isinstance(block, ToolUseBlock) and message.role == "assistant":
                 calls.append(ToolCall(block.id, block.name, json.dumps(block.input, ensure_ascii=False)))
             elif isinstance(block, ThinkingBlock) and message.role == "assistant":
-                reasoning.append(block.thinking)
+                # With `display: "omitted"` the text came back empty: the signature holds it.
+                reasoning.append(block.thinking or unseal(block.signature) or "")
             elif isinstance(block, RedactedThinkingBlock) and message.role == "assistant":
                 continue  # reasoning another model encrypted: nothing a template can render
             elif isinstance(block, ToolResultBlock) and message.role == "user":
@@ -85,7 +88,7 @@ def messages_of(req: CountTokensRequest) -> list[Message]:
                 raise invalid_request(f"A '{block.type}' block cannot stand in the {message.role}'s message.", f"{where}[{j}].type")
         if text or calls or reasoning:
             messages.append(Message(message.role, "\n".join(text), tuple(calls),
-                                    reasoning="\n".join(reasoning) if reasoning else None))
+                                    reasoning="\n".join(reasoning) if reasoning else None, parts=tuple(text)))
     return messages
 
 
@@ -172,9 +175,11 @@ def chat_request(req: CountTokensRequest) -> ChatRequest:
     fmt = req.output_config.format if req.output_config else None
     # Compiled leniently, like tool schemas: keywords a grammar cannot enforce do not fail the request.
     output = JSONOutput(fmt.schema_, strict=False, param="output_config.format.schema") if fmt else None
+    # A final assistant turn is a prefill: the answer continues it.
+    prefill = bool(req.messages) and req.messages[-1].role == "assistant"
     return ChatRequest(messages=messages_of(req), model=req.model, sampling=sampling, max_tokens=max_tokens,
                        tools=tools, tool_choice=choice, parallel_tool_calls=parallel, output=output,
-                       reasoning=reasoning_of(req))
+                       reasoning=reasoning_of(req), add_generation_prompt=not prefill, continue_final_message=prefill)
 
 
 def stop_reason(answer: Answer) -> StopReason:
@@ -185,8 +190,19 @@ def stop_reason(answer: Answer) -> StopReason:
     return "stop_sequence" if answer.stop_sequence else "end_turn"
 
 
-def content_blocks(answer: Answer) -> list[TextOut | ToolUseOut]:
-    blocks: list[TextOut | ToolUseOut] = []
+def shows_thinking(req: CreateMessage) -> bool:
+    """Whether thinking blocks carry their text (`display: "omitted"` leaves only the signature)."""
+    return getattr(req.thinking, "display", None) != "omitted"
+
+
+def thinking_block(reasoning: str, shown: bool) -> ThinkingOut:
+    return ThinkingOut(thinking=reasoning if shown else "", signature=seal(reasoning))
+
+
+def content_blocks(answer: Answer, shown: bool = True) -> list[ThinkingOut | TextOut | ToolUseOut]:
+    blocks: list[ThinkingOut | TextOut | ToolUseOut] = []
+    if answer.reasoning is not None:
+        blocks.append(thinking_block(answer.reasoning, shown))
     if answer.content or not answer.calls:
         blocks.append(TextOut(text=answer.content or ""))
     blocks += [ToolUseOut(id=tool_use_id(), name=call.name, input=json.loads(call.arguments)) for call in answer.calls]

@@ -118,7 +118,10 @@ async def show(req: ModelName, request: Request) -> ShowResponse:
     modelfile = "\n".join([f"# Modelfile of {listed_name(entry.stem)}, as served by local-llm-api",
                            f"FROM {entry.path or entry.repo}", f'TEMPLATE """{template}"""',
                            *(f"PARAMETER {k} {v}" for k, v in parameters.items() if v is not None)])
-    capabilities = ["completion", "tools"] if "chat" in entry.capabilities else ["embedding"] if entry.embedding_only else []
+    # Ollama's names: completion (chat and generate), tools, thinking, embedding.
+    features = await asyncio.to_thread(manager.capabilities, entry)
+    capabilities = (["completion"] + [c for c in features if c in ("tools", "thinking")] if "chat" in features
+                    else ["embedding"] if entry.embedding_only else [])
     return ShowResponse(modelfile=modelfile, parameters=parameter_text, template=template, details=_details(facts),
                         model_info=facts.metadata, capabilities=capabilities, modified_at=timestamp(entry.created))
 

@@ -79,7 +79,7 @@ class ChatMessage(Request):
     role: Literal["system", "user", "assistant", "tool"]
     content: str | None = ""
     images: Annotated[list[str] | None, only(None, [])] = None  # text models
-    thinking: Annotated[str | None, only(None, "")] = None
+    thinking: str | None = None  # an earlier answer's reasoning: it reaches the template
     tool_calls: list[ToolCall] | None = None
     tool_name: str | None = None
     tool_call_id: str | None = None
@@ -110,7 +110,7 @@ class Generation(Request):
     format: Format | None = None
     options: Options | None = None
     keep_alive: Duration | None = None
-    think: Annotated[bool | Literal["low", "medium", "high"] | None, only(None, False)] = None  # these models do not think
+    think: bool | Literal["low", "medium", "high"] | None = None  # a model that cannot think refuses true (as Ollama does)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
     truncate: bool | None = Field(None, description="Drop the oldest turns when the prompt does not fit (default true).")
@@ -239,6 +239,7 @@ class OutToolCall(BaseModel):
 class OutMessage(DropNone):
     role: Literal["assistant"] = "assistant"
     content: str = ""
+    thinking: str | None = None
     tool_calls: list[OutToolCall] | None = None
 
 
@@ -276,6 +277,7 @@ class GenerateChunk(Timings):
     model: str
     created_at: str
     response: str
+    thinking: str | None = None
     done: bool
     logprobs: list[Logprob] | None = None
 

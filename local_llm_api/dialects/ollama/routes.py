@@ -16,8 +16,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from ...api.auth import require_api_key
-from ..base import JSONBodyRoute
-from ...core.chat import Answer, ChatRun, TextDelta, start_chat
+from ..base import JSONBodyRoute, say_what_changed
+from ...core.chat import Answer, ChatRun, ReasoningDelta, TextDelta, start_chat
 from ...core.embedding import embedding_tokens
 from ...core.errors import invalid_request
 from ...core.generation import TokenCounts, until_disconnected
@@ -112,7 +112,7 @@ async def _load_or_unload(manager: ModelManager, name: str, keep: float | None) 
 
 async def _start(core: CoreChat, request: Request, keep: float | None, clock: Clock) -> ChatRun:
     run = await start_chat(core, _manager(request), request.app.state.settings)
-    request.state.response_headers = run.notes
+    say_what_changed(request, run.notes, run.ignored)
     clock.loaded = time.perf_counter()
     _keep(run.model, keep)
     request.state.model = run.model.entry.name
@@ -122,32 +122,34 @@ async def _start(core: CoreChat, request: Request, keep: float | None, clock: Cl
 async def _collect(run: ChatRun, clock: Clock) -> Answer:
     answer = Answer(0)
     async for event in run.events():
-        if isinstance(event, TextDelta):
+        if isinstance(event, TextDelta | ReasoningDelta):
             clock.token()
         answer.add(event)
     return answer
 
 
 class Frame(Protocol):
-    """One object of an answer in its route's shape: chat's `message` or generate's `response`."""
+    """One object of an answer in its route's shape: chat's `message` or generate's `response` (each with the
+    reasoning of a thinking model as `thinking`)."""
 
-    def __call__(self, text: str = "", *, done: bool = False, calls: list[OutToolCall] | None = None,
-                 logprobs: list[Logprob] | None = None, **timings: Any) -> BaseModel: ...
+    def __call__(self, text: str = "", *, thinking: str | None = None, done: bool = False,
+                 calls: list[OutToolCall] | None = None, logprobs: list[Logprob] | None = None, **timings: Any) -> BaseModel: ...
 
 
 def _chat_frame(model: str) -> Frame:
-    def frame(text: str = "", *, done: bool = False, calls: list[OutToolCall] | None = None,
+    def frame(text: str = "", *, thinking: str | None = None, done: bool = False, calls: list[OutToolCall] | None = None,
               logprobs: list[Logprob] | None = None, **timings: Any) -> BaseModel:
-        return ChatChunk(model=model, created_at=timestamp(), message=OutMessage(content=text, tool_calls=calls), done=done,
-                         logprobs=logprobs, **timings)
+        return ChatChunk(model=model, created_at=timestamp(), done=done, logprobs=logprobs,
+                         message=OutMessage(content=text, thinking=thinking or None, tool_calls=calls), **timings)
 
     return frame
 
 
 def _generate_frame(model: str) -> Frame:
-    def frame(text: str = "", *, done: bool = False, calls: list[OutToolCall] | None = None,
+    def frame(text: str = "", *, thinking: str | None = None, done: bool = False, calls: list[OutToolCall] | None = None,
               logprobs: list[Logprob] | None = None, **timings: Any) -> BaseModel:
-        return GenerateChunk(model=model, created_at=timestamp(), response=text, done=done, logprobs=logprobs, **timings)
+        return GenerateChunk(model=model, created_at=timestamp(), response=text, thinking=thinking or None, done=done,
+                             logprobs=logprobs, **timings)
 
     return frame
 
@@ -165,14 +167,17 @@ async def _answer(core: CoreChat, req: Generation, frame: Frame, nothing_to_do: 
         answer = await until_disconnected(request, _collect(run, clock))
     request.state.usage = TokenCounts(run.prompt_tokens, answer.completion_tokens)
     probabilities = logprobs(run.model.backend, answer.logprobs) if core.logprobs is not None else None
-    return JSONResponse(frame(answer.content or "", done=True, calls=tool_calls(answer), logprobs=probabilities,
-                              **clock.timings(answer, run.prompt_tokens)).model_dump())
+    return JSONResponse(frame(answer.content or "", thinking=answer.reasoning, done=True, calls=tool_calls(answer),
+                              logprobs=probabilities, **clock.timings(answer, run.prompt_tokens)).model_dump())
 
 
 async def _lines(run: ChatRun, frame: Frame, clock: Clock, request: Request) -> AsyncIterator[str]:
     answer = Answer(0)
     async for event in run.events():
         answer.add(event)
+        if isinstance(event, ReasoningDelta):
+            clock.token()
+            yield _line(frame(thinking=event.text))
         if isinstance(event, TextDelta):
             clock.token()
             if event.text or event.logprobs:

@@ -11,7 +11,7 @@ import uuid
 from ...backends.base import Backend
 from ...core.chat import Answer
 from ...core.errors import invalid_request, unsupported
-from ...core.request import ChatRequest, JSONOutput, Message, Sampling, Tool, ToolCall
+from ...core.request import ChatRequest, JSONOutput, Message, Reasoning, Sampling, Tool, ToolCall
 from ...structured.logprobs import TokenLogprob
 from .protocol import (
     ChatMessage,
@@ -108,9 +108,17 @@ def json_output(fmt: Format | None) -> JSONOutput | None:
 
 
 def _refuse_common(req: Generation) -> None:
-    if req.think not in (None, False):
-        raise unsupported("think", "is not supported: the models this server runs do not think; leave it out or set it to false")
     refuse_unsupported_options(req.options)
+
+
+def reasoning_of(req: Generation) -> Reasoning | None:
+    """`think`: true thinks (a model that cannot is an error, as in Ollama), false answers directly, a level sets
+    the effort."""
+    if req.think is None:
+        return None
+    if req.think is False:
+        return Reasoning(effort="none", param="think")
+    return Reasoning(effort=None if req.think is True else req.think, param="think", required=True)
 
 
 def _arguments(arguments: dict[str, object] | str) -> str:
@@ -123,14 +131,12 @@ def messages_of(messages: list[ChatMessage]) -> list[Message]:
         where = f"messages[{i}]"
         if message.images:
             raise unsupported(f"{where}.images", "are not supported: this server serves text models")
-        if message.thinking:
-            raise unsupported(f"{where}.thinking", "is not supported: the models this server runs do not think")
         calls = tuple(ToolCall(call.id or f"call_{i}_{j}", call.function.name, _arguments(call.function.arguments))
                       for j, call in enumerate(message.tool_calls or ()))
         if calls and message.role != "assistant":
             raise invalid_request("Only assistant messages carry tool calls.", f"{where}.tool_calls")
         out.append(Message(message.role, message.content or "", calls, tool_call_id=message.tool_call_id,
-                           name=message.tool_name if message.role == "tool" else None))
+                           name=message.tool_name if message.role == "tool" else None, reasoning=message.thinking or None))
     return out
 
 
@@ -142,7 +148,14 @@ def chat_request(req: OllamaChat, model: str) -> ChatRequest:
     return ChatRequest(messages=messages_of(req.messages), model=model, sampling=sampled, max_tokens=max_tokens,
                        tools=tools, output=json_output(req.format),
                        logprobs=_logprobs(req), truncate=req.truncate is not False,
-                       context_limit=req.options.num_ctx if req.options else None)
+                       context_limit=req.options.num_ctx if req.options else None, reasoning=reasoning_of(req),
+                       **_prefill(req.messages))
+
+
+def _prefill(messages: list[ChatMessage]) -> dict[str, bool]:
+    """A final assistant message is continued, as Ollama does."""
+    prefill = bool(messages) and messages[-1].role == "assistant"
+    return {"add_generation_prompt": not prefill, "continue_final_message": prefill}
 
 
 def generate_request(req: GenerateRequest, model: str) -> ChatRequest:
@@ -165,7 +178,7 @@ def generate_request(req: GenerateRequest, model: str) -> ChatRequest:
     return ChatRequest(messages=messages, model=model, sampling=sampled, max_tokens=max_tokens,
                        prompt_param="prompt", output=json_output(req.format), logprobs=_logprobs(req),
                        context_limit=req.options.num_ctx if req.options else None,
-                       raw_prompt=req.prompt if req.raw else None)
+                       raw_prompt=req.prompt if req.raw else None, reasoning=reasoning_of(req))
 
 
 def _logprobs(req: Generation) -> int | None:

@@ -10,11 +10,12 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from ...config import Settings
-from ...core.chat import ChatRun, TextDelta, start_chat
+from ...core.chat import ChatRun, ReasoningDelta, TextDelta, start_chat
 from ...core.generation import until_disconnected
 from ...core.streaming import sse_data, sse_response
 from ...manager import ModelManager
 from ...prompting.tool_calls import Call
+from ..base import say_what_changed
 from .errors import DONE, error_event
 from .logprobs import chat_logprobs
 from .protocol import (
@@ -49,16 +50,18 @@ async def create_chat_completion(
     req: ChatCompletionRequest, manager: ModelManager, settings: Settings, request: Request
 ) -> Response | ChatCompletionResponse:
     run = await start_chat(chat_request(req), manager, settings)
-    request.state.response_headers = run.notes
+    say_what_changed(request, run.notes, run.ignored)
     request.state.model = run.model.entry.name
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return sse_response(_stream(run, include_usage, request), run.aclose, error_event, DONE)
     async with run:
         answers = await until_disconnected(request, run.answers())
-    request.state.usage = usage(run.prompt_tokens, sum(a.completion_tokens for a in answers), answers[0].cached_tokens)
+    request.state.usage = usage(run.prompt_tokens, sum(a.completion_tokens for a in answers), answers[0].cached_tokens,
+                                sum(a.reasoning_tokens for a in answers))
     choices = [
-        ChatChoice(index=a.index, message=AssistantMessage(content=a.content, tool_calls=tool_calls(a.calls)),
+        ChatChoice(index=a.index, message=AssistantMessage(content=a.content, tool_calls=tool_calls(a.calls),
+                                                           reasoning_content=a.reasoning, reasoning=a.reasoning),
                    finish_reason=a.finish_reason,  # type: ignore[arg-type]
                    logprobs=chat_logprobs(run.model.backend, a.logprobs) if req.logprobs else None)
         for a in answers
@@ -79,20 +82,24 @@ async def _stream(run: ChatRun, include_usage: bool, request: Request) -> AsyncI
 
     for job in run.jobs:
         yield event(job.index, ChatDelta(role="assistant", content=""))
-    completion_tokens = cached_tokens = 0
+    completion_tokens = cached_tokens = reasoning_tokens = 0
     async for item in run.events():
+        if isinstance(item, ReasoningDelta):
+            yield event(item.index, ChatDelta(reasoning_content=item.text, reasoning=item.text))
+            continue
         if isinstance(item, TextDelta):
             logprobs = chat_logprobs(run.model.backend, item.logprobs) if item.logprobs else None
             yield event(item.index, ChatDelta(content=item.text), logprobs=logprobs)
             continue
         completion_tokens += item.completion_tokens
         cached_tokens = max(cached_tokens, item.cached_tokens)
+        reasoning_tokens += item.reasoning_tokens
         for n, call in enumerate(item.calls):
             head = ToolCallDelta(index=n, id=call_id(), type="function", function=FunctionCallDelta(name=call.name, arguments=""))
             yield event(item.index, ChatDelta(tool_calls=[head]))
             yield event(item.index, ChatDelta(tool_calls=[ToolCallDelta(index=n, function=FunctionCallDelta(arguments=call.arguments))]))
         yield event(item.index, ChatDelta(), item.finish_reason)
-    request.state.usage = usage(run.prompt_tokens, completion_tokens, cached_tokens)
+    request.state.usage = usage(run.prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens)
     if include_usage:
         final = ChatCompletionChunk(id=chunk_id, created=created, model=name, choices=[], usage=request.state.usage)
         yield sse_data(final.model_dump_json())

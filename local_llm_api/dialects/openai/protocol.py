@@ -82,7 +82,8 @@ class ChatMessage(Request):
     refusal: str | None = None
     annotations: list[dict[str, Any]] | None = None  # citations of an earlier answer: no bearing on the next one
     audio: Annotated[dict[str, Any] | None, only(None)] = None  # an earlier audio answer: refused (text models)
-    reasoning_content: str | None = None
+    reasoning_content: str | None = None  # an earlier answer's reasoning (llama.cpp's, DeepSeek's name)
+    reasoning: str | None = None  # the same, under vLLM's and OpenRouter's name
 
     @model_validator(mode="after")
     def _content_rules(self) -> ChatMessage:
@@ -205,6 +206,13 @@ class ChatCompletionRequest(SamplingFields):
     audio: Annotated[dict[str, Any] | None, only(None)] = None
     prediction: Annotated[dict[str, Any] | None, only(None)] = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    # The chat template's own inputs (vLLM's and llama.cpp's server's extensions).
+    add_generation_prompt: bool = Field(True, description="Open the assistant's turn (false: the prompt ends where the "
+                                        "messages end).")
+    continue_final_message: bool = Field(False, description="Continue the last message (a prefill) instead of "
+                                         "starting a new turn; needs add_generation_prompt false.")
+    chat_template_kwargs: dict[str, Any] | None = Field(None, description="Variables for the chat template "
+                                                        "(enable_thinking, reasoning_effort, ...).")
     verbosity: Annotated[str | None, only(None)] = None
     web_search_options: Annotated[dict[str, Any] | None, only(None)] = None
     moderation: Annotated[dict[str, Any] | None, only(None)] = None
@@ -265,16 +273,22 @@ class PromptTokensDetails(BaseModel):
     cached_tokens: int = 0  # read from the prefix cache instead of computed
 
 
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int = 0  # of the completion tokens, those spent reasoning
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
+    completion_tokens_details: CompletionTokensDetails = Field(default_factory=CompletionTokensDetails)
 
 
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> Usage:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, reasoning_tokens: int = 0) -> Usage:
     return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens,
-                 prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens))
+                 prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
+                 completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning_tokens))
 
 
 class AssistantMessage(BaseModel):
@@ -282,12 +296,16 @@ class AssistantMessage(BaseModel):
     content: str | None
     refusal: str | None = None
     tool_calls: list[ToolCall] | None = None  # left out when there are none (the spec has no null here)
+    # A thinking model's reasoning, under both names clients read (llama.cpp/DeepSeek's, vLLM/OpenRouter's).
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
     @model_serializer(mode="wrap")
-    def _drop_no_calls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+    def _drop_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         out = handler(self)
-        if out.get("tool_calls") is None:
-            out.pop("tool_calls", None)
+        for key in ("tool_calls", "reasoning_content", "reasoning"):
+            if out.get(key) is None:
+                out.pop(key, None)
         return out
 
 
@@ -342,6 +360,8 @@ class ChatDelta(DropNone):
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
 
 

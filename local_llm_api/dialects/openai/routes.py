@@ -46,7 +46,7 @@ def card(manager: ModelManager, entry: ModelEntry) -> ModelCard:
         backend=entry.backend.value,
         state=manager.state(entry).value,
         size_bytes=entry.size_bytes,
-        capabilities=list(entry.capabilities),
+        capabilities=manager.capabilities(entry),
         context_length=manager.context_length(entry),
     )
 

@@ -26,6 +26,9 @@ def refuse_unsupported_chat_fields(req: ChatCompletionRequest) -> None:
     refuse_stream_options_without_stream(req)
     if req.top_logprobs is not None and not req.logprobs:
         raise invalid_request("'top_logprobs' needs 'logprobs' set to true.", "top_logprobs")
+    if req.continue_final_message and req.add_generation_prompt:
+        raise invalid_request("'continue_final_message' continues the last message: set 'add_generation_prompt' to false.",
+                              "continue_final_message")
     if req.functions is not None or req.function_call is not None:
         name = "functions" if req.functions is not None else "function_call"
         raise unsupported(name, "(the deprecated function calling) is not supported; use 'tools' and 'tool_choice'")
@@ -55,10 +58,11 @@ def sampling(req: SamplingFields) -> Sampling:
     )
 
 
-def message_text(message: ChatMessage, index: int) -> str:
+def message_parts(message: ChatMessage, index: int) -> tuple[str, ...] | None:
+    """The text parts of list content (None for a string)."""
     content = message.content
     if not isinstance(content, list):
-        return content or ""
+        return None
     for j, part in enumerate(content):
         if not isinstance(part, TextPart):
             raise invalid_request(
@@ -66,7 +70,7 @@ def message_text(message: ChatMessage, index: int) -> str:
                 f"messages[{index}].content[{j}].type",
                 "unsupported_content_type",
             )
-    return "\n".join(part.text for part in content if isinstance(part, TextPart))
+    return tuple(part.text for part in content if isinstance(part, TextPart))
 
 
 def message_of(m: ChatMessage, i: int) -> Message:
@@ -75,8 +79,10 @@ def message_of(m: ChatMessage, i: int) -> Message:
     calls = [ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ()]
     if m.function_call is not None:  # the deprecated single call, in the history as a tool call
         calls.append(ToolCall(f"call_{i}", m.function_call.name, m.function_call.arguments))
-    return Message(role="system" if m.role == "developer" else m.role, content=message_text(m, i), tool_calls=tuple(calls),
-                   tool_call_id=m.tool_call_id, name=m.name, reasoning=m.reasoning_content)
+    parts = message_parts(m, i)
+    content = "\n".join(parts) if parts is not None else m.content if isinstance(m.content, str) else ""
+    return Message(role="system" if m.role == "developer" else m.role, content=content, tool_calls=tuple(calls),
+                   tool_call_id=m.tool_call_id, name=m.name, reasoning=m.reasoning_content or m.reasoning, parts=parts)
 
 
 def chat_request(req: ChatCompletionRequest) -> ChatRequest:
@@ -101,4 +107,6 @@ def chat_request(req: ChatCompletionRequest) -> ChatRequest:
         parallel_tool_calls=req.parallel_tool_calls, output=output,
         logprobs=(req.top_logprobs or 0) if req.logprobs else None,
         reasoning=Reasoning(effort=req.reasoning_effort, param="reasoning_effort") if req.reasoning_effort else None,
+        add_generation_prompt=req.add_generation_prompt, continue_final_message=req.continue_final_message,
+        template_kwargs=req.chat_template_kwargs or {},
     )

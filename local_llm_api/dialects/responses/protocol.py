@@ -80,8 +80,29 @@ class CustomToolCallOutputItem(Request):
     id: str | None = None
 
 
+class SummaryText(Request):
+    type: Literal["summary_text"]
+    text: str
+
+
+class ReasoningText(Request):
+    type: Literal["reasoning_text"]
+    text: str
+
+
+class ReasoningItem(Request, DropNone):  # also an output item
+    """An earlier answer's reasoning, sent back: it reaches the template with the assistant turn that follows."""
+
+    type: Literal["reasoning"]
+    id: str | None = None
+    summary: list[SummaryText] = Field(default_factory=list)
+    content: list[ReasoningText] | None = None
+    encrypted_content: str | None = None  # this server's sealed reasoning (include: reasoning.encrypted_content)
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+
 class OtherItem(Typed):
-    """Reasoning, built-in tool calls, item references...: refused."""
+    """Built-in tool calls, item references...: refused."""
 
 
 def _item_tag(value: Any) -> str:
@@ -89,9 +110,11 @@ def _item_tag(value: Any) -> str:
     return kind if isinstance(kind, str) and kind in ITEM_TYPES else "other"
 
 
-ITEM_TYPES = {"message", "function_call", "function_call_output", "custom_tool_call", "custom_tool_call_output"}
+ITEM_TYPES = {"message", "function_call", "function_call_output", "custom_tool_call", "custom_tool_call_output",
+              "reasoning"}
 InputItem = Annotated[
     Annotated[MessageItem, Tag("message")]
+    | Annotated[ReasoningItem, Tag("reasoning")]
     | Annotated[FunctionCallItem, Tag("function_call")]
     | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
     | Annotated[CustomToolCallItem, Tag("custom_tool_call")]
@@ -325,7 +348,7 @@ class CustomToolCallOutput(DropNone):  # `namespace` only when it has one
     namespace: str | None = None
 
 
-OutputItem = OutputMessage | FunctionCallOutput | CustomToolCallOutput
+OutputItem = ReasoningItem | OutputMessage | FunctionCallOutput | CustomToolCallOutput
 
 
 class InputTokensDetails(BaseModel):

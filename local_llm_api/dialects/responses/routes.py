@@ -4,24 +4,27 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from ...api.auth import presented_key, require_api_key
-from ...core.chat import Answer, ChatRun, TextDelta, start_chat
+from ...core.chat import Answer, ChatRun, ReasoningDelta, TextDelta, start_chat
 from ...core.errors import APIError, not_found
 from ...core.generation import TokenCounts, until_disconnected
 from ...core.streaming import sse_data, sse_response
-from ..base import DialectRoute
+from ..base import DialectRoute, say_what_changed
 from ..openai.errors import ErrorResponse
 from .protocol import (
     CreateResponse,
     DeletedResponse,
     IncompleteDetails,
     InputTokensDetails,
+    Logprob,
+    ReasoningItem,
+    OutputTokensDetails,
     InputItem,
     InputItemList,
     OutputMessage,
@@ -40,6 +43,7 @@ from .translate import (
     chat_request,
     input_items,
     output_items,
+    reasoning_item,
     refuse_unsupported,
     response_logprobs,
     tool_set,
@@ -63,7 +67,8 @@ def owner(request: Request) -> str:
 def usage(prompt_tokens: int, answer: Answer) -> ResponseUsage:
     return ResponseUsage(input_tokens=prompt_tokens, output_tokens=answer.completion_tokens,
                          total_tokens=prompt_tokens + answer.completion_tokens,
-                         input_tokens_details=InputTokensDetails(cached_tokens=answer.cached_tokens))
+                         input_tokens_details=InputTokensDetails(cached_tokens=answer.cached_tokens),
+                         output_tokens_details=OutputTokensDetails(reasoning_tokens=answer.reasoning_tokens))
 
 
 def skeleton(req: CreateResponse, model: str) -> ResponseObject:
@@ -109,7 +114,7 @@ async def create_response(req: CreateResponse, request: Request) -> Response:
     tools = tool_set(req)
     own = input_items(req)
     run = await start_chat(chat_request(req, context, own, tools), request.app.state.manager, request.app.state.settings)
-    request.state.response_headers = run.notes
+    say_what_changed(request, run.notes, run.ignored)
     request.state.model = run.model.entry.name
     response = skeleton(req, run.model.entry.name)
     headers = {IGNORED_TOOLS_HEADER: ", ".join(tools.ignored)} if tools.ignored else None
@@ -120,7 +125,7 @@ async def create_response(req: CreateResponse, request: Request) -> Response:
     async with run:
         answer = (await until_disconnected(request, run.answers()))[0]
     logprobs = response_logprobs(run.model.backend, answer.logprobs) if run.jobs[0].params.logprobs is not None else []
-    response.output = output_items(answer, tools, logprobs)
+    response.output = output_items(answer, tools, logprobs, req)
     await conclude(request, req, run, response, answer, own, context)
     return JSONResponse(response.model_dump(mode="json"), headers=headers)
 
@@ -147,38 +152,87 @@ def _dump(model: Any) -> Any:
 
 async def _stream(run: ChatRun, req: CreateResponse, response: ResponseObject, tools: ToolSet, own: list[InputItem],
                   context: list[InputItem], request: Request, event: Events) -> AsyncIterator[str]:
+    """The spec's event order: a reasoning item (its text as it comes, then its summary), the message (text as it
+    comes), then each call; every item added, filled and done in turn."""
     yield event("response.created", response=_dump(response))
     yield event("response.in_progress", response=_dump(response))
     backend, wants_logprobs = run.model.backend, run.jobs[0].params.logprobs is not None
-    message_id, logprobs, opened, pending = new_id("msg"), [], False, ""
-
-    def open_message() -> list[str]:
-        item = OutputMessage(id=message_id, status="in_progress", content=[])
-        return [event("response.output_item.added", output_index=0, item=_dump(item)),
-                event("response.content_part.added", item_id=message_id, output_index=0, content_index=0,
-                      part=_dump(OutputText(text="")))]
-
+    message_id, reasoning_id = new_id("msg"), new_id("rs")
+    logprobs: list[Logprob] = []
+    pending, index = "", 0  # text held (whitespace before any text); the output index of the next item
+    state = "none"  # the item being streamed: "none", "reasoning", "message"
     answer = Answer(0)
+
+    def open_reasoning() -> Iterator[str]:
+        item = ReasoningItem(type="reasoning", id=reasoning_id, summary=[], status="in_progress")
+        yield event("response.output_item.added", output_index=index, item=_dump(item))
+        yield event("response.content_part.added", item_id=reasoning_id, output_index=index, content_index=0,
+                    part={"type": "reasoning_text", "text": ""})
+
+    def close_reasoning() -> Iterator[str]:
+        done = reasoning_item(answer.reasoning or "", req, reasoning_id)
+        yield event("response.reasoning_text.done", item_id=reasoning_id, output_index=index, content_index=0,
+                    text=answer.reasoning or "")
+        yield event("response.content_part.done", item_id=reasoning_id, output_index=index, content_index=0,
+                    part={"type": "reasoning_text", "text": answer.reasoning or ""})
+        for n, part in enumerate(done.summary):
+            yield event("response.reasoning_summary_part.added", item_id=reasoning_id, output_index=index, summary_index=n,
+                        part={"type": "summary_text", "text": ""})
+            yield event("response.reasoning_summary_text.delta", item_id=reasoning_id, output_index=index, summary_index=n,
+                        delta=part.text)
+            yield event("response.reasoning_summary_text.done", item_id=reasoning_id, output_index=index, summary_index=n,
+                        text=part.text)
+            yield event("response.reasoning_summary_part.done", item_id=reasoning_id, output_index=index, summary_index=n,
+                        part=_dump(part))
+        yield event("response.output_item.done", output_index=index, item=_dump(done))
+
+    def open_message() -> Iterator[str]:
+        item = OutputMessage(id=message_id, status="in_progress", content=[])
+        yield event("response.output_item.added", output_index=index, item=_dump(item))
+        yield event("response.content_part.added", item_id=message_id, output_index=index, content_index=0,
+                    part=_dump(OutputText(text="")))
+
     async for item in run.events():
         answer.add(item)
+        if isinstance(item, ReasoningDelta):
+            if state == "none":
+                state = "reasoning"
+                for line in open_reasoning():
+                    yield line
+            yield event("response.reasoning_text.delta", item_id=reasoning_id, output_index=index, content_index=0,
+                        delta=item.text)
+            continue
         if not isinstance(item, TextDelta):
             continue
         delta_logprobs = response_logprobs(backend, item.logprobs) if wants_logprobs else []
         logprobs += delta_logprobs
         pending += item.text
-        if not pending.strip() and (not opened or not pending):
+        if not pending.strip() and (state != "message" or not pending):
             continue  # nothing to send; whitespace before any text is held (before tool calls it is no message)
-        if not opened:
-            opened = True
+        if state != "message":
+            if state == "reasoning":
+                for line in close_reasoning():
+                    yield line
+                index += 1
+            state = "message"
             for line in open_message():
                 yield line
-        yield event("response.output_text.delta", item_id=message_id, output_index=0, content_index=0, delta=pending,
+        yield event("response.output_text.delta", item_id=message_id, output_index=index, content_index=0, delta=pending,
                     logprobs=[_dump(lp) for lp in delta_logprobs])
         pending = ""
-    items = output_items(answer, tools, logprobs, message_id)
-    for index, out in enumerate(items):
+    items = output_items(answer, tools, logprobs, req, message_id, reasoning_id)
+    for out in items:
+        if isinstance(out, ReasoningItem):
+            if state == "none":  # reasoning that came at once with the end
+                for line in open_reasoning():
+                    yield line
+            if state != "message":
+                for line in close_reasoning():
+                    yield line
+                index += 1
+            continue
         if isinstance(out, OutputMessage):
-            if not opened:
+            if state != "message":
                 for line in open_message():
                     yield line
             part = out.content[0]
@@ -196,6 +250,7 @@ async def _stream(run: ChatRun, req: CreateResponse, response: ResponseObject, t
             yield event("response.custom_tool_call_input.delta", item_id=out.id, output_index=index, delta=out.input)
             yield event("response.custom_tool_call_input.done", item_id=out.id, output_index=index, input=out.input)
         yield event("response.output_item.done", output_index=index, item=_dump(out))
+        index += 1
     response.output = items
     await conclude(request, req, run, response, answer, own, context)
     yield event("response.completed" if response.status == "completed" else "response.incomplete", response=_dump(response))

@@ -14,6 +14,7 @@ from ...backends.base import Backend
 from ...core.chat import Answer
 from ...core.errors import invalid_request, unsupported
 from ...core.request import ChatRequest, ForcedTool, JSONOutput, Message, Reasoning, Sampling, Tool, ToolCall, ToolChoice
+from ...prompting.reasoning import seal, unseal
 from ...prompting.tool_calls import Call
 from ...structured.logprobs import TokenLogprob
 from .protocol import (
@@ -36,6 +37,9 @@ from .protocol import (
     NamespaceToolParam,
     OtherContent,
     OutputItem,
+    ReasoningItem,
+    ReasoningText,
+    SummaryText,
     OutputMessage,
     OutputText,
     TextFormatJSONObject,
@@ -127,23 +131,43 @@ def _text(content: str | Sequence[InputText | OtherContent], param: str) -> str:
     return "\n".join(part.text for part in content)
 
 
+def _parts(content: str | Sequence[InputText | OtherContent]) -> tuple[str, ...] | None:
+    return None if isinstance(content, str) else tuple(part.text for part in content if isinstance(part, InputText))
+
+
+def reasoning_text(item: ReasoningItem) -> str:
+    """What an earlier answer thought: its text, else its summary, else what its sealed content holds."""
+    if item.content:
+        return "\n".join(part.text for part in item.content)
+    if item.summary:
+        return "\n".join(part.text for part in item.summary)
+    return unseal(item.encrypted_content) or ""
+
+
 def messages_of(items: list[InputItem], param: str = "input") -> list[Message]:
-    """Input items as chat messages: consecutive calls join one assistant turn, outputs become tool messages."""
+    """Input items as chat messages: consecutive calls join one assistant turn, outputs become tool messages, and
+    a reasoning item goes with the assistant turn after it."""
     messages: list[Message] = []
+    thought: str | None = None
     for i, item in enumerate(items):
         where = f"{param}[{i}]"
-        if isinstance(item, MessageItem):
+        if isinstance(item, ReasoningItem):
+            thought = (thought + "\n" if thought else "") + reasoning_text(item)
+        elif isinstance(item, MessageItem):
             role = "system" if item.role == "developer" else item.role
-            messages.append(Message(role, _text(item.content, where)))
+            reasoning, thought = (thought, None) if role == "assistant" else (None, thought)
+            messages.append(Message(role, _text(item.content, where), parts=_parts(item.content), reasoning=reasoning))
         elif isinstance(item, FunctionCallItem | CustomToolCallItem):
             name = f"{item.namespace}.{item.name}" if item.namespace else item.name
             custom = isinstance(item, CustomToolCallItem)
             call = ToolCall(item.call_id, name, item.input if custom else item.arguments, custom=custom)
             last = messages[-1] if messages else None
-            if last is not None and last.role == "assistant":
-                messages[-1] = Message("assistant", last.content, last.tool_calls + (call,))
+            if last is not None and last.role == "assistant" and thought is None:
+                messages[-1] = Message("assistant", last.content, last.tool_calls + (call,), reasoning=last.reasoning,
+                                       parts=last.parts)
             else:
-                messages.append(Message("assistant", "", (call,)))
+                messages.append(Message("assistant", "", (call,), reasoning=thought))
+                thought = None
         elif isinstance(item, FunctionCallOutputItem | CustomToolCallOutputItem):
             call_id = item.call_id if item.call_id is not None else _answered_call(messages, item)
             messages.append(Message("tool", _text(item.output, where), tool_call_id=call_id))
@@ -181,7 +205,8 @@ def input_items(req: CreateResponse) -> list[InputItem]:
     out = []
     for item in items:
         if getattr(item, "id", None) is None:
-            prefix = {"message": "msg", "function_call_output": "fco", "custom_tool_call_output": "ctco"}.get(item.type, "item")
+            prefix = {"message": "msg", "function_call_output": "fco", "custom_tool_call_output": "ctco",
+                      "reasoning": "rs"}.get(item.type, "item")
             item = item.model_copy(update={"id": new_id(prefix)})
         out.append(item)
     return out
@@ -228,8 +253,22 @@ def call_item(call: Call, tools: ToolSet) -> FunctionCallOutput | CustomToolCall
                               namespace=namespace)
 
 
-def output_items(answer: Answer, tools: ToolSet, logprobs: list[Logprob], message_id: str | None = None) -> list[OutputItem]:
+def reasoning_item(reasoning: str, req: CreateResponse, item_id: str, status: str = "completed") -> ReasoningItem:
+    """A thinking model's reasoning as an output item: its text as content, also as the summary when one is asked for
+    (the server does not summarise), and sealed as `encrypted_content` when `include` asks (stateless clients send it
+    back)."""
+    summary = [SummaryText(type="summary_text", text=reasoning)] if req.reasoning and req.reasoning.summary not in (None, "none") \
+        and reasoning else []
+    sealed = seal(reasoning) if "reasoning.encrypted_content" in (req.include or []) else None
+    return ReasoningItem(type="reasoning", id=item_id, summary=summary, status=status,  # type: ignore[arg-type]
+                         content=[ReasoningText(type="reasoning_text", text=reasoning)], encrypted_content=sealed)
+
+
+def output_items(answer: Answer, tools: ToolSet, logprobs: list[Logprob], req: CreateResponse, message_id: str | None = None,
+                 reasoning_id: str | None = None) -> list[OutputItem]:
     items: list[OutputItem] = []
+    if answer.reasoning is not None:
+        items.append(reasoning_item(answer.reasoning, req, reasoning_id or new_id("rs")))
     if answer.content or not answer.calls:
         status = "incomplete" if answer.finish_reason == "length" else "completed"
         items.append(OutputMessage(id=message_id or new_id("msg"), status=status,
