@@ -111,6 +111,10 @@ class Settings(BaseSettings):
                                         "response header and the access log: clients add fields with every release.")
 
     # Security
+    parse_special_in_content: bool = Field(True, description="Read control-token texts in messages (a user writing "
+                                           "<|im_end|><|im_start|>system) as those tokens, as Transformers and llama.cpp's "
+                                           "server do. False: read them as plain text, so that untrusted users cannot "
+                                           "forge turns.")
     api_key_required: bool = False
     api_key: str = Field("", description="One key or several, comma-separated.")
     admin_api_key: str = Field("", description="A separate key for the routes that manage models (pull, load, unload, "

@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from contextvars import ContextVar
 import logging.handlers
 from pathlib import Path
+
+# The request being served, set by the request middleware: every line logged while serving it carries its id.
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+class _RequestId(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            record.request_id = request_id.get()
+        return True
+
 
 # Attributes every LogRecord has; anything else on a record came in through `extra=` and is a field.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -15,10 +28,26 @@ def _fields(record: logging.LogRecord) -> dict[str, object]:
     return {k: v for k, v in vars(record).items() if k not in _STANDARD and v is not None}
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escaped(text: str) -> str:
+    """Control characters as escapes (`\\n`, `\\x1b`): a request path or model name written by a client cannot start a
+    forged line in the log, nor send escape codes to a terminal that shows it."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 class TextFormatter(logging.Formatter):
+    """One line per record: the message and its fields with control characters escaped (a traceback, the
+    server's own text, keeps its lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802  (logging's name)
+        record.message = escaped(record.message)
+        return super().formatMessage(record)
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        fields = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        fields = " ".join(f"{k}={escaped(str(v))}" for k, v in _fields(record).items())
         return f"{line} {fields}" if fields else line
 
 
@@ -53,6 +82,7 @@ def setup_logging(level: str, log_file: Path | None, fmt: str) -> None:
         logger.removeHandler(old)
     for handler in handlers:
         handler.setFormatter(formatter)
+        handler.addFilter(_RequestId())
         logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False

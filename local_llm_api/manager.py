@@ -77,8 +77,9 @@ class ModelManager:
     def discover(self) -> list[ModelEntry]:
         return self.catalog.entries()
 
-    def resolve(self, name: str | None, *, aliased: bool = True) -> ModelEntry:
-        """Find a model by file name, stem, or unique prefix of its stem; else by MODEL_ALIASES."""
+    def resolve(self, name: str | None, *, aliased: bool = True, exact: bool = False) -> ModelEntry:
+        """Find a model by file name, stem, or unique prefix of its stem; else by MODEL_ALIASES. `exact`: by its
+        file name or stem only (what deletes and copies name: a prefix must never delete another model)."""
         name = name or self.default_model_name()
         if not name:
             raise invalid_request("No model was named and DEFAULT_MODEL is not set.", param="model")
@@ -88,7 +89,7 @@ class ModelManager:
         entries = self.discover()
         for matches in (
             [e for e in entries if name in (e.name, e.stem)],
-            [e for e in entries if e.stem.startswith(name) or e.name.startswith(name)],
+            [] if exact else [e for e in entries if e.stem.startswith(name) or e.name.startswith(name)],
         ):
             if len(matches) == 1:
                 return matches[0]
@@ -98,7 +99,8 @@ class ModelManager:
         why = self.catalog.unreadable.get(name)
         if why is not None:
             raise not_found(f"The model '{name}' cannot be read by this server ({why}).", "model", "model_unreadable")
-        target = next((model for pattern, model in self.settings.aliases if aliased and fnmatch.fnmatchcase(name, pattern)), None)
+        target = next((model for pattern, model in self.settings.aliases
+                       if aliased and not exact and fnmatch.fnmatchcase(name, pattern)), None)
         if target is not None:
             return self.resolve(target, aliased=False)
         raise model_not_found(name)
@@ -212,17 +214,18 @@ class ModelManager:
         return (entry.spec.chat_template if entry.spec else None) or describe(entry).chat_template
 
     def capabilities(self, entry: ModelEntry) -> list[str]:
-        """What a model does (chat, completion, embedding, rerank), and what its chat template says it can: `tools`
-        (it renders tools or calls) and `thinking` (it marks reasoning). Reads the model's header."""
+        """What a model does (chat, completion, embedding, rerank), `tools` for every chat model (a template that
+        renders no tools gets them in a system prompt), and `thinking` when its chat template marks reasoning. Reads
+        the model's header."""
         found = list(entry.capabilities)
+        if "chat" in found:
+            found.append("tools")
         template = self.chat_template(entry) if "chat" in found else None
         if template:
             try:
                 info = template_info(template)
             except ChatTemplateError:
                 return found
-            if info.reads_tools or info.renders_tool_calls:
-                found.append("tools")
             if reasoning_format(info, entry.spec.reasoning if entry.spec else None) is not None:
                 found.append("thinking")
         return found

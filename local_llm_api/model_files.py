@@ -174,14 +174,19 @@ def copy(source: Path, target: Path) -> None:
         _link_or_copy(source, target)
         return
     for file in source.rglob("*"):
-        if file.is_file():
+        if file.is_file() and not file.is_symlink():  # a link inside a model folder is not followed out of it
             destination = target / file.relative_to(source)
             destination.parent.mkdir(parents=True, exist_ok=True)
             _link_or_copy(file, destination)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link, else a copy; never through a link that stands at `target` (both fail if anything is there)."""
     try:
         os.link(source, target)
+    except FileExistsError:
+        raise
     except OSError:
-        shutil.copy2(source, target)
+        with source.open("rb") as read, target.open("xb") as write:  # "x": O_EXCL, which refuses an existing link
+            shutil.copyfileobj(read, write)
+        shutil.copystat(source, target)

@@ -90,6 +90,11 @@ def download(status: PullStatus, model_dir: Path, revision: str | None = None, *
 
     progress = _progress_class(status, show_progress)
     model_dir.mkdir(parents=True, exist_ok=True)
+    for written in (model_dir / status.name, model_dir / (status.file or status.name)):
+        if not written.resolve().is_relative_to(model_dir.resolve()):  # a link in MODEL_DIR pointing out of it
+            status.state, status.error = "failed", f"{written} leads outside MODEL_DIR"
+            raise PullError(f"'{written.relative_to(model_dir)}' leads outside MODEL_DIR (through a symbolic link); "
+                            "pulls are written inside it only")
     try:
         if status.file is not None:
             path = Path(hf_hub_download(status.repo, status.file, revision=revision, local_dir=model_dir, tqdm_class=progress))

@@ -77,7 +77,8 @@ def test_allowed_hosts_setting() -> None:
     from local_llm_api.api.hosts import allowed_host_names, host_allowed
     from local_llm_api.config import load_settings
 
-    assert allowed_host_names(load_settings(None, host="0.0.0.0")) is None  # bound to all interfaces: no check
+    everywhere = allowed_host_names(load_settings(None, host="0.0.0.0"))  # bound to all interfaces: checked too
+    assert everywhere is not None and host_allowed("localhost:8000", everywhere) and not host_allowed("evil.com", everywhere)
     named = allowed_host_names(load_settings(None, host="0.0.0.0", allowed_hosts="api.example, *.corp.example"))
     assert named is not None and host_allowed("api.example:443", named) and host_allowed("x.corp.example", named)
     assert not host_allowed("corp.example.evil", named) and not host_allowed("evil.example", named)

@@ -56,7 +56,7 @@ def test_both_backends_are_listed_with_what_they_can_do(mixed: Server, spec: Spe
         cards = {m["id"]: m for m in listed["data"]}
         assert cards[MODEL]["backend"] == "llama-cpp" and cards[MODEL]["state"] == "loaded"
         assert cards[HF_SMOLLM2]["backend"] == "transformers"
-        assert cards[HF_SMOLLM2]["capabilities"] == ["chat", "completion", "embedding"]
+        assert cards[HF_SMOLLM2]["capabilities"] == ["chat", "completion", "embedding", "tools"]
         assert cards[MINILM]["backend"] == "sentence-transformers" and cards[MINILM]["capabilities"] == ["embedding"]
         assert cards[HF_SMOLLM2]["size_bytes"] > 500_000_000
         admin = models_by_id(client)

@@ -67,6 +67,18 @@ def test_cli_pull_refuses_what_it_cannot_pull(tmp_path: Path, cutting_hub: FakeH
         assert done.returncode == 1 and message in done.stderr, done.stderr
 
 
+def test_a_pull_never_writes_through_a_link_out_of_model_dir(tmp_path: Path, hub_env: dict) -> None:
+    models, elsewhere = tmp_path / "models", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    models.mkdir()
+    (models / "minilm").symlink_to(elsewhere, target_is_directory=True)  # the folder a pull of test/minilm writes
+    with FakeHub(repos()) as hub:
+        done = subprocess.run([sys.executable, "-m", "local_llm_api", "pull", "test/minilm", "--model-dir", str(models)],
+                              env={**os.environ, **hub_env, "HF_ENDPOINT": hub.url}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "leads outside MODEL_DIR" in done.stderr, done.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_api_pull_shows_progress_then_serves_the_model(tmp_path: Path, hub_env: dict) -> None:
     models = tmp_path / "models"
     models.mkdir()

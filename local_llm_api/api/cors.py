@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..config import Settings
 from ..core.errors import APIError
 from .errors import ErrorRenderers
+from .hosts import allowed_host_names, host_allowed
 
 # Pages on this machine (any port), desktop-app shells and editor webviews: Ollama's default set, in spirit.
 LOCAL_ORIGINS = r"^(https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?|(app|file|tauri|vscode-webview)://.*)$"
@@ -45,12 +46,14 @@ class CrossOriginWriteGuard:
     def __init__(self, app: ASGIApp, settings: Settings, renderers: ErrorRenderers) -> None:
         self.app = app
         self.origins = configured_origins(settings)
+        self.hosts = allowed_host_names(settings)
         self.renderers = renderers
 
     def allowed(self, origin: str, host: str) -> bool:
         if "*" in self.origins or origin in self.origins:
             return True
-        if origin.split("://", 1)[-1] == host:  # our own pages (the playground), whatever name they are served under
+        # Our own pages (the playground), under any name the server answers to: not a rebound attacker's name.
+        if origin.split("://", 1)[-1] == host and host_allowed(host, self.hosts):
             return True
         return not self.origins and re.match(LOCAL_ORIGINS, origin) is not None
 

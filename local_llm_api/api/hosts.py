@@ -1,8 +1,9 @@
-"""DNS rebinding protection: a web page on an attacker's domain that resolves to 127.0.0.1 can reach a server
-listening on loopback, and the browser sends the attacker's name as `Host` (Ollama's CVE-2024-28224). So a
-server on loopback answers only Host names that are this machine's: localhost names, its own hostname, IP
-addresses (never the product of rebinding), and ALLOWED_HOSTS. Bound to all interfaces, it checks only
-when ALLOWED_HOSTS is set."""
+"""DNS rebinding protection: a web page on an attacker's domain whose name is rebound to this machine (or to a
+machine that forwards to it, such as a container's published port or a proxy that passes `Host` on) reaches the
+server, and the browser sends the attacker's name as `Host` (Ollama's CVE-2024-28224). So the server answers only
+Host names that are this machine's: localhost names, its own host name, IP addresses (never the product of
+rebinding), and ALLOWED_HOSTS (the images' own service names; a custom domain). Wherever it listens, loopback
+or all interfaces; `ALLOWED_HOSTS=*` turns the check off."""
 
 from __future__ import annotations
 
@@ -34,11 +35,11 @@ def is_loopback(host: str) -> bool:
 
 
 def allowed_host_names(settings: Settings) -> set[str] | None:
-    """The host names to accept (IP addresses always pass); None: any."""
+    """The host names to accept (IP addresses always pass); None: any (`ALLOWED_HOSTS=*`)."""
     configured = {h.strip().lower() for h in settings.allowed_hosts.split(",") if h.strip()}
-    if "*" in configured or (not configured and not is_loopback(settings.host)):
+    if "*" in configured:
         return None
-    return configured | {"localhost", socket.gethostname().lower()}
+    return configured | {"localhost", socket.gethostname().lower(), socket.getfqdn().lower()}
 
 
 def host_name(header: str) -> str:

@@ -16,6 +16,7 @@ import zstandard
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..core.errors import APIError
+from ..logs import request_id as request_id_var
 from .errors import ErrorRenderers
 
 log = logging.getLogger("local_llm_api.access")
@@ -143,6 +144,7 @@ class RequestContextMiddleware:
         request_id = given if _SAFE_ID.match(given) else uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
+        request_id_var.set(request_id)  # for every log line written while it is served (work in threads too)
         started = time.perf_counter()
         status = 500
 

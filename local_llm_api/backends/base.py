@@ -120,6 +120,23 @@ class QueueFullError(Exception):
     """The backend's waiting queue is full; the client should retry later (429)."""
 
 
+class NeverFitsError(Exception):
+    """More choices than slots and queue together can ever hold: retrying cannot help (400)."""
+
+
+class Reservation:
+    """Places a request's choices hold in a model's queue, from the capacity check until each is queued, so that
+    requests checked together cannot overfill it. `release` (idempotent) gives back what was not used."""
+
+    def __init__(self, holder: object = None, count: int = 0) -> None:
+        self._holder = holder  # the engine (anything with `_release_places`), None where nothing is held
+        self.left = count
+
+    def release(self) -> None:
+        if self._holder is not None and self.left:
+            self._holder._release_places(self)  # type: ignore[attr-defined]
+
+
 class ThinkingTracker:
     """Where a sequence stands in its reasoning block: watches the markers in its text, counts the tokens spent
     inside, and once the budget is spent names the close marker's tokens to force."""
@@ -225,7 +242,13 @@ class Backend(ABC):
     def facts(self) -> ModelFacts: ...
 
     @abstractmethod
-    def tokenize(self, text: str, *, add_special: bool) -> list[int]: ...
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool | None = None) -> list[int]:
+        """`add_special`: the BOS/CLS tokens the model adds; `parse_special` (default: as `add_special`): special
+        token texts (`<|im_end|>`) read as those tokens, else as plain text."""
+
+    def control_texts(self) -> tuple[str, ...]:
+        """The texts of the model's control tokens (what a chat template writes and user text must not)."""
+        return ()
 
     @abstractmethod
     def token_bytes(self, token: int) -> bytes:
@@ -240,8 +263,10 @@ class Backend(ABC):
         return b"".join(self.token_piece(t) for t in tokens).decode("utf-8", "replace")
 
     @abstractmethod
-    def generate(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[GenerationChunk]:
-        """Stream one completion. Closing the iterator early (client gone) stops it within a step."""
+    def generate(self, prompt: list[int], params: SamplingParams,
+                 reservation: Reservation | None = None) -> AsyncIterator[GenerationChunk]:
+        """Stream one completion (taking one of the reservation's places as it queues). Closing the iterator early
+        (client gone) stops it within a step."""
 
     @abstractmethod
     async def embed(self, inputs: list[list[int]]) -> list[list[float]]:
@@ -252,8 +277,9 @@ class Backend(ABC):
         raise NotImplementedError("this model does not rerank")  # the API refuses before this
 
     @abstractmethod
-    def check_capacity(self, sequences: int) -> None:
-        """Raise QueueFullError when `sequences` more would overflow the waiting queue."""
+    def check_capacity(self, sequences: int) -> Reservation:
+        """Hold places for `sequences` more (given to `generate`); QueueFullError when they would overflow the waiting
+        queue, NeverFitsError when they never could."""
 
     @abstractmethod
     def stats(self) -> EngineStats: ...

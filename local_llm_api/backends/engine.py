@@ -26,7 +26,9 @@ from .base import (
     EngineStats,
     EngineStoppedError,
     GenerationChunk,
+    NeverFitsError,
     QueueFullError,
+    Reservation,
     SamplingParams,
     SequenceText,
 )
@@ -70,6 +72,7 @@ class Engine(ABC):
         self._name = name
         self._constraints = constraints
         self._waiting: deque[Sequence] = deque()
+        self._reserved = 0  # places held by requests checked but not queued yet (see check_capacity)
         self._wake = threading.Condition()
         self._stopping = False
         self._counters = {"prompt": 0, "cached": 0, "shared": 0, "generated": 0, "requests": 0, "drafted": 0,
@@ -125,13 +128,30 @@ class Engine(ABC):
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def check_capacity(self, sequences: int) -> None:
+    def check_capacity(self, sequences: int) -> Reservation:
+        """Places for `sequences` more: free slots first, then MAX_QUEUE places to wait in; held (counted as waiting)
+        until each is queued, so that requests checked at once cannot overfill the queue."""
         if not self.alive:
             raise EngineStoppedError(f"the engine of '{self._name}' has stopped; unload and load the model again")
-        if len(self._waiting) + sequences > self.max_queue:
-            raise QueueFullError(f"{len(self._waiting)} requests are waiting (MAX_QUEUE={self.max_queue})")
+        if sequences > self.n_slots + self.max_queue:
+            raise NeverFitsError(f"{sequences} choices cannot be served at once: this model decodes {self.n_slots} and "
+                                 f"queues {self.max_queue} (PARALLEL_SLOTS, MAX_QUEUE)")
+        with self._wake:
+            free = max(self.n_slots - self._running_count(), 0)
+            waiting = len(self._waiting) + self._reserved
+            if waiting + sequences > self.max_queue + free:
+                raise QueueFullError(f"{len(self._waiting)} choices are waiting and {self._reserved} about to "
+                                     f"(MAX_QUEUE={self.max_queue}, {free} slots free)")
+            self._reserved += sequences
+        return Reservation(self, sequences)
 
-    async def generate(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[GenerationChunk]:
+    def _release_places(self, reservation: Reservation) -> None:
+        with self._wake:
+            self._reserved -= reservation.left
+            reservation.left = 0
+
+    async def generate(self, prompt: list[int], params: SamplingParams,
+                       reservation: Reservation | None = None) -> AsyncIterator[GenerationChunk]:
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[GenerationChunk | BaseException] = asyncio.Queue()
         sequence = self._new_sequence(
@@ -143,6 +163,9 @@ class Engine(ABC):
             # Compiling a large schema can take milliseconds to a second: off the event loop.
             sequence.constraint = await asyncio.to_thread(self._constraints.new, params.grammar)
         with self._wake:
+            if reservation is not None and reservation.left:  # its held place becomes its place in the queue
+                reservation.left -= 1
+                self._reserved -= 1
             if not self.alive:
                 self._discard(sequence)
                 raise EngineStoppedError(f"the engine of '{self._name}' has stopped")
@@ -316,11 +339,12 @@ class EngineBackend(Backend, ABC):
 
     _engine: Engine
 
-    def generate(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[GenerationChunk]:
-        return self._engine.generate(prompt, params)
+    def generate(self, prompt: list[int], params: SamplingParams,
+                 reservation: Reservation | None = None) -> AsyncIterator[GenerationChunk]:
+        return self._engine.generate(prompt, params, reservation)
 
-    def check_capacity(self, sequences: int) -> None:
-        self._engine.check_capacity(sequences)
+    def check_capacity(self, sequences: int) -> Reservation:
+        return self._engine.check_capacity(sequences)
 
     def stats(self) -> EngineStats:
         return self._engine.stats()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import logging
 import math
 import os
@@ -221,11 +222,22 @@ class LlamaCppBackend(EngineBackend):
     def facts(self) -> ModelFacts:
         return self._facts
 
-    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool | None = None) -> list[int]:
         # Chat templates usually write the BOS token themselves; never add it twice.
         bos = self._facts.bos_token
         add_bos = add_special and self._add_bos and not (bos and text.startswith(bos))
-        return self._model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=add_special)
+        special = add_special if parse_special is None else parse_special
+        return self._model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+
+    @functools.cached_property
+    def _control_texts(self) -> tuple[str, ...]:
+        vocab, lib = self._model.vocab, self._lib
+        controls = (t for t in range(self._facts.vocab_size)
+                    if lib.llama_vocab_get_attr(vocab, t) & lib.LLAMA_TOKEN_ATTR_CONTROL)
+        return tuple(text for t in controls if (text := self._piece(t, special=True).decode("utf-8", "replace")))
+
+    def control_texts(self) -> tuple[str, ...]:
+        return self._control_texts
 
     def token_bytes(self, token: int) -> bytes:
         return self._piece(token, special=False)

@@ -51,7 +51,7 @@ class LibraryBackend(Backend):
     def facts(self) -> ModelFacts:
         return self._facts
 
-    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool | None = None) -> list[int]:
         return list(self._model.tokenizer(text, add_special_tokens=add_special)["input_ids"])
 
     def token_bytes(self, token: int) -> bytes:
@@ -60,11 +60,12 @@ class LibraryBackend(Backend):
     def detokenize(self, tokens: list[int]) -> str:
         return self._model.tokenizer.decode(tokens)  # WordPiece joins its "##" pieces only when decoding whole
 
-    def generate(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[GenerationChunk]:
+    def generate(self, prompt: list[int], params: SamplingParams,
+                 reservation: Reservation | None = None) -> AsyncIterator[GenerationChunk]:
         raise NotImplementedError(f"a {self.kind} model does not generate text")  # the API refuses before this
 
-    def check_capacity(self, sequences: int) -> None:
-        return None
+    def check_capacity(self, sequences: int) -> Reservation:
+        return Reservation()
 
     def stats(self) -> EngineStats:
         return EngineStats(slots=1, running=0, queued=0, max_queue=0, requests_total=self._counters["requests"],

@@ -147,10 +147,15 @@ class TransformersBackend(EngineBackend):
     def facts(self) -> ModelFacts:
         return self._facts
 
-    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool | None = None) -> list[int]:
         bos = self._facts.bos_token
         add = add_special and not (bos and text.startswith(bos))  # chat templates often write BOS themselves
-        return list(self._tokenizer(text, add_special_tokens=add, split_special_tokens=not add_special)["input_ids"])
+        special = add_special if parse_special is None else parse_special
+        return list(self._tokenizer(text, add_special_tokens=add, split_special_tokens=not special)["input_ids"])
+
+    def control_texts(self) -> tuple[str, ...]:
+        added = getattr(self._tokenizer, "added_tokens_decoder", {}) or {}
+        return tuple({*self._tokenizer.all_special_tokens, *(t.content for t in added.values() if getattr(t, "special", False))})
 
     def token_bytes(self, token: int) -> bytes:
         return self._token_bytes(token)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
-from ..backends.base import Backend, ThinkingControl
+from ..backends.base import Backend, Reservation, ThinkingControl
 from ..config import Settings
 from ..manager import LoadedModel, ModelManager
 from ..prompting.chat_template import template_info
@@ -96,6 +96,7 @@ class ChatRun:
     jobs: list[ChoiceJob]
     _stack: AsyncExitStack
     notes: dict[str, str] = field(default_factory=dict)  # response headers that say what the server did differently
+    reservation: Reservation | None = None  # the choices' places in the model's queue, until they are queued
     reasoning: ReasoningFormat | None = None  # set when the model thinks and may this time
     starts_inside: bool = False  # the prompt opened the reasoning block
     ignored: tuple[str, ...] = ()  # request fields that turned out to change nothing (template kwargs it does not read)
@@ -105,6 +106,8 @@ class ChatRun:
         return len(self.prompt)
 
     async def aclose(self) -> None:
+        if self.reservation is not None:
+            self.reservation.release()
         await self._stack.aclose()
 
     async def __aenter__(self) -> ChatRun:
@@ -121,7 +124,7 @@ class ChatRun:
         ends = (fmt.marker,) if fmt is not None and fmt.marker else ()
         thinkers = {job.index: ReasoningSplitter(self.reasoning, inside=self.starts_inside, ends=ends)
                     for job in self.jobs} if self.reasoning is not None else {}
-        async for index, chunk in stream_choices(self.model.backend, self.jobs):
+        async for index, chunk in stream_choices(self.model.backend, self.jobs, self.reservation):
             text, thinker = chunk.text, thinkers.get(index)
             if thinker is not None:
                 thought, text = thinker.push(text)
@@ -166,8 +169,9 @@ def model_reasoning(model: LoadedModel) -> ReasoningFormat | None:
     return reasoning_format(template_info(model.backend.facts.chat_template), spec.reasoning if spec else None)
 
 
-def prepare(model: LoadedModel, req: ChatRequest) -> Prepared:
-    """The output plan (schemas compiled) and the prompt: work off the event loop."""
+def prepare(model: LoadedModel, req: ChatRequest, plain_content: bool = False) -> Prepared:
+    """The output plan (schemas compiled) and the prompt: work off the event loop. `plain_content`: control-token
+    texts in messages are read as text (PARSE_SPECIAL_IN_CONTENT=false)."""
     backend = model.backend
     plan = plan_output(req, backend.facts.chat_template)
     check_schemas(backend, plan)
@@ -176,17 +180,17 @@ def prepare(model: LoadedModel, req: ChatRequest) -> Prepared:
     reasoning = model_reasoning(model)
     room = (req.max_tokens or 1) if req.truncate else None
     tokens, prompt = prompt_tokens(backend, req, plan, room=room, context=req.context(backend.facts.context_size),
-                                   reasoning=reasoning)
+                                   reasoning=reasoning, plain_content=plain_content)
     return Prepared(plan, tokens, prompt, reasoning)
 
 
 def thinking_control(backend: Backend, fmt: ReasoningFormat, prompt: Prompt, req: ChatRequest) -> tuple[ThinkingControl, dict[int, bytes]]:
     """What the engine watches of the reasoning block, and the special tokens of its markers whose text the answer
     must keep for the splitter to see them."""
-    close = tuple(backend.tokenize(fmt.close, add_special=False))
+    close = tuple(backend.tokenize(fmt.close, add_special=False, parse_special=True))
     keep = {}
     for marker in (fmt.open, fmt.close, fmt.answer_prefix):
-        for token in backend.tokenize(marker, add_special=False) if marker else ():
+        for token in backend.tokenize(marker, add_special=False, parse_special=True) if marker else ():
             if not backend.token_bytes(token):
                 keep[token] = backend.token_piece(token)
     asked = req.reasoning_asked
@@ -201,7 +205,7 @@ async def start_chat(req: ChatRequest, manager: ModelManager, settings: Settings
     model = await stack.enter_async_context(manager.use(req.model, "chat"))
     try:
         # Compiling schemas and tokenizing only read the vocabulary: they need not queue behind generations.
-        prepared = await asyncio.to_thread(prepare, model, req)
+        prepared = await asyncio.to_thread(prepare, model, req, not settings.parse_special_in_content)
         backend, facts, reasoning = model.backend, model.backend.facts, prepared.reasoning
         asked = req.reasoning_asked
         if reasoning is None and asked is not None and asked.required:
@@ -214,11 +218,11 @@ async def start_chat(req: ChatRequest, manager: ModelManager, settings: Settings
                                                               extra_stop=prepared.plan.stop, thinking=control,
                                                               keep_tokens=keep))
                 for i in range(req.n)]
-        ensure_capacity(backend, jobs)
+        reservation = ensure_capacity(backend, jobs)
     except BaseException:
         await stack.aclose()
         raise
-    return ChatRun(model, prepared.plan, prepared.tokens, jobs, stack, notes(req, reasoning),
+    return ChatRun(model, prepared.plan, prepared.tokens, jobs, stack, notes(req, reasoning), reservation,
                    reasoning if thinks else None, prepared.prompt.starts_inside and thinks, prepared.prompt.ignored)
 
 
@@ -239,5 +243,6 @@ async def count_prompt_tokens(req: ChatRequest, manager: ModelManager) -> int:
     async with manager.use(req.model, "chat") as model:
         backend = model.backend
         plan = plan_output(req, backend.facts.chat_template)  # what the model is shown; no grammar is compiled
-        tokens, _ = await asyncio.to_thread(prompt_tokens, backend, req, plan, reasoning=model_reasoning(model))
+        tokens, _ = await asyncio.to_thread(prompt_tokens, backend, req, plan, reasoning=model_reasoning(model),
+                                            plain_content=not manager.settings.parse_special_in_content)
     return len(tokens)

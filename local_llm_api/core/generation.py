@@ -10,9 +10,9 @@ from typing import TypeVar
 
 from starlette.requests import Request
 
-from ..backends.base import Backend, EngineStoppedError, GenerationChunk, QueueFullError, SamplingParams
+from ..backends.base import Backend, EngineStoppedError, GenerationChunk, NeverFitsError, QueueFullError, Reservation, SamplingParams
 from ..structured.logprobs import TokenLogprob
-from .errors import APIError, client_closed_request, server_busy
+from .errors import APIError, client_closed_request, invalid_request, server_busy
 
 log = logging.getLogger("local_llm_api.generation")
 T = TypeVar("T")
@@ -44,12 +44,15 @@ class TokenCounts:
     completion_tokens: int
 
 
-def ensure_capacity(backend: Backend, jobs: list[ChoiceJob]) -> None:
-    """Refuse with 429 before anything is streamed when the model's queue cannot take these choices."""
+def ensure_capacity(backend: Backend, jobs: list[ChoiceJob]) -> Reservation:
+    """Hold the choices' places in the model's queue; refuse with 429 before anything is streamed when it cannot
+    take them now, 400 when it never could. Release the reservation when the request ends."""
     try:
-        backend.check_capacity(len(jobs))
+        return backend.check_capacity(len(jobs))
     except QueueFullError as exc:
         raise server_busy(str(exc)) from None
+    except NeverFitsError as exc:
+        raise invalid_request(f"{exc}; ask for fewer choices.", "n", "too_many_choices") from None
     except EngineStoppedError as exc:
         raise engine_stopped(exc) from None
 
@@ -59,13 +62,15 @@ def engine_stopped(exc: EngineStoppedError) -> APIError:
                     headers={"Retry-After": "5"})
 
 
-async def stream_choices(backend: Backend, jobs: list[ChoiceJob]) -> AsyncIterator[tuple[int, GenerationChunk]]:
-    """The chunks of every choice as they come; the choices run side by side in the backend's batch."""
+async def stream_choices(backend: Backend, jobs: list[ChoiceJob],
+                         reservation: Reservation | None = None) -> AsyncIterator[tuple[int, GenerationChunk]]:
+    """The chunks of every choice as they come; the choices run side by side in the backend's batch (each takes one
+    of the reservation's places as it queues)."""
     merged: asyncio.Queue[tuple[int, GenerationChunk] | BaseException] = asyncio.Queue()
 
     async def pump(job: ChoiceJob) -> None:
         try:
-            async for chunk in backend.generate(job.prompt, job.params):
+            async for chunk in backend.generate(job.prompt, job.params, reservation):
                 merged.put_nowait((job.index, chunk))
         except Exception as exc:  # handed to the consumer, which raises it
             merged.put_nowait(exc)
@@ -87,9 +92,9 @@ async def stream_choices(backend: Backend, jobs: list[ChoiceJob]) -> AsyncIterat
             task.cancel()  # a choice still running stops at the engine's next step
 
 
-async def collect_choices(backend: Backend, jobs: list[ChoiceJob]) -> list[ChoiceResult]:
+async def collect_choices(backend: Backend, jobs: list[ChoiceJob], reservation: Reservation | None = None) -> list[ChoiceResult]:
     results = {job.index: ChoiceResult(job.index, "", "stop", 0) for job in jobs}
-    async for index, chunk in stream_choices(backend, jobs):
+    async for index, chunk in stream_choices(backend, jobs, reservation):
         result = results[index]
         result.text += chunk.text
         result.logprobs += chunk.logprobs

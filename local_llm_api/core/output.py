@@ -24,6 +24,8 @@ from .request import ChatRequest, ForcedTool
 # Compact JSON, as models write it: flexible whitespace would let a small model loop on newlines.
 JSON_OPTIONS = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
 NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
+MAX_TOOLS = 1024  # tools in one request (an agent sends tens)
+MAX_GRAMMAR_BYTES = 1 << 20  # a grammar's text, tools' schemas and custom grammars together
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ def plan_output(req: ChatRequest, chat_template: str) -> OutputPlan:
     answer, schemas = _answer_rule(req)
     tools = req.tools
     choice = req.tool_choice
+    if len(tools) > MAX_TOOLS:
+        raise invalid_request(f"{len(tools)} tools is more than this server takes in one request ({MAX_TOOLS}).", "tools",
+                              "too_many_tools")
     if not tools:
         if choice not in (None, "none"):
             raise invalid_request("'tool_choice' needs 'tools': no tools were given.", "tool_choice")
@@ -118,7 +123,12 @@ def plan_output(req: ChatRequest, chat_template: str) -> OutputPlan:
 
 
 def _lark(text: str, sub_grammars: dict[str, str] | None = None) -> str:
-    """The grammar as llguidance takes it; custom tools' Lark grammars ride along as named sub-grammars."""
+    """The grammar as llguidance takes it; custom tools' Lark grammars ride along as named sub-grammars. Past
+    MAX_GRAMMAR_BYTES it is refused before the compiler spends seconds (and memory) on it."""
+    size = len(text) + sum(len(g) for g in (sub_grammars or {}).values())
+    if size > MAX_GRAMMAR_BYTES:
+        raise invalid_request(f"The tools and output format make a grammar of {size} bytes, more than this server compiles "
+                              f"({MAX_GRAMMAR_BYTES}); send fewer or smaller tools or schemas.", "tools", "grammar_too_large")
     if not sub_grammars:
         return str(import_llguidance().LLMatcher.grammar_from_lark(text))
     return json.dumps({"grammars": [{"lark_grammar": text},

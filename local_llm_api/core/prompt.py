@@ -5,7 +5,9 @@ opened a block, that block closed; then tokenized."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 from ..backends.base import Backend
@@ -20,6 +22,12 @@ from .request import ChatRequest, Message, ToolCall
 KWARG_TYPES: dict[str, type | tuple[type, ...]] = {"enable_thinking": bool, "thinking": bool, "reasoning_effort": str}
 
 
+# With PARSE_SPECIAL_IN_CONTENT=false, a control token's text inside a message is fenced with these (Unicode private
+# use characters) through the rendering, and read as plain text when the prompt is tokenized.
+FENCE_OPEN, FENCE_CLOSE = "\ue000", "\ue001"
+_FENCED = re.compile(f"{FENCE_OPEN}(.*?){FENCE_CLOSE}", re.S)
+
+
 @dataclass(frozen=True)
 class Prompt:
     """A request's prompt text, and whether the answer starts inside a reasoning block the prompt opened."""
@@ -27,7 +35,38 @@ class Prompt:
     text: str
     starts_inside: bool = False
     ignored: tuple[str, ...] = ()  # chat_template_kwargs the template does not read (named, not refused)
+    fenced: str | None = None  # the text with control-token texts from messages fenced (PARSE_SPECIAL_IN_CONTENT=false)
 
+
+@lru_cache(maxsize=8)
+def _controls(texts: tuple[str, ...]) -> re.Pattern[str] | None:
+    texts = tuple(sorted((t for t in texts if t), key=len, reverse=True))  # longer first: a token over those it holds
+    return re.compile("|".join(re.escape(t) for t in texts)) if texts else None
+
+
+def fence_messages(messages: list[Message], controls: tuple[str, ...]) -> list[Message]:
+    """Messages whose control-token texts (`<|im_end|>` in a user's text) are fenced, to be read as plain text."""
+    pattern = _controls(controls)
+    if pattern is None:
+        return messages
+
+    def fence(text: str | None) -> str | None:
+        return pattern.sub(lambda m: FENCE_OPEN + m.group() + FENCE_CLOSE, text) if text else text
+
+    return [replace(m, content=fence(m.content) or "", reasoning=fence(m.reasoning),
+                    parts=tuple(fence(p) or "" for p in m.parts) if m.parts is not None else None) for m in messages]
+
+
+def tokenize_prompt(backend: Backend, prompt: Prompt) -> list[int]:
+    """The prompt's tokens: special token texts are those tokens, but where a message's text held one (fenced)."""
+    if prompt.fenced is None or FENCE_OPEN not in prompt.fenced:
+        return backend.tokenize(prompt.text, add_special=True)
+    tokens: list[int] = []
+    pieces = _FENCED.split(prompt.fenced)  # text, fenced, text, fenced, ...
+    for i, piece in enumerate(pieces):
+        if piece:
+            tokens += backend.tokenize(piece, add_special=i == 0, parse_special=i % 2 == 0)
+    return tokens
 
 def template_messages(messages: list[Message], plan: OutputPlan, info: TemplateInfo, template: str) -> list[dict[str, Any]]:
     """Messages as chat templates expect them: list content as text parts where the template reads them, tool
@@ -94,11 +133,16 @@ def template_kwargs(req: ChatRequest, info: TemplateInfo, reasoning: ReasoningFo
 
 
 def prompt_text(backend: Backend, req: ChatRequest, plan: OutputPlan, messages: list[Message] | None = None,
-                reasoning: ReasoningFormat | None = None) -> Prompt:
+                reasoning: ReasoningFormat | None = None, plain_content: bool = False) -> Prompt:
+    """The prompt text; `plain_content` (PARSE_SPECIAL_IN_CONTENT=false): control-token texts in messages are read as
+    plain text (fenced in `Prompt.fenced`)."""
     facts = backend.facts
     info = template_info(facts.chat_template)
+    shown = messages or req.messages
+    if plain_content:
+        shown = fence_messages(shown, backend.control_texts())
     try:
-        text = render_chat(facts.chat_template, template_messages(messages or req.messages, plan, info, facts.chat_template),
+        text = render_chat(facts.chat_template, template_messages(shown, plan, info, facts.chat_template),
                            bos_token=facts.bos_token, eos_token=facts.eos_token,
                            add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
                            continue_final_message=req.continue_final_message,
@@ -107,13 +151,16 @@ def prompt_text(backend: Backend, req: ChatRequest, plan: OutputPlan, messages: 
     except ChatTemplateError as exc:
         raise invalid_request(f"The model's chat template rejected these messages: {exc}", "messages") from None
     ignored = tuple(f"{req.template_kwargs_param}.{name}" for name in req.template_kwargs if name not in info.variables)
+    fenced = text if plain_content and FENCE_OPEN in text else None
+    text = text.replace(FENCE_OPEN, "").replace(FENCE_CLOSE, "") if fenced else text
     if reasoning is None or req.continue_final_message:
-        return Prompt(text, ignored=ignored)
+        return Prompt(text, ignored=ignored, fenced=fenced)
     tail = generation_prompt(text, messages or req.messages)
     asked = req.reasoning_asked
     if asked is not None and not asked.wanted:  # off means off: close what the prompt opened
-        return Prompt(text + reasoning.closing(tail), ignored=ignored)
-    return Prompt(text, reasoning.starts_inside(tail), ignored)
+        closing = reasoning.closing(tail)
+        return Prompt(text + closing, ignored=ignored, fenced=fenced + closing if fenced else None)
+    return Prompt(text, reasoning.starts_inside(tail), ignored, fenced)
 
 
 def generation_prompt(text: str, messages: list[Message]) -> str:
@@ -124,14 +171,15 @@ def generation_prompt(text: str, messages: list[Message]) -> str:
 
 
 def prompt_tokens(backend: Backend, req: ChatRequest, plan: OutputPlan, *, room: int | None = None,
-                  context: int | None = None, reasoning: ReasoningFormat | None = None) -> tuple[list[int], Prompt]:
+                  context: int | None = None, reasoning: ReasoningFormat | None = None,
+                  plain_content: bool = False) -> tuple[list[int], Prompt]:
     """The prompt's tokens. With `room`, the oldest turns (never system messages, never the last message) are
     dropped until the prompt leaves `room` tokens of the context (the model's, or `context`) for the answer."""
     context = context or backend.facts.context_size
     messages = list(req.messages)
     while True:
-        prompt = prompt_text(backend, req, plan, messages, reasoning)
-        tokens = backend.tokenize(prompt.text, add_special=True)
+        prompt = prompt_text(backend, req, plan, messages, reasoning, plain_content)
+        tokens = tokenize_prompt(backend, prompt)
         if room is None or len(tokens) + room <= context:
             return tokens, prompt
         droppable = [i for i, m in enumerate(messages[:-1]) if m.role != "system"]

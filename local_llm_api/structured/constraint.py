@@ -7,6 +7,7 @@ vocabulary or a Hugging Face fast tokenizer), and that is built once per model, 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 from collections import OrderedDict
@@ -24,6 +25,25 @@ class GrammarError(ValueError):
 
 class UnconstrainableModel(Exception):
     """The model's tokenizer cannot be described to llguidance: no grammar can run on this model."""
+
+
+def _readable(error: str, size: int) -> str:
+    """The compiler's complaint for the client: its first line. A panic (an assertion inside the library, with a
+    backtrace) is logged whole and answered in words; the memory the failed compile took is given back."""
+    _give_memory_back()
+    first = error.strip().splitlines()[0] if error.strip() else "unknown error"
+    if not first.startswith("panic"):
+        return first
+    log.warning("the grammar compiler failed on a %d-byte grammar: %s", size, error)
+    return "the grammar is too large or too complex for the grammar compiler; send fewer tools or a smaller schema"
+
+
+def _give_memory_back() -> None:
+    """glibc keeps freed heap pages; a large failed compile otherwise leaves its peak resident."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def import_llguidance() -> Any:
@@ -99,7 +119,7 @@ class ConstraintFactory:
         llguidance = import_llguidance()
         matcher = llguidance.LLMatcher(self._lltokenizer(), grammar, log_level=0)
         if matcher.is_error():
-            raise GrammarError(matcher.get_error())
+            raise GrammarError(_readable(matcher.get_error(), len(grammar)))
         with self._lock:
             self._compiled[grammar] = matcher
             while len(self._compiled) > self.CACHED_GRAMMARS:

@@ -160,7 +160,7 @@ def test_agents_sdk_style_request(sdk: OpenAI, served: Served) -> None:
     ({"input": "x", "background": True}, "background"),
     ({"input": "x", "store": 1}, "store"),
     ({"input": "x", "temperature": 3}, "temperature"),
-    ({"input": [{"type": "reasoning", "summary": []}]}, "input[0].type"),
+    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),  # reasoning items are history now
     ({"input": "x", "top_logprobs": 3}, "top_logprobs"),
     ({"input": "x", "tool_choice": {"type": "web_search"}}, "tool_choice"),
     ({"input": [{"role": "user"}]}, "input.0.message.content"),  # the item's own error, not "should be a string"

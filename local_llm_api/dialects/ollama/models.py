@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -196,7 +197,7 @@ def _removable(manager: ModelManager, entry: ModelEntry) -> Path:
 @router.delete("/delete", responses={200: {"description": "Deleted"}, 404: {"model": ErrorResponse}}, dependencies=ADMIN)
 async def delete(req: ModelName, request: Request) -> Response:
     manager = _manager(request)
-    entry = manager.resolve(model_name(req.model))
+    entry = manager.resolve(model_name(req.model), exact=True)  # as Ollama: the name itself, never a prefix
     path = _removable(manager, entry)
     if entry.name in manager.loaded:
         await manager.unload(entry.name)  # waits for its requests in flight
@@ -207,7 +208,7 @@ async def delete(req: ModelName, request: Request) -> Response:
 @router.post("/copy", responses={200: {"description": "Copied"}}, dependencies=ADMIN)
 async def copy_model(req: CopyRequest, request: Request) -> Response:
     manager = _manager(request)
-    entry = manager.resolve(model_name(req.source))
+    entry = manager.resolve(model_name(req.source), exact=True)
     source = entry.path
     if source is None or not source.exists():
         raise invalid_request(f"Model '{entry.name}' has no local files yet (a Hub repo not downloaded); load it first.", "source")
@@ -216,7 +217,10 @@ async def copy_model(req: CopyRequest, request: Request) -> Response:
         raise invalid_request(f"'{req.destination}' is not a valid model name: letters, digits, '.', '-', '_' and '/' "
                               "between folders.", "destination")
     target = manager.root / (name if source.is_dir() or name.endswith(".gguf") else f"{name}.gguf")
-    if target.exists() or any(e.stem == name.removesuffix(".gguf") for e in manager.discover()):
-        raise invalid_request(f"A model named '{name}' already exists.", "destination")
+    if os.path.lexists(target) or any(e.stem == name.removesuffix(".gguf") for e in manager.discover()):
+        raise invalid_request(f"A model named '{name}' already exists.", "destination")  # a dangling link too
+    if not manager.catalog.inside_root(target.parent):  # a folder on the way links out of MODEL_DIR
+        raise invalid_request(f"'{req.destination}' leads outside MODEL_DIR (through a symbolic link); copies are written "
+                              "inside it only.", "destination")
     await asyncio.to_thread(copy, source, target)
     return Response(status_code=200)

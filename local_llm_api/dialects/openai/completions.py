@@ -9,7 +9,7 @@ from contextlib import AsyncExitStack
 from fastapi import Request
 from fastapi.responses import Response
 
-from ...backends.base import Backend
+from ...backends.base import Backend, Reservation
 from ...config import Settings
 from ...core.errors import invalid_request
 from ...core.generation import ChoiceJob, collect_choices, ensure_capacity, stream_choices, until_disconnected
@@ -75,7 +75,8 @@ async def create_completion(
             budget = token_budget(len(tokens), req.max_tokens, backend.facts.context_size, settings, "prompt")
             jobs += [ChoiceJob(p * n + i, tokens, sampling_params(params, settings, backend.facts, budget, i, logprobs=req.logprobs))
                      for i in range(n)]
-        ensure_capacity(model.backend, jobs)
+        reservation = ensure_capacity(model.backend, jobs)
+        stack.callback(reservation.release)  # places not used when the request ends are given back
     except BaseException:
         await stack.aclose()
         raise
@@ -84,10 +85,10 @@ async def create_completion(
     echo_of = {job.index: echoes[job.index // n] for job in jobs}
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return sse_response(_stream(model, jobs, echo_of, prompt_tokens, include_usage, req.logprobs, request), stack.aclose,
-                            error_event, DONE)
+        return sse_response(_stream(model, jobs, reservation, echo_of, prompt_tokens, include_usage, req.logprobs, request),
+                            stack.aclose, error_event, DONE)
     async with stack:
-        results = await until_disconnected(request, collect_choices(backend, jobs))
+        results = await until_disconnected(request, collect_choices(backend, jobs, reservation))
     request.state.usage = usage(prompt_tokens, sum(r.completion_tokens for r in results), sum(r.cached_tokens for r in results if r.index % n == 0))
     choices = []
     for r in results:
@@ -127,7 +128,8 @@ def _nothing_to_generate(req: CompletionRequest, name: str, echoes: list[str], p
 
 
 async def _stream(
-    model: LoadedModel, jobs: list[ChoiceJob], echo_of: dict[int, str], prompt_tokens: int, include_usage: bool,
+    model: LoadedModel, jobs: list[ChoiceJob], reservation: Reservation, echo_of: dict[int, str], prompt_tokens: int,
+    include_usage: bool,
     top_n: int | None, request: Request,
 ) -> AsyncIterator[str]:
     chunk_id, created, name = new_id("cmpl"), now(), model.entry.name
@@ -144,7 +146,7 @@ async def _stream(
     completion_tokens = 0
     prompt_of = {job.index: id(job.prompt) for job in jobs}
     cached: dict[int, int] = {}  # per prompt (its choices read the same cache)
-    async for index, chunk in stream_choices(model.backend, jobs):
+    async for index, chunk in stream_choices(model.backend, jobs, reservation):
         logprobs = None
         if top_n is not None and chunk.logprobs:
             logprobs, offsets[index] = completion_logprobs(model.backend, chunk.logprobs, offsets[index], top_n)

@@ -41,9 +41,10 @@ def _chat(body: ChatPrompt | TokenizeRequest) -> ChatRequest:
     return chat_request(ChatCompletionRequest.model_validate(fields))
 
 
-def _render(model: LoadedModel, req: ChatRequest) -> Prompt:
+def _render(model: LoadedModel, req: ChatRequest, plain_content: bool) -> Prompt:
     backend = model.backend
-    return prompt_text(backend, req, plan_output(req, backend.facts.chat_template), reasoning=model_reasoning(model))
+    return prompt_text(backend, req, plan_output(req, backend.facts.chat_template), reasoning=model_reasoning(model),
+                       plain_content=plain_content)
 
 
 @router.post("/apply-template")
@@ -51,16 +52,17 @@ async def apply_template(body: ChatPrompt, request: Request) -> ApplyTemplateRes
     """The exact prompt text the chat route feeds the model for these messages, tools and template variables."""
     req = _chat(body)
     async with _manager(request).use(body.model, "chat") as model:
-        prompt = await asyncio.to_thread(_render, model, req)
+        prompt = await asyncio.to_thread(_render, model, req, not request.app.state.settings.parse_special_in_content)
     say_what_changed(request, {}, prompt.ignored)
     return ApplyTemplateResponse(prompt=prompt.text, model=model.entry.name)
 
 
-def _tokenize(model: LoadedModel, body: TokenizeRequest) -> list[int]:
+def _tokenize(model: LoadedModel, body: TokenizeRequest, plain_content: bool) -> list[int]:
     backend = model.backend
     if body.messages is not None:
         req = _chat(body)
-        return prompt_tokens(backend, req, plan_output(req, backend.facts.chat_template), reasoning=model_reasoning(model))[0]
+        return prompt_tokens(backend, req, plan_output(req, backend.facts.chat_template), reasoning=model_reasoning(model),
+                             plain_content=plain_content)[0]
     return backend.tokenize(body.content if body.content is not None else body.prompt or "", add_special=body.add_special)
 
 
@@ -76,7 +78,7 @@ def _piece(backend: Backend, token: int) -> str | list[int]:
 async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
     async with _manager(request).use(body.model, "chat" if body.messages is not None else None) as model:
         backend = model.backend
-        tokens = await asyncio.to_thread(_tokenize, model, body)
+        tokens = await asyncio.to_thread(_tokenize, model, body, not request.app.state.settings.parse_special_in_content)
         out: list[int] | list[Piece] = [Piece(id=t, piece=_piece(backend, t)) for t in tokens] if body.with_pieces else tokens
     return TokenizeResponse(tokens=out, count=len(tokens), max_model_len=backend.facts.context_size, model=model.entry.name)
 
