@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .config import BackendChoice, Settings, SettingsError
+from .prompting.tool_families import FAMILY_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,19 @@ class ModelSpec(BaseModel):
     reasoning: str | None = Field(None, pattern=r"^(auto|none|[^,]+,[^,]+)$",
                                   description="How the model marks its reasoning: auto (from the chat template), none "
                                               "(it does not think), or the open and close markers, comma-separated.")
+    tool_format: str | None = Field(None, description="The model family whose tool-call format the model writes "
+                                    "(hermes, qwen3-coder, llama3, mistral, ...; see the README); unset: read from the "
+                                    "chat template.")
     embedding_only: bool = False
     trust_remote_code: bool = False
     keep_alive: float | None = Field(None, ge=0, description="Seconds idle before unloading; 0 keeps it loaded.")
+
+    @field_validator("tool_format")
+    @classmethod
+    def _known_format(cls, value: str | None) -> str | None:
+        if value is not None and value not in FAMILY_NAMES:
+            raise ValueError(f"unknown tool_format '{value}'; one of: {', '.join(FAMILY_NAMES)}")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:

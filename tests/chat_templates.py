@@ -181,7 +181,9 @@ DEEPSEEK_R1 = """{{ bos_token }}{% set ns = namespace(system='') %}
 DEEPSEEK_V31 = """{{ bos_token }}{% for message in messages %}
 {%- if message.role == 'system' %}{{ message.content }}
 {%- elif message.role == 'user' %}<｜User｜>{{ message.content }}
-{%- elif message.role == 'assistant' %}<｜Assistant｜></think>{{ message.content }}<｜end▁of▁sentence｜>
+{%- elif message.role == 'assistant' %}<｜Assistant｜></think>{{ message.content }}
+{%- if message.tool_calls %}<｜tool▁calls▁begin｜>{% for call in message.tool_calls %}<｜tool▁call▁begin｜>{{ call.function.name }}<｜tool▁sep｜>{{ call.function.arguments | tojson }}<｜tool▁call▁end｜>{% endfor %}<｜tool▁calls▁end｜>{% endif %}<｜end▁of▁sentence｜>
+{%- elif message.role == 'tool' %}<｜tool▁output▁begin｜>{{ message.content }}<｜tool▁output▁end｜>
 {%- endif %}{% endfor %}
 {%- if add_generation_prompt %}<｜Assistant｜>{% if thinking is defined and thinking %}<think>{% else %}</think>{% endif %}{% endif %}"""
 
@@ -275,9 +277,10 @@ Reasoning Mode: {{ '/think' if think else '/no_think' }}
 {%- if add_generation_prompt %}<|im_start|>assistant
 {{ '' if think else '<think>\\n\\n</think>\\n' }}{% endif %}"""
 
-GRANITE = """{%- for message in messages %}<|start_of_role|>{{ message.role }}<|end_of_role|>
+GRANITE = """{%- for message in messages %}<|start_of_role|>{{ message.role if message.role != 'tool' else 'tool_response' }}<|end_of_role|>
 {%- if message.role == 'system' and thinking is defined and thinking %}Respond after thinking inside <think></think>. {% endif %}
-{{- message.content }}<|end_of_text|>
+{{- message.content }}
+{%- if message.tool_calls %}<|tool_call|>[{% for call in message.tool_calls %}{"name": "{{ call.function.name }}", "arguments": {{ call.function.arguments | tojson }}}{% if not loop.last %}, {% endif %}{% endfor %}]{% endif %}<|end_of_text|>
 {% endfor %}
 {%- if add_generation_prompt %}<|start_of_role|>assistant<|end_of_role|>{% endif %}"""
 
@@ -302,7 +305,12 @@ PHI4_REASONING = """<|im_start|>system<|im_sep|>You are Phi. Think inside <think
 SEED_OSS = """<seed:bos>system
 {{ messages[0].content if messages[0].role == 'system' else 'You are a helpful assistant.' }}<seed:eos>
 {%- for message in messages %}{% if message.role != 'system' %}<seed:bos>{{ message.role }}
-{% if message.role == 'assistant' and message.reasoning_content %}<seed:think>{{ message.reasoning_content }}</seed:think>{% endif %}{{ message.content }}<seed:eos>
+{% if message.role == 'assistant' and message.reasoning_content %}<seed:think>{{ message.reasoning_content }}</seed:think>{% endif %}{{ message.content }}
+{%- for call in message.tool_calls or [] %}<seed:tool_call>
+<function={{ call.function.name }}>
+{% for key, value in call.function.arguments.items() %}<parameter={{ key }}>{{ value if value is string else value | tojson }}</parameter>
+{% endfor %}</function>
+</seed:tool_call>{% endfor %}<seed:eos>
 {%- endif %}{% endfor %}
 {%- if add_generation_prompt %}<seed:bos>assistant
 {% if thinking_budget is defined and thinking_budget == 0 %}<seed:think></seed:think>{% endif %}{% endif %}"""
@@ -348,7 +356,8 @@ FUNCTIONGEMMA = """{{ bos_token }}{% if tools %}<start_of_turn>developer
 {% for tool in tools %}<start_function_declaration>declaration:{{ tool.function.name }}{{ tool.function.parameters | tojson }}<end_function_declaration>{% endfor %}<end_of_turn>
 {% endif %}
 {%- for message in messages %}<start_of_turn>{{ 'model' if message.role == 'assistant' else message.role }}
-{%- if message.tool_calls %}{% for call in message.tool_calls %}<start_function_call>call:{{ call.function.name }}{{ call.function.arguments | tojson }}<end_function_call>{% endfor %}
+{%- if message.tool_calls %}{% for call in message.tool_calls %}<start_function_call>call:{{ call.function.name }}{
+{%- for key, value in call.function.arguments.items() %}{{ key }}:{% if value is string %}<escape>{{ value }}<escape>{% else %}{{ value | tojson }}{% endif %}{% if not loop.last %},{% endif %}{% endfor %}}<end_function_call>{% endfor %}
 {%- elif message.role == 'tool' %}<start_function_response>response:{{ message.content }}<end_function_response>
 {%- else %}
 {{ message.content }}{% endif %}<end_of_turn>
@@ -369,6 +378,84 @@ POOLSIDE = """{%- for message in messages %}
 {%- if add_generation_prompt %}<|assistant|>
 {% endif %}"""
 
+MISTRAL_NEMO = """{{- bos_token }}
+{%- for message in messages %}
+{%- if message.role == 'user' %}{% if loop.last and tools %}[AVAILABLE_TOOLS]{{ tools | tojson }}[/AVAILABLE_TOOLS]{% endif %}[INST]{{ message.content }}[/INST]
+{%- elif message.role == 'assistant' and message.tool_calls %}[TOOL_CALLS][{% for call in message.tool_calls %}{"name": "{{ call.function.name }}", "arguments": {{ call.function.arguments | tojson }}, "id": "{{ call.id }}"}{% if not loop.last %}, {% endif %}{% endfor %}]{{ eos_token }}
+{%- elif message.role == 'assistant' %}{{ message.content }}{{ eos_token }}
+{%- elif message.role == 'tool' %}[TOOL_RESULTS]{"content": {{ message.content | tojson }}, "call_id": "{{ message.tool_call_id }}"}[/TOOL_RESULTS]
+{%- elif message.role == 'system' %}{{ message.content }}
+{%- endif %}
+{%- endfor %}"""
+
+FUNCTIONARY_V31 = """{{ bos_token }}<|start_header_id|>system<|end_header_id|>
+
+{% if tools %}You have access to the following functions:
+{% for tool in tools %}Use the function '{{ tool.function.name }}' to: {{ tool.function.description }}
+{{ tool.function | tojson }}
+{% endfor %}
+Call a function as <function=example_function_name>{"example_name": "example_value"}</function>
+{% endif %}<|eot_id|>
+{%- for message in messages %}
+{%- if message.role == 'tool' %}<|start_header_id|>ipython<|end_header_id|>
+
+{{ message.content }}<|eot_id|>
+{%- else %}<|start_header_id|>{{ message.role }}<|end_header_id|>
+
+{{ message.content or '' }}
+{%- for call in message.tool_calls or [] %}<function={{ call.function.name }}>{{ call.function.arguments | tojson }}</function>{% endfor %}
+{%- if message.tool_calls %}<|eom_id|>{% else %}<|eot_id|>{% endif %}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>
+
+{% endif %}"""
+
+FUNCTIONARY_V32 = """{%- if tools %}<|start_header_id|>system<|end_header_id|>
+
+// Supported function definitions that should be called when necessary.
+namespace functions {
+{% for tool in tools %}type {{ tool.function.name }} = (_: {{ tool.function.parameters | tojson }}) => any;
+{% endfor %}} // namespace functions<|eot_id|>{% endif %}
+{%- for message in messages %}
+{%- if message.role == 'assistant' %}<|start_header_id|>assistant<|end_header_id|>
+
+{% if message.content %}>>>all
+{{ message.content }}{% endif %}
+{%- for call in message.tool_calls or [] %}>>>{{ call.function.name }}
+{{ call.function.arguments | tojson }}{% endfor %}<|eot_id|>
+{%- else %}<|start_header_id|>{{ message.role }}<|end_header_id|>
+
+{{ message.content }}<|eot_id|>
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>
+
+>>>{% endif %}"""
+
+GEMMA4 = """{{ bos_token }}{% if tools %}<|turn>system
+{% for tool in tools %}<|tool>declaration:{{ tool.function.name }}{{ tool.function.parameters | tojson }}<tool|>{% endfor %}<turn|>
+{% endif %}
+{%- for message in messages %}<|turn>{{ 'model' if message.role == 'assistant' else message.role }}
+{%- for call in message.tool_calls or [] %}<|tool_call>call:{{ call.function.name }}{
+{%- for key, value in call.function.arguments.items() %}{{ key }}:{% if value is string %}<|"|>{{ value }}<|"|>{% else %}{{ value | tojson }}{% endif %}{% if not loop.last %},{% endif %}{% endfor %}}<tool_call|>{% endfor %}
+{%- if message.role == 'tool' %}<|tool_response>{{ message.content }}<tool_response|>{% else %}
+{{ message.content }}{% endif %}<turn|>
+{% endfor %}
+{%- if add_generation_prompt %}<|turn>model
+{% endif %}"""
+
+APERTUS = """{{ bos_token }}<|system_start|>You are Apertus.{% if tools %}
+Tools:{% for tool in tools %} {{ tool.function | tojson }}{% endfor %}{% endif %}<|system_end|>
+{%- for message in messages %}
+{%- if message.role == 'user' %}<|user_start|>{{ message.content }}<|user_end|>
+{%- elif message.role == 'assistant' %}<|assistant_start|>{{ message.content }}
+{%- if message.tool_calls %}<|tools_prefix|>[{% for call in message.tool_calls %}{"{{ call.function.name }}": {{ call.function.arguments | tojson }}}{% if not loop.last %}, {% endif %}{% endfor %}]<|tools_suffix|>{% endif %}<|assistant_end|>
+{%- elif message.role == 'tool' %}<|tool_response_start|>{{ message.content }}<|tool_response_end|>
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}<|assistant_start|>{% endif %}"""
+
 # name -> template; every template here takes `messages` and the server's conversations.
 TEMPLATES: dict[str, str] = {
     "chatml-tools": CHATML_TOOLS, "qwen3-think": QWEN3_THINK, "qwen3-coder-xml": QWEN3_CODER_XML, "llama-3.1": LLAMA31,
@@ -376,6 +463,18 @@ TEMPLATES: dict[str, str] = {
     "deepseek-v3.1": DEEPSEEK_V31, "glm-4.5": GLM45, "gpt-oss": GPT_OSS, "command-r7b": COMMAND_R7B, "lfm2": LFM2,
     "smollm3": SMOLLM3, "granite": GRANITE, "kimi-k2": KIMI_K2, "phi-4-reasoning": PHI4_REASONING, "seed-oss": SEED_OSS,
     "apriel": APRIEL, "minimax-m2": MINIMAX_M2, "functiongemma": FUNCTIONGEMMA, "poolside": POOLSIDE,
+    "mistral-nemo": MISTRAL_NEMO, "functionary-v3.1": FUNCTIONARY_V31, "functionary-v3.2": FUNCTIONARY_V32,
+    "gemma4": GEMMA4, "apertus": APERTUS,
+}
+
+# What each template's tool calls are detected as ("derived": read off a rendering; None: no calls rendered).
+TOOL_FAMILIES = {
+    "chatml-tools": "hermes", "qwen3-think": "hermes", "qwen3-coder-xml": "qwen3-coder", "llama-3.1": "llama3",
+    "mistral-v7": "mistral-v11", "mistral-nemo": "mistral", "deepseek-r1": "deepseek-r1", "deepseek-v3.1": "deepseek-v3.1",
+    "glm-4.5": "glm-4.5", "gpt-oss": "gpt-oss", "command-r7b": "command-r7b", "lfm2": "lfm2", "granite": "granite",
+    "kimi-k2": "kimi-k2", "seed-oss": "seed-oss", "minimax-m2": "minimax-m2", "functiongemma": "functiongemma",
+    "functionary-v3.1": "functionary-v3.1", "functionary-v3.2": "functionary-v3.2", "gemma4": "gemma4",
+    "apertus": "apertus", "poolside": "derived",
 }
 
 # What each template says of thinking: the format it is detected as (None: it does not think).

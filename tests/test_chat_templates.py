@@ -21,7 +21,7 @@ from local_llm_api.core.prompt import generation_prompt, prompt_text
 from local_llm_api.core.request import ChatRequest, Message, Reasoning, Tool, ToolCall
 from local_llm_api.prompting.chat_template import ChatTemplateError, render_chat, template_info
 from local_llm_api.prompting.reasoning import reasoning_format
-from local_llm_api.prompting.tool_calls import tool_format
+from local_llm_api.prompting.tool_families import tool_format
 
 from .chat_templates import TEMPLATES, THINKING
 from .conftest import Server

@@ -13,74 +13,91 @@ from local_llm_api.core.prompt import template_messages
 from local_llm_api.dialects.openai.protocol import ChatCompletionRequest
 from local_llm_api.dialects.openai.translate import chat_request
 from local_llm_api.prompting.chat_template import CHATML, LLAMA3, render_chat, template_info
-from local_llm_api.prompting.tool_calls import HERMES, MISTRAL, Call, ToolCallStream, tool_format
-from local_llm_api.prompting.tool_calls import LLAMA3 as LLAMA3_FORMAT
+from local_llm_api.prompting.tool_calls import CallArguments, CallStarted, ToolCallStream
+from local_llm_api.prompting.tool_families import FALLBACKS, HERMES, MISTRAL, tool_format
+from local_llm_api.prompting.tool_families import LLAMA3 as LLAMA3_SYNTAX
+from local_llm_api.prompting.tool_parser import CallPiece, DeclaredTool, ToolParser
 
 QWEN_LIKE = ("{% for m in messages %}{{ m.content }}{% for c in m.tool_calls or [] %}<tool_call>{{ c.function | tojson }}"
              "</tool_call>{% endfor %}{% endfor %}{% if tools %}<tools>{{ tools | tojson }}</tools>{% endif %}")
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+DECLARED = {"f": DeclaredTool(), "g": DeclaredTool()}
+
+
+def parsed(syntax, text: str) -> tuple[str | None, list]:  # noqa: ANN001
+    pieces = ToolParser((syntax, *FALLBACKS), DECLARED).parse(text, final=True)
+    calls = [(p.name, json.loads(p.arguments)) for p in pieces if isinstance(p, CallPiece)]
+    content = "".join(p for p in pieces if isinstance(p, str)).strip()
+    return (content or None) if calls else "".join(p for p in pieces if isinstance(p, str)), calls
 
 
 def test_format_is_read_from_the_chat_template() -> None:
-    assert tool_format(QWEN_LIKE) is HERMES
-    assert tool_format("{{ '[TOOL_CALLS]' }}") is MISTRAL
-    assert tool_format("<|start_header_id|>{% if tools %}{% endif %}") is LLAMA3_FORMAT
-    assert tool_format(CHATML) is HERMES  # no tools in the template: the Hermes format, explained in a system message
+    assert tool_format(QWEN_LIKE).syntax is HERMES
+    assert tool_format("{{ '[TOOL_CALLS]' }}").syntax is MISTRAL
+    assert tool_format("<|start_header_id|>{% if tools %}{% endif %}").syntax is LLAMA3_SYNTAX
+    assert tool_format(CHATML).family == "hermes" and tool_format(CHATML).how == "default"  # explained in a system message
 
 
 @pytest.mark.parametrize(
-    ("fmt", "text", "content", "calls"),
+    ("syntax", "text", "content", "calls"),
     [
         (HERMES, 'Let me check.\n<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n</tool_call>', "Let me check.", [("f", {"a": 1})]),
         (HERMES, '<tool_call>{"name": "f", "arguments": {}}</tool_call>\n<tool_call>{"name": "g", "arguments": {"b": "x"}}</tool_call>',
          None, [("f", {}), ("g", {"b": "x"})]),
         (HERMES, '<tool_call>\n{"name": "f", "arguments": {"a": 1}}', None, [("f", {"a": 1})]),  # cut by a stop string
         (HERMES, '<tool_call>\n{"name": "f", "arguments": "{\\"a\\": 1}"}\n</tool_call>', None, [("f", {"a": 1})]),
-        (LLAMA3_FORMAT, '{"name": "f", "parameters": {"a": 1}}', None, [("f", {"a": 1})]),
-        (LLAMA3_FORMAT, ' {"name": "f", "parameters": {}}; {"name": "g", "parameters": {}}', None, [("f", {}), ("g", {})]),
+        (LLAMA3_SYNTAX, '{"name": "f", "parameters": {"a": 1}}', None, [("f", {"a": 1})]),
+        (LLAMA3_SYNTAX, ' {"name": "f", "parameters": {}}; {"name": "g", "parameters": {}}', None, [("f", {}), ("g", {})]),
         (MISTRAL, '[{"name": "f", "arguments": {"a": 1}}, {"name": "g", "arguments": {}}]', None, [("f", {"a": 1}), ("g", {})]),
         (MISTRAL, '[TOOL_CALLS][{"name": "f", "arguments": {}}]', None, [("f", {})]),
     ],
 )
-def test_calls_are_parsed_in_each_format(fmt, text: str, content: str | None, calls: list) -> None:  # noqa: ANN001
-    parsed_content, parsed = fmt.parse(text)
-    assert parsed_content == content
-    assert [(c.name, json.loads(c.arguments)) for c in parsed] == calls
+def test_calls_are_parsed_in_each_format(syntax, text: str, content: str | None, calls: list) -> None:  # noqa: ANN001
+    assert parsed(syntax, text) == (content, calls)
 
 
 @pytest.mark.parametrize(
-    ("fmt", "text"),
+    ("syntax", "text"),
     [
         (HERMES, "Just prose, no calls."),
         (HERMES, "<tool_call>\n{not json}\n</tool_call>"),
         (HERMES, '<tool_call>\n{"arguments": {}}\n</tool_call>'),  # no name
-        (LLAMA3_FORMAT, "The weather is fine."),
-        (LLAMA3_FORMAT, '{"title": "a JSON answer, not a call"}'),
+        (HERMES, '<tool_call>\n{"name": "undeclared", "arguments": {}}\n</tool_call>'),
+        (LLAMA3_SYNTAX, "The weather is fine."),
+        (LLAMA3_SYNTAX, '{"title": "a JSON answer, not a call"}'),
         (MISTRAL, "[1, 2, 3]"),
     ],
 )
-def test_text_that_is_not_a_call_stays_content(fmt, text: str) -> None:  # noqa: ANN001
-    assert fmt.parse(text) == (text, [])
+def test_text_that_is_not_a_call_stays_content(syntax, text: str) -> None:  # noqa: ANN001
+    assert parsed(syntax, text) == (text, [])
 
 
-def test_stream_sends_prose_and_holds_a_call_until_the_end() -> None:
-    stream = ToolCallStream(HERMES)
-    sent = [stream.push(piece) for piece in ["Sure", ", checking", ".\n<tool", "_call>\n{\"name\": \"f\", ", '"arguments": {}}\n</tool_call>']]
-    assert "".join(sent) == "Sure, checking.\n"
-    assert sent[2] == ".\n"  # "<tool" might start a call: held
-    assert stream.finish() == ("", [Call("f", "{}")])
+def test_stream_sends_prose_and_a_call_as_it_comes() -> None:
+    stream = ToolCallStream(ToolParser((HERMES, *FALLBACKS), DECLARED))
+    sent = [stream.push(piece) for piece in ["Sure", ", checking", ".\n<tool", "_call>\n{\"name\": \"f\", ", '"arguments": {"a"',
+                                             ": 1}}\n</tool_call>"]]
+    assert [out for out in sent[2]] == [".\n"]  # "<tool" might start a call: held
+    assert "".join(o for batch in sent for o in batch if isinstance(o, str)) == "Sure, checking.\n"
+    started = [o for o in sent[3] if isinstance(o, CallStarted)]
+    assert started and started[0].call.name == "f"  # the name as soon as it is read
+    assert "".join(o.delta for batch in sent for o in batch if isinstance(o, CallArguments)) == '{"a": 1}'
+    rest, calls = stream.finish()
+    assert rest == [] and [(c.name, c.arguments, c.id) for c in calls] == [("f", '{"a": 1}', started[0].call.id)]
 
 
 def test_stream_gives_back_held_text_that_was_not_a_call() -> None:
-    stream = ToolCallStream(HERMES)
-    assert stream.push("a < b and <tool") == "a < b and "
-    assert stream.push("s>") == "<tools>"
-    assert stream.finish() == ("", [])
-    marker_less = ToolCallStream(LLAMA3_FORMAT)
-    assert marker_less.push("  ") == "" and marker_less.push("{\"x\": 1}") == ""
-    assert marker_less.finish() == ('  {"x": 1}', [])
-    prose = ToolCallStream(LLAMA3_FORMAT)
-    assert prose.push("Hello {") == "Hello {" and prose.finish() == ("", [])
+    stream = ToolCallStream(ToolParser((HERMES, *FALLBACKS), DECLARED))
+    assert stream.push("a < b and <tool") == ["a < b and "]
+    assert stream.push("s>") == ["<tools>"]
+    assert stream.finish() == ([], [])
+    bare = ToolCallStream(ToolParser((LLAMA3_SYNTAX, *FALLBACKS), DECLARED))
+    assert bare.push("  ") == [] and bare.push('{"na') == []  # may be a call's "name": held
+    assert bare.push('me": "nope"}') == ['  {"name": "nope"}']  # no tool of that name: content
+    assert bare.finish() == ([], [])
+    answer = ToolCallStream(ToolParser((LLAMA3_SYNTAX, *FALLBACKS), DECLARED))
+    assert answer.push('{"title": 1') == ['{"title": 1']  # a key no call has: a JSON answer, sent at once
+    prose = ToolCallStream(ToolParser((LLAMA3_SYNTAX, *FALLBACKS), DECLARED))
+    assert prose.push("Hello {") == ["Hello {"] and prose.finish() == ([], [])
 
 
 def test_history_renders_calls_and_results_for_a_template_without_tools() -> None:
@@ -120,7 +137,7 @@ def test_plan_matches_tool_choice() -> None:
         return plan_output(chat_request(ChatCompletionRequest(messages=[{"role": "user", "content": "x"}], **fields)), CHATML)
 
     auto = plan(tools=[TOOL])
-    assert auto.grammar is None and auto.tool_format is HERMES and auto.tools and auto.stop == ("</tool_call>",)
+    assert auto.grammar is None and auto.tool_format.syntax is HERMES and auto.tools and auto.stop == ("</tool_call>",)
     assert plan(tools=[TOOL], parallel_tool_calls=True).stop == ()
     assert plan(tools=[TOOL], tool_choice="required").grammar
     none = plan(tools=[TOOL], tool_choice="none")

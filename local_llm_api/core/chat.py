@@ -4,7 +4,7 @@ back, as a stream of events that every dialect translates into its own frames (o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
@@ -13,7 +13,9 @@ from ..config import Settings
 from ..manager import LoadedModel, ModelManager
 from ..prompting.chat_template import template_info
 from ..prompting.reasoning import ReasoningFormat, ReasoningSplitter, reasoning_format
-from ..prompting.tool_calls import Call, ToolCallStream
+from ..prompting.tool_calls import Call, CallArguments, CallStarted, ToolCallStream
+from ..prompting.tool_parser import ToolParser
+from ..prompting.tool_syntax import iter_literals
 from ..structured.logprobs import TokenLogprob
 from .errors import invalid_request
 from .generation import ChoiceJob, ensure_capacity, stream_choices
@@ -41,6 +43,24 @@ class ReasoningDelta:
 
 
 @dataclass(frozen=True)
+class CallStart:
+    """A tool call begins: its name and id (its arguments follow in `CallDelta`s)."""
+
+    index: int
+    number: int  # the call's place among the choice's calls
+    call: Call
+
+
+@dataclass(frozen=True)
+class CallDelta:
+    """More of a call's arguments: all of them, joined, are the call's final arguments."""
+
+    index: int
+    number: int
+    text: str
+
+
+@dataclass(frozen=True)
 class ChoiceEnd:
     """A choice finished: `tool_calls` when its answer held calls, else the backend's stop/length."""
 
@@ -53,7 +73,7 @@ class ChoiceEnd:
     reasoning_tokens: int = 0  # of the completion tokens, those spent reasoning
 
 
-ChatEvent = TextDelta | ReasoningDelta | ChoiceEnd
+ChatEvent = TextDelta | ReasoningDelta | CallStart | CallDelta | ChoiceEnd
 
 
 @dataclass
@@ -70,6 +90,7 @@ class Answer:
     reasoning_tokens: int = 0
     reasoning: str | None = None  # None: the model wrote no reasoning
     logprobs: list[TokenLogprob] = field(default_factory=list)
+    parts: list[str | int] = field(default_factory=list)  # the answer in order: text, and calls by number
 
     def add(self, event: ChatEvent) -> None:
         if isinstance(event, ReasoningDelta):
@@ -78,12 +99,34 @@ class Answer:
         if isinstance(event, TextDelta):
             self.content = (self.content or "") + event.text
             self.logprobs += event.logprobs
+            if event.text and self.parts and isinstance(self.parts[-1], str):
+                self.parts[-1] += event.text
+            elif event.text:
+                self.parts.append(event.text)
+            return
+        if isinstance(event, CallStart):
+            self.parts.append(event.number)
+            return
+        if isinstance(event, CallDelta):
             return
         self.finish_reason, self.calls, self.completion_tokens = event.finish_reason, event.calls, event.completion_tokens
         self.stop_sequence, self.cached_tokens = event.stop_sequence, event.cached_tokens
         self.reasoning_tokens = event.reasoning_tokens
         if event.calls:  # the text around tool calls, if any, without the whitespace before them
             self.content = (self.content or "").strip() or None
+
+    def in_order(self) -> list[str | Call]:
+        """The answer's text and calls in the order the model wrote them (blank text left out), for the APIs whose
+        answers are a list of blocks or items."""
+        out: list[str | Call] = []
+        for part in self.parts:
+            if isinstance(part, int):
+                if part < len(self.calls):
+                    out.append(self.calls[part])
+            elif part.strip():
+                out.append(part.strip() if self.calls else part)
+        listed = sum(isinstance(p, Call) for p in out)
+        return out + list(self.calls[listed:]) if listed < len(self.calls) else out
 
 
 @dataclass
@@ -100,6 +143,7 @@ class ChatRun:
     reasoning: ReasoningFormat | None = None  # set when the model thinks and may this time
     starts_inside: bool = False  # the prompt opened the reasoning block
     ignored: tuple[str, ...] = ()  # request fields that turned out to change nothing (template kwargs it does not read)
+    prompt_text: str = ""  # the prompt's last characters, where a tool-call frame may begin
 
     @property
     def prompt_tokens(self) -> int:
@@ -117,11 +161,12 @@ class ChatRun:
         await self.aclose()
 
     async def events(self) -> AsyncIterator[ChatEvent]:
-        # Reasoning is split off first; of the answer, content streams as it comes while text that may be a tool
-        # call is held and parsed at the end.
+        # Reasoning is split off first; of the answer, content streams as it comes, and tool calls as soon as their
+        # name is read (then their arguments in pieces); text that may be the start of a call is held.
         fmt = self.plan.tool_format
-        splitters = {job.index: ToolCallStream(fmt) for job in self.jobs} if fmt else {}
-        ends = (fmt.marker,) if fmt is not None and fmt.marker else ()
+        splitters = {job.index: ToolCallStream(ToolParser(fmt.syntaxes, self.plan.declared, self.prompt_text))
+                     for job in self.jobs} if fmt else {}
+        ends = ToolParser(fmt.syntaxes[:1], {}).triggers if fmt is not None else ()
         thinkers = {job.index: ReasoningSplitter(self.reasoning, inside=self.starts_inside, ends=ends)
                     for job in self.jobs} if self.reasoning is not None else {}
         async for index, chunk in stream_choices(self.model.backend, self.jobs, self.reservation):
@@ -134,16 +179,15 @@ class ChatRun:
                 if thought:
                     yield ReasoningDelta(index, thought)
             splitter = splitters.get(index)
-            text = splitter.push(text) if splitter else text
-            if text or chunk.logprobs:
-                yield TextDelta(index, text, chunk.logprobs)
+            outputs = splitter.push(text) if splitter else [text] if text else []
+            calls: list[Call] = []
+            if splitter and chunk.finish_reason is not None:
+                rest, calls = splitter.finish()
+                outputs += rest
+            for event in _events(index, outputs, chunk.logprobs):
+                yield event
             if chunk.finish_reason is None:
                 continue
-            calls: list[Call] = []
-            if splitter:
-                rest, calls = splitter.finish()
-                if rest:
-                    yield TextDelta(index, rest)
             stop = chunk.stop_sequence if chunk.stop_sequence not in self.plan.stop else None
             yield ChoiceEnd(index, "tool_calls" if calls else chunk.finish_reason, tuple(calls), chunk.completion_tokens, stop,
                             chunk.cached_tokens, chunk.reasoning_tokens)
@@ -153,6 +197,23 @@ class ChatRun:
         async for event in self.events():
             answers[event.index].add(event)
         return [answers[job.index] for job in self.jobs]
+
+
+def _events(index: int, outputs: list[str | CallStarted | CallArguments],
+            logprobs: tuple[TokenLogprob, ...]) -> list[ChatEvent]:
+    """A chunk's share of the answer as events; its log probabilities go with its first text (or alone)."""
+    events: list[ChatEvent] = []
+    for output in outputs:
+        if isinstance(output, CallStarted):
+            events.append(CallStart(index, output.number, output.call))
+        elif isinstance(output, CallArguments):
+            events.append(CallDelta(index, output.number, output.delta))
+        elif output:
+            events.append(TextDelta(index, output, logprobs))
+            logprobs = ()
+    if logprobs:
+        events.insert(0, TextDelta(index, "", logprobs))
+    return events
 
 
 @dataclass(frozen=True)
@@ -169,11 +230,17 @@ def model_reasoning(model: LoadedModel) -> ReasoningFormat | None:
     return reasoning_format(template_info(model.backend.facts.chat_template), spec.reasoning if spec else None)
 
 
+def tool_format_of(model: LoadedModel) -> str | None:
+    """MODELS_CONFIG's `tool_format` for the model, if it names one."""
+    spec = model.entry.spec
+    return spec.tool_format if spec else None
+
+
 def prepare(model: LoadedModel, req: ChatRequest, plain_content: bool = False) -> Prepared:
     """The output plan (schemas compiled) and the prompt: work off the event loop. `plain_content`: control-token
     texts in messages are read as text (PARSE_SPECIAL_IN_CONTENT=false)."""
     backend = model.backend
-    plan = plan_output(req, backend.facts.chat_template)
+    plan = plan_output(req, backend.facts.chat_template, tool_format_of(model))
     check_schemas(backend, plan)
     if req.raw_prompt is not None:
         return Prepared(plan, backend.tokenize(req.raw_prompt, add_special=True), Prompt(req.raw_prompt), None)
@@ -181,18 +248,28 @@ def prepare(model: LoadedModel, req: ChatRequest, plain_content: bool = False) -
     room = (req.max_tokens or 1) if req.truncate else None
     tokens, prompt = prompt_tokens(backend, req, plan, room=room, context=req.context(backend.facts.context_size),
                                    reasoning=reasoning, plain_content=plain_content)
+    opens = plan.tool_format.syntax.prompt_opens if plan.tool_format is not None and plan.grammar else ""
+    if opens and prompt.text.endswith(opens):  # the forced call's frame is already open
+        plan = plan_output(req, backend.facts.chat_template, tool_format_of(model), primed=True)
     return Prepared(plan, tokens, prompt, reasoning)
+
+
+def kept_markers(backend: Backend, markers: Iterable[str]) -> dict[int, bytes]:
+    """The special tokens in these markers whose text an answer must keep (a control token's text is otherwise left
+    out of the answer), so that the splitters see the markers the model writes."""
+    keep = {}
+    for marker in markers:
+        for token in backend.tokenize(marker, add_special=False, parse_special=True) if marker else ():
+            if not backend.token_bytes(token):
+                keep[token] = backend.token_piece(token)
+    return keep
 
 
 def thinking_control(backend: Backend, fmt: ReasoningFormat, prompt: Prompt, req: ChatRequest) -> tuple[ThinkingControl, dict[int, bytes]]:
     """What the engine watches of the reasoning block, and the special tokens of its markers whose text the answer
     must keep for the splitter to see them."""
     close = tuple(backend.tokenize(fmt.close, add_special=False, parse_special=True))
-    keep = {}
-    for marker in (fmt.open, fmt.close, fmt.answer_prefix):
-        for token in backend.tokenize(marker, add_special=False, parse_special=True) if marker else ():
-            if not backend.token_bytes(token):
-                keep[token] = backend.token_piece(token)
+    keep = kept_markers(backend, (fmt.open, fmt.close, fmt.answer_prefix))
     asked = req.reasoning_asked
     budget = asked.budget_tokens if asked is not None else None
     return ThinkingControl(fmt.open, fmt.close, close, inside=prompt.starts_inside, budget=budget), keep
@@ -212,6 +289,8 @@ async def start_chat(req: ChatRequest, manager: ModelManager, settings: Settings
             raise invalid_request(f"\"{model.entry.name}\" does not support thinking", asked.param)
         thinks = reasoning is not None and (asked is None or asked.wanted)
         control, keep = thinking_control(backend, reasoning, prepared.prompt, req) if thinks and reasoning else (None, {})
+        if prepared.plan.tool_format is not None:
+            keep = {**keep, **kept_markers(backend, iter_literals(prepared.plan.tool_format.syntax))}
         budget = token_budget(len(prepared.tokens), req.max_tokens, req.context(facts.context_size), settings, req.prompt_param)
         jobs = [ChoiceJob(i, prepared.tokens, sampling_params(req.sampling, settings, facts, budget, i,
                                                               grammar=prepared.plan.grammar, logprobs=req.logprobs,
@@ -223,7 +302,8 @@ async def start_chat(req: ChatRequest, manager: ModelManager, settings: Settings
         await stack.aclose()
         raise
     return ChatRun(model, prepared.plan, prepared.tokens, jobs, stack, notes(req, reasoning), reservation,
-                   reasoning if thinks else None, prepared.prompt.starts_inside and thinks, prepared.prompt.ignored)
+                   reasoning if thinks else None, prepared.prompt.starts_inside and thinks, prepared.prompt.ignored,
+                   prepared.prompt.text[-64:])
 
 
 REASONING_IGNORED = "X-Reasoning-Ignored"
@@ -242,7 +322,7 @@ async def count_prompt_tokens(req: ChatRequest, manager: ModelManager) -> int:
     """How many tokens the model would read for this request: system, tools and the template's own tokens."""
     async with manager.use(req.model, "chat") as model:
         backend = model.backend
-        plan = plan_output(req, backend.facts.chat_template)  # what the model is shown; no grammar is compiled
+        plan = plan_output(req, backend.facts.chat_template, tool_format_of(model))  # what the model is shown
         tokens, _ = await asyncio.to_thread(prompt_tokens, backend, req, plan, reasoning=model_reasoning(model),
                                             plain_content=not manager.settings.parse_special_in_content)
     return len(tokens)

@@ -12,11 +12,13 @@ grammar the answer must match (if any), the tools the model is shown, and how to
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..backends.base import Backend
-from ..prompting.tool_calls import ToolFormat, tool_format
+from ..prompting.tool_families import ToolFormat, tool_format
+from ..prompting.tool_parser import DeclaredTool
+from ..prompting.tool_syntax import bounded_numbers, walk_schema
 from ..structured.constraint import ConstraintFactory, GrammarError, UnconstrainableModel, import_llguidance
 from .errors import invalid_request
 from .request import ChatRequest, ForcedTool
@@ -35,43 +37,34 @@ class OutputPlan:
     tools: list[dict[str, Any]] | None = None  # shown to the model through its chat template
     stop: tuple[str, ...] = ()  # added to the request's stop strings
     schemas: tuple[tuple[str, dict[str, Any]], ...] = ()  # (param, schema) to compile before generating
+    declared: dict[str, DeclaredTool] = field(default_factory=dict)  # the tools whose calls are read back
 
 
 def with_options(schema: dict[str, Any], strict: bool) -> dict[str, Any]:
-    """The schema with llguidance's compile options; `strict` refuses keywords it cannot enforce,
-    otherwise they are ignored (as the JSON Schema spec allows for unknown keywords), and objects take only
-    the keys they declare (`closed_objects`)."""
+    """The schema with llguidance's compile options; `strict` refuses keywords it cannot enforce, otherwise they are
+    ignored (as the JSON Schema spec allows for unknown keywords). Either way objects take only the keys they declare
+    (`closed_objects`: OpenAI's strict mode demands as much) and numbers without bounds keep to 16 integral digits
+    (`bounded_numbers`)."""
     options = {**JSON_OPTIONS, "lenient": not strict, **schema.get("x-guidance", {})}
-    return {**(schema if strict else closed_objects(schema)), "x-guidance": options}
-
-
-# Keywords whose value maps names to schemas (not a schema itself), and keywords whose values are data.
-_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
-_DATA = ("const", "enum", "default", "examples", "x-guidance")
+    return {**bounded_numbers(closed_objects(schema)), "x-guidance": options}
 
 
 def closed_objects(schema: Any) -> Any:
     """Objects that list `properties` but say nothing of `additionalProperties` take only those keys, as llama.cpp's
     grammar converter does: otherwise a weak model invents keys until max_tokens cuts its tool call off. An
-    explicit `additionalProperties` (or `patternProperties`) keeps its meaning; strict schemas are not touched."""
-    if isinstance(schema, list):
-        return [closed_objects(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out: dict[str, Any] = {}
-    for key, value in schema.items():
-        if key in _SCHEMA_MAPS and isinstance(value, dict):
-            out[key] = {name: closed_objects(sub) for name, sub in value.items()}
-        elif key in _DATA:
-            out[key] = value
-        else:
-            out[key] = closed_objects(value)
-    if "properties" in out and "additionalProperties" not in out and "patternProperties" not in out:
-        out["additionalProperties"] = False
-    return out
+    explicit `additionalProperties` (or `patternProperties`) keeps its meaning."""
+    return walk_schema(schema, _closed)
 
 
-def plan_output(req: ChatRequest, chat_template: str) -> OutputPlan:
+def _closed(node: dict[str, Any]) -> dict[str, Any]:
+    if "properties" in node and "additionalProperties" not in node and "patternProperties" not in node:
+        return {**node, "additionalProperties": False}
+    return node
+
+
+def plan_output(req: ChatRequest, chat_template: str, configured_format: str | None = None, primed: bool = False) -> OutputPlan:
+    """What the answer may hold and how it is forced; `configured_format`: MODELS_CONFIG's `tool_format`; `primed`:
+    the prompt already opens a call's frame (Functionary v3.2's `>>>`)."""
     answer, schemas = _answer_rule(req)
     tools = req.tools
     choice = req.tool_choice
@@ -99,8 +92,10 @@ def plan_output(req: ChatRequest, chat_template: str) -> OutputPlan:
         schemas += ((f"{tool.param}.parameters", parameters),)
     if choice == "none":  # the model is not shown the tools and answers in prose (or the JSON output)
         return OutputPlan(grammar=_lark(f"start: answer\n{answer}") if answer else None, schemas=schemas)
-    fmt = tool_format(chat_template)
+    fmt = tool_format(chat_template, configured_format)
+    syntax = fmt.syntax
     shown = [tool.shown() for tool in tools]
+    declared = {tool.name: DeclaredTool(tool.parameters or {}, tool.custom) for tool in tools}
     # Several calls in one answer only when asked for: small models given the choice repeat a call until
     # max_tokens (llama.cpp's server makes the same choice).
     parallel = req.parallel_tool_calls is True
@@ -109,17 +104,18 @@ def plan_output(req: ChatRequest, chat_template: str) -> OutputPlan:
             raise invalid_request(f"tool_choice names '{choice.name}', which is not among the tools "
                                   f"({', '.join(names)}).", choice.param, "tool_not_found")
         forced = [f for f in functions if f[0] == choice.name]
-        grammar = "start: calls\n" + fmt.grammar(forced, parallel=False, custom=[c for c in custom if c[0] == choice.name])
+        grammar = "start: calls\n" + syntax.grammar(forced, parallel=False, custom=[c for c in custom if c[0] == choice.name], primed=primed)
     elif choice == "required":
-        grammar = "start: calls\n" + fmt.grammar(functions, parallel=parallel, custom=custom)
+        grammar = "start: calls\n" + syntax.grammar(functions, parallel=parallel, custom=custom, primed=primed)
     elif answer:  # auto with JSON output: either calls or the JSON answer
-        grammar = "start: calls | answer\n" + fmt.grammar(functions, parallel=parallel, custom=custom) + "\n" + answer
+        grammar = "start: calls | answer\n" + syntax.grammar(functions, parallel=parallel, custom=custom, primed=primed) + "\n" + answer
     else:
         grammar = None
-    # In `auto` mode the model writes freely: a single call ends at its closing tag, when it has one.
-    stop = (fmt.call_close.strip(),) if grammar is None and not parallel and fmt.call_close.strip() else ()
+    # In `auto` mode the model writes freely: a single call ends at its frame's closing marker, when it has one.
+    closing = (syntax.section_close if syntax.section_open else syntax.call_close).strip()
+    stop = (closing,) if grammar is None and not parallel and len(closing) > 2 else ()  # never a lone "]"
     return OutputPlan(grammar=_lark(grammar, sub_grammars) if grammar else None, tool_format=fmt, tools=shown, stop=stop,
-                      schemas=schemas)
+                      schemas=schemas, declared=declared)
 
 
 def _lark(text: str, sub_grammars: dict[str, str] | None = None) -> str:

@@ -13,7 +13,8 @@ from typing import Any
 from ..backends.base import Backend
 from ..prompting.chat_template import RESERVED, ChatTemplateError, TemplateInfo, render_chat, template_info
 from ..prompting.reasoning import ReasoningFormat, template_variables
-from ..prompting.tool_calls import Call, tool_format, tools_system_prompt
+from ..prompting.tool_calls import Call, tools_system_prompt
+from ..prompting.tool_families import tool_format
 from .errors import invalid_request
 from .output import OutputPlan
 from .request import ChatRequest, Message, ToolCall
@@ -72,7 +73,7 @@ def template_messages(messages: list[Message], plan: OutputPlan, info: TemplateI
     """Messages as chat templates expect them: list content as text parts where the template reads them, tool
     calls with their arguments as objects where it renders calls, tool results as `tool` messages where it knows
     the role. A template that knows none of it reads calls and results as text, and the tools in a system message."""
-    fmt = plan.tool_format or tool_format(template)
+    syntax = (plan.tool_format or tool_format(template)).syntax
     structured_results = info.knows_tool_role or info.renders_tool_calls
     out = []
     for message in messages:
@@ -86,18 +87,19 @@ def template_messages(messages: list[Message], plan: OutputPlan, info: TemplateI
             item["reasoning_content"] = message.reasoning  # templates of reasoning models render it; others ignore it
         calls = message.tool_calls
         if calls and info.renders_tool_calls:
-            item["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": _arguments(c)}}
-                                  for c in calls]
+            item["tool_calls"] = [{"id": c.id, "type": "function",
+                                   "function": {"name": c.name, "arguments": _arguments(c)}} for c in calls]
         elif calls:
-            text = fmt.call_text([Call(c.name, json.dumps(_arguments(c))) for c in calls])
-            item["content"] = (message.content + "\n" if message.content else "") + text
+            written = [Call(c.name, c.arguments if c.custom else json.dumps(_arguments(c), ensure_ascii=False), c.custom)
+                       for c in calls]
+            item["content"] = (message.content + "\n" if message.content else "") + syntax.call_text(written)
         if message.role == "tool" and not structured_results:
             item = {"role": "user", "content": f"<tool_response>\n{message.content}\n</tool_response>"}
         elif message.tool_call_id:
             item["tool_call_id"] = message.tool_call_id
         out.append(item)
     if plan.tools and not info.reads_tools:
-        instructions = tools_system_prompt(plan.tools)
+        instructions = tools_system_prompt(plan.tools, syntax)
         if out and out[0]["role"] == "system" and isinstance(out[0]["content"], str):
             out[0] = {**out[0], "content": out[0]["content"] + "\n\n" + instructions}
         else:

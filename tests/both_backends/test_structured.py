@@ -132,6 +132,19 @@ def test_openai_sdk_parse_fills_a_pydantic_model(served: Served) -> None:
     assert isinstance(parsed, City) and parsed.name
 
 
+def test_responses_parse_with_an_unbounded_integer(served: Served) -> None:
+    """An integer field without bounds keeps to 16 digits: a 135M model otherwise writes digits until the budget and
+    the answer is not JSON."""
+    class Town(BaseModel):
+        name: str = Field(max_length=30)
+        population: int
+
+    sdk = openai.OpenAI(base_url=served.server.url + "/v1", api_key="unused", max_retries=0)
+    response = sdk.responses.parse(model=served.model, input="Describe Paris.", text_format=Town, max_output_tokens=150,
+                                   temperature=0)
+    assert isinstance(response.output_parsed, Town) and abs(response.output_parsed.population) < 10**16
+
+
 def test_streamed_tool_call_follows_the_spec(client: httpx.Client, spec: SpecValidator) -> None:
     body = {"messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": TOOLS, "max_tokens": 120, "temperature": 0,
             "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}

@@ -211,8 +211,8 @@ def message_id() -> str:
     return f"msg_{uuid.uuid4().hex[:24]}"
 
 
-def tool_use_id() -> str:
-    return f"toolu_{uuid.uuid4().hex[:24]}"
+def tool_use_id(call_id: str = "") -> str:
+    return f"toolu_{call_id or uuid.uuid4().hex[:24]}"
 
 
 class Usage(BaseModel):

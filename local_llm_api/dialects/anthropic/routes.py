@@ -12,13 +12,13 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from ...api.auth import require_api_key
-from ...core.chat import Answer, ChatRun, ReasoningDelta, TextDelta, count_prompt_tokens, start_chat
+from ...core.chat import Answer, CallDelta, CallStart, ChatRun, ReasoningDelta, TextDelta, count_prompt_tokens, start_chat
 from ...core.generation import TokenCounts, until_disconnected
 from ...core.streaming import sse_data, sse_response
 from ...prompting.reasoning import seal
 from ..base import DialectRoute, say_what_changed
 from .errors import error_event
-from .protocol import CountTokensRequest, CreateMessage, ErrorEnvelope, MessageOut, TokenCount, Usage, message_id
+from .protocol import CountTokensRequest, CreateMessage, ErrorEnvelope, MessageOut, TokenCount, Usage, message_id, tool_use_id
 from .translate import chat_request, content_blocks, shows_thinking, stop_reason
 
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorEnvelope} for code in (400, 401, 404, 413, 429, 503)}
@@ -74,6 +74,14 @@ async def _stream(run: ChatRun, request: Request, shown: bool) -> AsyncIterator[
             yield _event("content_block_stop", index=index)
             index, open_block = index + 1, None
 
+    def open_text() -> Iterator[str]:
+        nonlocal open_block
+        if open_block != "text":
+            for frame in close_block():
+                yield frame
+            open_block = "text"
+            yield _event("content_block_start", index=index, content_block={"type": "text", "text": ""})
+
     async for item in run.events():
         answer.add(item)
         if isinstance(item, ReasoningDelta):
@@ -84,32 +92,23 @@ async def _stream(run: ChatRun, request: Request, shown: bool) -> AsyncIterator[
                 yield _event("content_block_start", index=index, content_block={"type": "thinking", "thinking": "", "signature": ""})
             if shown:
                 yield _event("content_block_delta", index=index, delta={"type": "thinking_delta", "thinking": item.text})
-            continue
-        if not isinstance(item, TextDelta) or not item.text:
-            continue
-        if open_block != "text":
+        elif isinstance(item, CallStart):  # a tool_use block: its name at once, its input as the model writes it
             for frame in close_block():
                 yield frame
-            open_block = "text"
-            yield _event("content_block_start", index=index, content_block={"type": "text", "text": ""})
-        yield _event("content_block_delta", index=index, delta={"type": "text_delta", "text": item.text})
-    blocks = [block for block in content_blocks(answer) if block.type != "thinking"]
-    if open_block != "text" and blocks and blocks[0].type == "text":  # an empty answer still has its text block
-        for frame in close_block():
+            open_block = "tool_use"
+            yield _event("content_block_start", index=index, content_block={
+                "type": "tool_use", "id": tool_use_id(item.call.id), "name": item.call.name, "input": {}})
+        elif isinstance(item, CallDelta) and item.text:
+            yield _event("content_block_delta", index=index, delta={"type": "input_json_delta", "partial_json": item.text})
+        elif isinstance(item, TextDelta) and item.text and (item.text.strip() or open_block == "text"):
+            for frame in open_text():
+                yield frame
+            yield _event("content_block_delta", index=index, delta={"type": "text_delta", "text": item.text})
+    if not any(isinstance(part, int) or part.strip() for part in answer.parts):
+        for frame in open_text():  # an empty answer still has its text block
             yield frame
-        open_block = "text"
-        yield _event("content_block_start", index=index, content_block={"type": "text", "text": ""})
     for frame in close_block():
         yield frame
-    for block in blocks:
-        if block.type != "tool_use":
-            continue
-        yield _event("content_block_start", index=index, content_block={"type": "tool_use", "id": block.id, "name": block.name,
-                                                                        "input": {}})
-        yield _event("content_block_delta", index=index,
-                     delta={"type": "input_json_delta", "partial_json": json.dumps(block.input, ensure_ascii=False)})
-        yield _event("content_block_stop", index=index)
-        index += 1
     request.state.usage = TokenCounts(run.prompt_tokens, answer.completion_tokens)
     yield _event("message_delta", delta={"stop_reason": stop_reason(answer), "stop_sequence": answer.stop_sequence},
                  usage=usage(run.prompt_tokens, answer).model_dump())

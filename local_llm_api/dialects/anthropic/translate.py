@@ -9,6 +9,7 @@ from ...core.chat import Answer
 from ...core.errors import invalid_request, unsupported
 from ...core.request import ChatRequest, ForcedTool, JSONOutput, Message, Reasoning, Sampling, Tool, ToolCall, ToolChoice
 from ...prompting.reasoning import seal, unseal
+from ...prompting.tool_calls import Call, arguments_object
 from .protocol import (
     CountTokensRequest,
     CreateMessage,
@@ -200,10 +201,16 @@ def thinking_block(reasoning: str, shown: bool) -> ThinkingOut:
 
 
 def content_blocks(answer: Answer, shown: bool = True) -> list[ThinkingOut | TextOut | ToolUseOut]:
+    """The answer's blocks in the order the model wrote them: thinking, text, tool uses (and text after them)."""
     blocks: list[ThinkingOut | TextOut | ToolUseOut] = []
     if answer.reasoning is not None:
         blocks.append(thinking_block(answer.reasoning, shown))
-    if answer.content or not answer.calls:
+    for part in answer.in_order():
+        blocks.append(TextOut(text=part) if isinstance(part, str) else tool_use_block(part))
+    if not any(block.type != "thinking" for block in blocks):  # an empty answer still has its text block
         blocks.append(TextOut(text=answer.content or ""))
-    blocks += [ToolUseOut(id=tool_use_id(), name=call.name, input=json.loads(call.arguments)) for call in answer.calls]
     return blocks
+
+
+def tool_use_block(call: Call) -> ToolUseOut:
+    return ToolUseOut(id=tool_use_id(call.id), name=call.name, input=arguments_object(call.arguments))

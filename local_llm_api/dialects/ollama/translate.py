@@ -12,6 +12,7 @@ from ...backends.base import Backend
 from ...core.chat import Answer
 from ...core.errors import invalid_request, unsupported
 from ...core.request import ChatRequest, JSONOutput, Message, Reasoning, Sampling, Tool, ToolCall
+from ...prompting.tool_calls import arguments_object
 from ...structured.logprobs import TokenLogprob
 from .protocol import (
     ChatMessage,
@@ -190,8 +191,8 @@ def _logprobs(req: Generation) -> int | None:
 def tool_calls(answer: Answer) -> list[OutToolCall] | None:
     if not answer.calls:
         return None
-    return [OutToolCall(id=f"call_{uuid.uuid4().hex[:24]}",
-                        function=OutFunction(index=i, name=call.name, arguments=json.loads(call.arguments)))
+    return [OutToolCall(id=f"call_{call.id or uuid.uuid4().hex[:24]}",
+                        function=OutFunction(index=i, name=call.name, arguments=arguments_object(call.arguments)))
             for i, call in enumerate(answer.calls)]
 
 

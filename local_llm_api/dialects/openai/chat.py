@@ -10,7 +10,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from ...config import Settings
-from ...core.chat import ChatRun, ReasoningDelta, TextDelta, start_chat
+from ...core.chat import CallDelta, CallStart, ChatRun, ReasoningDelta, TextDelta, start_chat
 from ...core.generation import until_disconnected
 from ...core.streaming import sse_data, sse_response
 from ...manager import ModelManager
@@ -38,12 +38,12 @@ from .protocol import (
 from .translate import chat_request
 
 
-def call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
+def call_id(call: Call) -> str:
+    return f"call_{call.id or uuid.uuid4().hex[:24]}"
 
 
 def tool_calls(calls: tuple[Call, ...]) -> list[ToolCall] | None:
-    return [ToolCall(id=call_id(), function=FunctionCall(name=c.name, arguments=c.arguments)) for c in calls] or None
+    return [ToolCall(id=call_id(c), function=FunctionCall(name=c.name, arguments=c.arguments)) for c in calls] or None
 
 
 async def create_chat_completion(
@@ -91,13 +91,18 @@ async def _stream(run: ChatRun, include_usage: bool, request: Request) -> AsyncI
             logprobs = chat_logprobs(run.model.backend, item.logprobs) if item.logprobs else None
             yield event(item.index, ChatDelta(content=item.text), logprobs=logprobs)
             continue
+        if isinstance(item, CallStart):  # the name and id once, then the arguments in pieces
+            head = ToolCallDelta(index=item.number, id=call_id(item.call), type="function",
+                                 function=FunctionCallDelta(name=item.call.name, arguments=""))
+            yield event(item.index, ChatDelta(tool_calls=[head]))
+            continue
+        if isinstance(item, CallDelta):
+            piece = ToolCallDelta(index=item.number, function=FunctionCallDelta(arguments=item.text))
+            yield event(item.index, ChatDelta(tool_calls=[piece]))
+            continue
         completion_tokens += item.completion_tokens
         cached_tokens = max(cached_tokens, item.cached_tokens)
         reasoning_tokens += item.reasoning_tokens
-        for n, call in enumerate(item.calls):
-            head = ToolCallDelta(index=n, id=call_id(), type="function", function=FunctionCallDelta(name=call.name, arguments=""))
-            yield event(item.index, ChatDelta(tool_calls=[head]))
-            yield event(item.index, ChatDelta(tool_calls=[ToolCallDelta(index=n, function=FunctionCallDelta(arguments=call.arguments))]))
         yield event(item.index, ChatDelta(), item.finish_reason)
     request.state.usage = usage(run.prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens)
     if include_usage:

@@ -11,7 +11,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from ...api.auth import presented_key, require_api_key
-from ...core.chat import Answer, ChatRun, ReasoningDelta, TextDelta, start_chat
+from ...core.chat import Answer, CallDelta, CallStart, ChatEvent, ChatRun, ReasoningDelta, TextDelta, start_chat
+from ...prompting.tool_calls import Call
 from ...core.errors import APIError, not_found
 from ...core.generation import TokenCounts, until_disconnected
 from ...core.streaming import sse_data, sse_response
@@ -19,6 +20,9 @@ from ..base import DialectRoute, say_what_changed
 from ..openai.errors import ErrorResponse
 from .protocol import (
     CreateResponse,
+    CustomToolCallOutput,
+    FunctionCallOutput,
+    OutputItem,
     DeletedResponse,
     IncompleteDetails,
     InputTokensDetails,
@@ -40,6 +44,7 @@ from .store import ResponseStore, owner_of
 from .translate import (
     ITEMS,
     ToolSet,
+    call_item,
     chat_request,
     input_items,
     output_items,
@@ -152,108 +157,154 @@ def _dump(model: Any) -> Any:
 
 async def _stream(run: ChatRun, req: CreateResponse, response: ResponseObject, tools: ToolSet, own: list[InputItem],
                   context: list[InputItem], request: Request, event: Events) -> AsyncIterator[str]:
-    """The spec's event order: a reasoning item (its text as it comes, then its summary), the message (text as it
-    comes), then each call; every item added, filled and done in turn."""
+    """The spec's event order: each output item added, filled as the model writes it, and done before the next one
+    (a reasoning item, messages and calls in the order the model wrote them)."""
     yield event("response.created", response=_dump(response))
     yield event("response.in_progress", response=_dump(response))
-    backend, wants_logprobs = run.model.backend, run.jobs[0].params.logprobs is not None
-    message_id, reasoning_id = new_id("msg"), new_id("rs")
-    logprobs: list[Logprob] = []
-    pending, index = "", 0  # text held (whitespace before any text); the output index of the next item
-    state = "none"  # the item being streamed: "none", "reasoning", "message"
+    items = _StreamedItems(run, req, tools, event)
     answer = Answer(0)
-
-    def open_reasoning() -> Iterator[str]:
-        item = ReasoningItem(type="reasoning", id=reasoning_id, summary=[], status="in_progress")
-        yield event("response.output_item.added", output_index=index, item=_dump(item))
-        yield event("response.content_part.added", item_id=reasoning_id, output_index=index, content_index=0,
-                    part={"type": "reasoning_text", "text": ""})
-
-    def close_reasoning() -> Iterator[str]:
-        done = reasoning_item(answer.reasoning or "", req, reasoning_id)
-        yield event("response.reasoning_text.done", item_id=reasoning_id, output_index=index, content_index=0,
-                    text=answer.reasoning or "")
-        yield event("response.content_part.done", item_id=reasoning_id, output_index=index, content_index=0,
-                    part={"type": "reasoning_text", "text": answer.reasoning or ""})
-        for n, part in enumerate(done.summary):
-            yield event("response.reasoning_summary_part.added", item_id=reasoning_id, output_index=index, summary_index=n,
-                        part={"type": "summary_text", "text": ""})
-            yield event("response.reasoning_summary_text.delta", item_id=reasoning_id, output_index=index, summary_index=n,
-                        delta=part.text)
-            yield event("response.reasoning_summary_text.done", item_id=reasoning_id, output_index=index, summary_index=n,
-                        text=part.text)
-            yield event("response.reasoning_summary_part.done", item_id=reasoning_id, output_index=index, summary_index=n,
-                        part=_dump(part))
-        yield event("response.output_item.done", output_index=index, item=_dump(done))
-
-    def open_message() -> Iterator[str]:
-        item = OutputMessage(id=message_id, status="in_progress", content=[])
-        yield event("response.output_item.added", output_index=index, item=_dump(item))
-        yield event("response.content_part.added", item_id=message_id, output_index=index, content_index=0,
-                    part=_dump(OutputText(text="")))
-
     async for item in run.events():
         answer.add(item)
-        if isinstance(item, ReasoningDelta):
-            if state == "none":
-                state = "reasoning"
-                for line in open_reasoning():
-                    yield line
-            yield event("response.reasoning_text.delta", item_id=reasoning_id, output_index=index, content_index=0,
-                        delta=item.text)
-            continue
-        if not isinstance(item, TextDelta):
-            continue
-        delta_logprobs = response_logprobs(backend, item.logprobs) if wants_logprobs else []
-        logprobs += delta_logprobs
-        pending += item.text
-        if not pending.strip() and (state != "message" or not pending):
-            continue  # nothing to send; whitespace before any text is held (before tool calls it is no message)
-        if state != "message":
-            if state == "reasoning":
-                for line in close_reasoning():
-                    yield line
-                index += 1
-            state = "message"
-            for line in open_message():
-                yield line
-        yield event("response.output_text.delta", item_id=message_id, output_index=index, content_index=0, delta=pending,
-                    logprobs=[_dump(lp) for lp in delta_logprobs])
-        pending = ""
-    items = output_items(answer, tools, logprobs, req, message_id, reasoning_id)
-    for out in items:
-        if isinstance(out, ReasoningItem):
-            if state == "none":  # reasoning that came at once with the end
-                for line in open_reasoning():
-                    yield line
-            if state != "message":
-                for line in close_reasoning():
-                    yield line
-                index += 1
-            continue
-        if isinstance(out, OutputMessage):
-            if state != "message":
-                for line in open_message():
-                    yield line
-            part = out.content[0]
-            yield event("response.output_text.done", item_id=message_id, output_index=index, content_index=0, text=part.text,
-                        logprobs=[_dump(lp) for lp in part.logprobs])
-            yield event("response.content_part.done", item_id=message_id, output_index=index, content_index=0, part=_dump(part))
-        elif out.type == "function_call":
-            yield event("response.output_item.added", output_index=index,
-                        item=_dump(out.model_copy(update={"arguments": "", "status": "in_progress"})))
-            yield event("response.function_call_arguments.delta", item_id=out.id, output_index=index, delta=out.arguments)
-            yield event("response.function_call_arguments.done", item_id=out.id, output_index=index, name=out.name,
-                        arguments=out.arguments)
-        else:
-            yield event("response.output_item.added", output_index=index, item=_dump(out.model_copy(update={"input": ""})))
-            yield event("response.custom_tool_call_input.delta", item_id=out.id, output_index=index, delta=out.input)
-            yield event("response.custom_tool_call_input.done", item_id=out.id, output_index=index, input=out.input)
-        yield event("response.output_item.done", output_index=index, item=_dump(out))
-        index += 1
-    response.output = items
+        for line in items.take(item):
+            yield line
+    for line in items.close(answer):
+        yield line
+    response.output = items.done
     await conclude(request, req, run, response, answer, own, context)
     yield event("response.completed" if response.status == "completed" else "response.incomplete", response=_dump(response))
+
+
+class _StreamedItems:
+    """The output items of a streamed response, opened, filled and closed as the model's events come."""
+
+    def __init__(self, run: ChatRun, req: CreateResponse, tools: ToolSet, event: Events) -> None:
+        self.req, self.tools, self.event = req, tools, event
+        self.backend, self.wants_logprobs = run.model.backend, run.jobs[0].params.logprobs is not None
+        self.done: list[OutputItem] = []  # the items closed, in order: the response's output
+        self.kind = "none"  # the item open: "none", "reasoning", "message", "call"
+        self.item_id = ""
+        self.text = ""  # the open item's text (reasoning, message) or arguments (call)
+        self.pending = ""  # whitespace before a message's first text: no message if a call comes next
+        self.logprobs: list[Logprob] = []
+        self.call: Call | None = None
+        self.status = "completed"  # a message's, at its end: "incomplete" when the answer ran out of tokens
+
+    @property
+    def index(self) -> int:
+        return len(self.done)
+
+    def take(self, item: ChatEvent) -> Iterator[str]:
+        event, index = self.event, self.index
+        if isinstance(item, ReasoningDelta):
+            if self.kind != "reasoning":
+                yield from self._close()
+                yield from self._open_reasoning()
+            self.text += item.text
+            yield event("response.reasoning_text.delta", item_id=self.item_id, output_index=index, content_index=0,
+                        delta=item.text)
+        elif isinstance(item, TextDelta):
+            delta_logprobs = response_logprobs(self.backend, item.logprobs) if self.wants_logprobs else []
+            self.logprobs += delta_logprobs
+            self.pending += item.text
+            if not self.pending.strip() and (self.kind != "message" or not self.pending):
+                return  # whitespace before any text is held (before a call it is no message)
+            if self.kind != "message":
+                yield from self._close()
+                yield from self._open_message()
+                index = self.index
+            self.text += self.pending
+            yield event("response.output_text.delta", item_id=self.item_id, output_index=index, content_index=0,
+                        delta=self.pending, logprobs=[_dump(lp) for lp in delta_logprobs])
+            self.pending = ""
+        elif isinstance(item, CallStart):
+            yield from self._close()
+            self.pending = ""
+            yield from self._open_call(item.call)
+        elif isinstance(item, CallDelta) and self.call is not None:
+            self.text += item.text
+            if self._streams_input():
+                kind = "response.custom_tool_call_input.delta" if self._custom() else "response.function_call_arguments.delta"
+                yield event(kind, item_id=self.item_id, output_index=index, delta=item.text)
+
+    def close(self, answer: Answer) -> Iterator[str]:
+        """At the end: the open item closed; a reasoning that came at once with the end, or an empty answer, too."""
+        if answer.reasoning is not None and not any(isinstance(i, ReasoningItem) for i in self.done) and self.kind != "reasoning":
+            yield from self._open_reasoning()
+            self.text = answer.reasoning
+        self.status = "incomplete" if answer.finish_reason == "length" else "completed"
+        yield from self._close()
+        if not any(isinstance(i, OutputMessage | FunctionCallOutput | CustomToolCallOutput) for i in self.done):
+            yield from self._open_message()  # an answer with nothing in it still has its (empty) message
+            yield from self._close()
+
+    # ------------------------------------------------------------------------------------------ items
+
+    def _custom(self) -> bool:
+        return self.call is not None and (self.call.custom or self.tools.is_custom(self.call.name))
+
+    def _streams_input(self) -> bool:
+        """A custom tool's call the model wrote as JSON (`{"input": ...}`) is sent whole, as its input text."""
+        return self.call is not None and (not self._custom() or self.call.custom)
+
+    def _open_reasoning(self) -> Iterator[str]:
+        self.kind, self.item_id, self.text = "reasoning", new_id("rs"), ""
+        item = ReasoningItem(type="reasoning", id=self.item_id, summary=[], status="in_progress")
+        yield self.event("response.output_item.added", output_index=self.index, item=_dump(item))
+        yield self.event("response.content_part.added", item_id=self.item_id, output_index=self.index, content_index=0,
+                         part={"type": "reasoning_text", "text": ""})
+
+    def _open_message(self) -> Iterator[str]:
+        self.kind, self.item_id, self.text = "message", new_id("msg"), ""
+        item = OutputMessage(id=self.item_id, status="in_progress", content=[])
+        yield self.event("response.output_item.added", output_index=self.index, item=_dump(item))
+        yield self.event("response.content_part.added", item_id=self.item_id, output_index=self.index, content_index=0,
+                         part=_dump(OutputText(text="")))
+
+    def _open_call(self, call: Call) -> Iterator[str]:
+        self.kind, self.call, self.text = "call", call, ""
+        opened = call_item(call, self.tools)
+        self.item_id = opened.id
+        empty = {"input": ""} if isinstance(opened, CustomToolCallOutput) else {"arguments": "", "status": "in_progress"}
+        yield self.event("response.output_item.added", output_index=self.index, item=_dump(opened.model_copy(update=empty)))
+
+    def _close(self) -> Iterator[str]:
+        event, index, item_id = self.event, self.index, self.item_id
+        if self.kind == "reasoning":
+            done = reasoning_item(self.text, self.req, item_id)
+            yield event("response.reasoning_text.done", item_id=item_id, output_index=index, content_index=0, text=self.text)
+            yield event("response.content_part.done", item_id=item_id, output_index=index, content_index=0,
+                        part={"type": "reasoning_text", "text": self.text})
+            for n, part in enumerate(done.summary):
+                yield event("response.reasoning_summary_part.added", item_id=item_id, output_index=index, summary_index=n,
+                            part={"type": "summary_text", "text": ""})
+                yield event("response.reasoning_summary_text.delta", item_id=item_id, output_index=index, summary_index=n,
+                            delta=part.text)
+                yield event("response.reasoning_summary_text.done", item_id=item_id, output_index=index, summary_index=n,
+                            text=part.text)
+                yield event("response.reasoning_summary_part.done", item_id=item_id, output_index=index, summary_index=n,
+                            part=_dump(part))
+        elif self.kind == "message":
+            logprobs = self.logprobs if not any(isinstance(i, OutputMessage) for i in self.done) else []
+            done = OutputMessage(id=item_id, status=self.status,
+                                 content=[OutputText(text=self.text, logprobs=logprobs)])
+            part = done.content[0]
+            yield event("response.output_text.done", item_id=item_id, output_index=index, content_index=0, text=part.text,
+                        logprobs=[_dump(lp) for lp in part.logprobs])
+            yield event("response.content_part.done", item_id=item_id, output_index=index, content_index=0, part=_dump(part))
+        elif self.kind == "call" and self.call is not None:
+            done = call_item(Call(self.call.name, self.text, self.call.custom, self.call.id), self.tools)
+            if isinstance(done, CustomToolCallOutput):
+                if not self._streams_input():
+                    yield event("response.custom_tool_call_input.delta", item_id=item_id, output_index=index, delta=done.input)
+                yield event("response.custom_tool_call_input.done", item_id=item_id, output_index=index, input=done.input)
+            else:
+                yield event("response.function_call_arguments.done", item_id=item_id, output_index=index, name=done.name,
+                            arguments=done.arguments)
+        else:
+            return
+        yield event("response.output_item.done", output_index=index, item=_dump(done))
+        self.done.append(done)
+        self.kind, self.text, self.call = "none", "", None
 
 
 def _failure_events(response: ResponseObject, exc: APIError, event: Events) -> str:

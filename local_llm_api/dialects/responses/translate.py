@@ -240,7 +240,8 @@ def chat_request(req: CreateResponse, context: list[InputItem], own: list[InputI
 
 def call_item(call: Call, tools: ToolSet) -> FunctionCallOutput | CustomToolCallOutput:
     namespace, name = tools.namespaces.get(call.name, (None, call.name))
-    call_id = f"call_{uuid.uuid4().hex[:24]}"
+    own = call.id or uuid.uuid4().hex[:24]  # the same ids in a stream's events and its final output
+    call_id = f"call_{own}"
     if call.custom or tools.is_custom(call.name):
         text = call.arguments
         if not call.custom:  # the model wrote the custom call as JSON: {"input": ...}
@@ -248,8 +249,8 @@ def call_item(call: Call, tools: ToolSet) -> FunctionCallOutput | CustomToolCall
                 text = str(json.loads(call.arguments).get("input", call.arguments))
             except (ValueError, AttributeError):
                 pass
-        return CustomToolCallOutput(id=new_id("ctc"), call_id=call_id, name=name, input=text, namespace=namespace)
-    return FunctionCallOutput(id=new_id("fc"), call_id=call_id, name=name, arguments=call.arguments, status="completed",
+        return CustomToolCallOutput(id=f"ctc_{own}", call_id=call_id, name=name, input=text, namespace=namespace)
+    return FunctionCallOutput(id=f"fc_{own}", call_id=call_id, name=name, arguments=call.arguments, status="completed",
                               namespace=namespace)
 
 
@@ -266,14 +267,21 @@ def reasoning_item(reasoning: str, req: CreateResponse, item_id: str, status: st
 
 def output_items(answer: Answer, tools: ToolSet, logprobs: list[Logprob], req: CreateResponse, message_id: str | None = None,
                  reasoning_id: str | None = None) -> list[OutputItem]:
+    """The answer's items in the order the model wrote them: reasoning, messages and calls."""
     items: list[OutputItem] = []
     if answer.reasoning is not None:
         items.append(reasoning_item(answer.reasoning, req, reasoning_id or new_id("rs")))
-    if answer.content or not answer.calls:
-        status = "incomplete" if answer.finish_reason == "length" else "completed"
+    status = "incomplete" if answer.finish_reason == "length" else "completed"
+    for part in answer.in_order():
+        if isinstance(part, str):
+            first = not any(isinstance(item, OutputMessage) for item in items)
+            items.append(OutputMessage(id=message_id if first and message_id else new_id("msg"), status=status,
+                                       content=[OutputText(text=part, logprobs=logprobs if first else [])]))
+        else:
+            items.append(call_item(part, tools))
+    if not any(not isinstance(item, ReasoningItem) for item in items):  # an empty answer still has its message
         items.append(OutputMessage(id=message_id or new_id("msg"), status=status,
                                    content=[OutputText(text=answer.content or "", logprobs=logprobs)]))
-    items += [call_item(call, tools) for call in answer.calls]
     return items
 
 
