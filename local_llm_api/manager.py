@@ -29,6 +29,7 @@ from .core.errors import APIError, invalid_request, model_not_found, not_found
 from .model_files import describe
 from .prompting.chat_template import ChatTemplateError, template_info
 from .prompting.reasoning import reasoning_format
+from .prompting.tool_families import ToolFormat, tool_format
 from .pull import PullError, PullStatus, download, plan
 
 log = logging.getLogger("local_llm_api.manager")
@@ -229,6 +230,13 @@ class ModelManager:
             if reasoning_format(info, entry.spec.reasoning if entry.spec else None) is not None:
                 found.append("thinking")
         return found
+
+    def tool_format(self, entry: ModelEntry) -> ToolFormat | None:
+        """The tool-call format a chat model's answers are read in: MODELS_CONFIG's `tool_format`, else the family
+        its chat template shows. Reads the model's header."""
+        if "chat" not in entry.capabilities:
+            return None
+        return tool_format(self.chat_template(entry), entry.spec.tool_format if entry.spec else None)
 
     def footprint(self, entry: ModelEntry) -> int:
         """Bytes a model takes once loaded: its weights, and for a generative model the KV cache of every slot

@@ -52,6 +52,12 @@ class DownloadInfo(BaseModel):
     error: str | None = None
 
 
+class ToolCallFormat(BaseModel):
+    family: str = Field(description="The model family whose tool-call format the model writes (see the README's table).")
+    how: str = Field(description="detected (from the chat template), derived (read off a rendered call), configured "
+                                 "(MODELS_CONFIG's tool_format) or default (Hermes, for a template that renders no calls).")
+
+
 class ModelInfo(BaseModel):
     id: str
     state: ModelState
@@ -60,6 +66,7 @@ class ModelInfo(BaseModel):
     repo: str | None = None
     size_bytes: int
     capabilities: list[str]
+    tool_format: ToolCallFormat | None = None  # chat models: how their tool calls are written and read
     context_size: int | None
     keep_alive_seconds: float
     active_requests: int = 0
@@ -105,6 +112,10 @@ def pending(pull: PullStatus) -> ModelInfo:
 
 def info(manager: ModelManager, entry: ModelEntry) -> ModelInfo:
     loaded = manager.loaded.get(entry.name)
+    try:
+        fmt = manager.tool_format(entry)
+    except (OSError, ValueError):  # a file that cannot be read is listed with its error, not failed on
+        fmt = None
     return ModelInfo(
         id=entry.name,
         state=manager.state(entry),
@@ -113,6 +124,7 @@ def info(manager: ModelManager, entry: ModelEntry) -> ModelInfo:
         repo=entry.repo,
         size_bytes=entry.size_bytes,
         capabilities=manager.capabilities(entry),
+        tool_format=ToolCallFormat(family=fmt.family, how=fmt.how) if fmt is not None else None,
         keep_alive_seconds=manager.keep_alive_of(entry),
         context_size=manager.context_length(entry),
         active_requests=loaded.in_flight if loaded else 0,
