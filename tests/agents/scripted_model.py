@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -94,12 +95,9 @@ def build(path: Path, script: Script, context_length: int = 65536) -> Path:
     return build_model(path, chains, TEMPLATE, context_length=context_length, control=(MARK_TEXT, MARK_CALL, MARK_AFTER))
 
 
-def build_model(path: Path, chains: list[tuple[str | int, ...]], template: str, *, context_length: int = 65536,
-                control: tuple[str, ...] = ()) -> Path:
-    """A model that writes each chain: its first token (a new whole-text token, or an id of SmolLM2's vocabulary)
-    is followed by the second, and so on; the last by the end of the turn, as is every token in no chain. Texts
-    are added to the vocabulary (as control tokens when in `control`, else as user-defined ones, which the
-    tokenizer matches in any text); a text in several chains must have the same successor in each."""
+@lru_cache(maxsize=1)
+def smollm2_vocabulary() -> tuple[list[str], list[int], list[str]]:
+    """SmolLM2's tokens, token types and merges, read once (a few seconds)."""
     import gguf
 
     source = gguf.GGUFReader(bundled_model_path())
@@ -108,11 +106,28 @@ def build_model(path: Path, chains: list[tuple[str | int, ...]], template: str, 
     types = [int(source.fields["tokenizer.ggml.token_type"].parts[i][0]) for i in source.fields["tokenizer.ggml.token_type"].data]
     merges = [bytes(source.fields["tokenizer.ggml.merges"].parts[i]).decode("utf-8")
               for i in source.fields["tokenizer.ggml.merges"].data]
+    return tokens, types, merges
+
+
+def build_model(path: Path, chains: list[tuple[str | int, ...]], template: str, *, context_length: int = 65536,
+                control: tuple[str, ...] = (), otherwise: str | None = None) -> Path:
+    """A model that writes each chain: its first token (a new whole-text token, or an id of SmolLM2's vocabulary)
+    is followed by the second, and so on; the last by the end of the turn, as is every token in no chain (or, with
+    `otherwise`, the first token of that chain: then whatever the prompt ends with, the model writes it). Texts
+    are added to the vocabulary (as control tokens when in `control`, else as user-defined ones, which the
+    tokenizer matches in any text); a text in several chains must have the same successor in each."""
+    import gguf
+
+    base_tokens, base_types, merges = smollm2_vocabulary()
+    tokens, types = list(base_tokens), list(base_types)
+    known = {text: i for i, text in enumerate(base_tokens)}
     ids: dict[str | int, int] = {}
     for chain in chains:
         for item in chain:
             if isinstance(item, int):
                 ids[item] = item
+            elif item in known:  # a text the vocabulary has (it takes no text twice)
+                ids[item] = known[item]
             elif item not in ids:
                 ids[item] = len(tokens)
                 tokens.append(item)
@@ -129,7 +144,7 @@ def build_model(path: Path, chains: list[tuple[str | int, ...]], template: str, 
     embeddings = np.zeros((vocab, width), np.float32)
     embeddings[:, 0] = 1.0
     output = np.zeros((vocab, width), np.float32)
-    output[end, 0] = 10.0
+    output[ids[otherwise] if otherwise is not None else end, 0] = 10.0
     for direction, (token, successor) in enumerate(successors.items(), start=1):
         embeddings[token] = 0.0
         embeddings[token, direction] = 1.0
