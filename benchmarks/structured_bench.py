@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,19 +148,32 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8767)
     parser.add_argument("--skip-llama-cpp-python", action="store_true")
     parser.add_argument("--markdown", type=Path)
+    parser.add_argument("--baseline", type=Path, help="also measure our server from another checkout (a git worktree of "
+                        "the commit before), right after ours on each backend")
     args = parser.parse_args()
+    for name in ("model", "hf_model_dir", "baseline", "markdown"):  # before leaving the working directory
+        if getattr(args, name) is not None:
+            setattr(args, name, getattr(args, name).resolve())
+    os.chdir(tempfile.mkdtemp())  # the servers import the package installed (or --baseline's), not the working directory's
     base = f"http://127.0.0.1:{args.port}"
     ours = [sys.executable, "-m", "local_llm_api", "serve", "--port", str(args.port)]
     common = {"PRELOAD_MODEL": "true", "THREADS": str(args.threads), "CONTEXT_SIZE": "2048", "LOG_LEVEL": "WARNING",
               "PARALLEL_SLOTS": str(max(args.concurrency)), "OMP_NUM_THREADS": str(args.threads)}
     outputs = ["free text", "json schema", "forced tool call"]
     gguf = args.model.resolve()
-    lines = run("local-llm-api (llama.cpp)", ours, {**common, "MODEL_DIR": str(gguf.parent), "DEFAULT_MODEL": gguf.name},
-                base, gguf.stem, outputs, args)
+    gguf_env = {**common, "MODEL_DIR": str(gguf.parent), "DEFAULT_MODEL": gguf.name}
+    before = {"PYTHONPATH": str(args.baseline.resolve())} if args.baseline else {}  # its package shadows the installed one
+    lines = run("local-llm-api (llama.cpp)", ours, gguf_env, base, gguf.stem, outputs, args)
+    if args.baseline:
+        lines += run(f"local-llm-api at {args.baseline.name} (llama.cpp)", ours, {**gguf_env, **before}, base, gguf.stem,
+                     outputs, args)
     if args.hf_model_dir:
         folder = args.hf_model_dir.resolve()
-        lines += run("local-llm-api (transformers)", ours, {**common, "MODEL_DIR": str(folder.parent), "DEFAULT_MODEL": folder.name},
-                     base, folder.name, outputs, args)
+        hf_env = {**common, "MODEL_DIR": str(folder.parent), "DEFAULT_MODEL": folder.name}
+        lines += run("local-llm-api (transformers)", ours, hf_env, base, folder.name, outputs, args)
+        if args.baseline:
+            lines += run(f"local-llm-api at {args.baseline.name} (transformers)", ours, {**hf_env, **before}, base,
+                         folder.name, outputs, args)
     if not args.skip_llama_cpp_python:
         command = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--n_threads", str(args.threads),
                    "--n_threads_batch", str(args.threads), "--n_ctx", "2048", "--port", str(args.port)]

@@ -60,8 +60,14 @@ def test_transformers_bench() -> None:
 
 def test_structured_bench() -> None:
     out = run("structured_bench.py", "--port", str(free_port()), "--model", str(bundled_model_path()), "--threads", "1", "--concurrency", "1",
-              "--requests-per-client", "1", "--max-tokens", "8", "--skip-llama-cpp-python")
-    assert "forced tool call" in out
+              "--requests-per-client", "1", "--max-tokens", "8", "--skip-llama-cpp-python", "--baseline", str(ROOT))
+    assert "forced tool call" in out and f"| local-llm-api at {ROOT.name} (llama.cpp) | forced tool call" in out
+
+
+def test_ab_bench() -> None:
+    out = run("ab_bench.py", "--port", str(free_port()), "--model", str(bundled_model_path()), "--threads", "1",
+              "--baseline", str(ROOT), "--rounds", "2", "--requests", "1", "--max-tokens", "4")
+    assert "| candidate |" in out and f"| baseline ({ROOT.name}) |" in out
 
 
 def test_engine_profile() -> None:
