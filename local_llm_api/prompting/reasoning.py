@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .chat_template import TemplateInfo
@@ -140,7 +141,7 @@ class ReasoningSplitter:
             if self._state == "inside":
                 end, after = self._block_end()
                 if end is None:
-                    keep = _partial_suffix(self._held, (self._format.close, *self._ends))
+                    keep = partial_suffix(self._held, (self._format.close, *self._ends))
                     reasoning += self._held[: len(self._held) - keep]
                     self._held = self._held[len(self._held) - keep:]
                     return reasoning, content
@@ -166,7 +167,7 @@ class ReasoningSplitter:
                 content += self._held[: self._held.index(suffix)]
                 self._held, self._state = "", "over"
                 return reasoning, content
-            keep = _partial_suffix(self._held, (suffix,)) if suffix else 0
+            keep = partial_suffix(self._held, (suffix,)) if suffix else 0
             content += self._held[: len(self._held) - keep]
             self._held = self._held[len(self._held) - keep:]
             return reasoning, content
@@ -190,7 +191,7 @@ class ReasoningSplitter:
         return "", held if self._state in ("content", "start") else held.lstrip()
 
 
-def _partial_suffix(text: str, markers: tuple[str, ...]) -> int:
+def partial_suffix(text: str, markers: Sequence[str]) -> int:
     """How many characters at the end of `text` may begin one of `markers`."""
     longest = 0
     for marker in markers:

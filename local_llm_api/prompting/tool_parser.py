@@ -22,6 +22,7 @@ from typing import Any
 
 import regex
 
+from .reasoning import partial_suffix
 from .tool_syntax import Style, ToolSyntax
 
 log = logging.getLogger("local_llm_api.tools")
@@ -143,7 +144,7 @@ class ToolParser:
         while True:
             found = self._next_frame(text, pos, pieces, final)
             if found is None:
-                end = len(text) if final else len(text) - _partial_suffix(text[pos:], self.triggers)
+                end = len(text) if final else len(text) - partial_suffix(text[pos:], self.triggers)
                 if not final and self.bare and _at_start(pieces) and text[pos:].strip() in ("", ";", ","):
                     end = pos  # blank so far (or a separator after a call): a bare call may follow
                 _add_text(pieces, text[pos:end])
@@ -200,17 +201,6 @@ def _add_text(pieces: list[Piece], text: str) -> None:
         pieces[-1] += text
     else:
         pieces.append(text)
-
-
-def _partial_suffix(text: str, markers: Sequence[str]) -> int:
-    """How many characters at the end of `text` may begin one of `markers`."""
-    longest = 0
-    for marker in markers:
-        for size in range(min(len(marker) - 1, len(text)), longest, -1):
-            if text.endswith(marker[:size]):
-                longest = size
-                break
-    return longest
 
 
 class _Frame:
@@ -306,7 +296,7 @@ class _Frame:
         if end < 0:
             if self.final:
                 return _Outcome("done", [CallPiece(name, text[start:], True, True)], len(text))
-            sure = text[start:len(text) - _partial_suffix(text[start:], [marker])]
+            sure = text[start:len(text) - partial_suffix(text[start:], [marker])]
             return _Outcome("more", [CallPiece(name, sure.removesuffix("\n"), False, True)])
         value = text[start:end].removesuffix("\n")  # the newline the frame puts before its closing
         j = end + len(marker)
