@@ -14,7 +14,7 @@ from ..manager import LoadedModel, ModelManager
 from ..prompting.chat_template import template_info
 from ..prompting.reasoning import ReasoningFormat, ReasoningSplitter, reasoning_format
 from ..prompting.tool_calls import Call, CallArguments, CallStarted, ToolCallStream
-from ..prompting.tool_parser import ToolParser
+from ..prompting.tool_parser import ToolParser, compiled
 from ..prompting.tool_syntax import iter_literals
 from ..structured.logprobs import TokenLogprob
 from .errors import invalid_request
@@ -166,7 +166,7 @@ class ChatRun:
         fmt = self.plan.tool_format
         splitters = {job.index: ToolCallStream(ToolParser(fmt.syntaxes, self.plan.declared, self.prompt_text))
                      for job in self.jobs} if fmt else {}
-        ends = ToolParser(fmt.syntaxes[:1], {}).triggers if fmt is not None else ()
+        ends = compiled(fmt.syntax).triggers if fmt is not None else ()
         thinkers = {job.index: ReasoningSplitter(self.reasoning, inside=self.starts_inside, ends=ends)
                     for job in self.jobs} if self.reasoning is not None else {}
         async for index, chunk in stream_choices(self.model.backend, self.jobs, self.reservation):

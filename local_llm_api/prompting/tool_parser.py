@@ -18,6 +18,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import regex
@@ -102,13 +103,19 @@ class _Syntax:
         self.triggers = tuple(dict.fromkeys(h.split()[0] for h in heads if h.strip()))
 
 
+@lru_cache(maxsize=256)
+def compiled(syntax: ToolSyntax) -> _Syntax:
+    """A syntax's patterns, compiled once (every request with tools reads its model's syntaxes)."""
+    return _Syntax(syntax)
+
+
 class ToolParser:
     """Reads calls written in `syntaxes` (the family's own first, then the fallbacks) of the declared `tools`."""
 
     def __init__(self, syntaxes: Sequence[ToolSyntax], tools: Mapping[str, DeclaredTool], prompt: str = "") -> None:
         """`prompt`: the text the answer follows; when it ends with what opens the family's frames (`prompt_opens`),
         the answer is read as continuing it."""
-        self.syntaxes = [_Syntax(s) for s in syntaxes]
+        self.syntaxes = [compiled(s) for s in syntaxes]
         self.tools = dict(tools)
         self.triggers = tuple(dict.fromkeys(t for s in self.syntaxes for t in s.triggers))
         self.bare = [s for s in self.syntaxes if s.syntax.bare]
