@@ -25,7 +25,7 @@ from .api.middleware import RequestContextMiddleware
 from .api.openapi import install_openapi
 from .catalog import Catalog
 from .config import Settings, SettingsError, load_settings
-from .core.errors import APIError
+from .errors import APIError
 from .dialects.anthropic import errors as anthropic_errors
 from .dialects.anthropic import routes as anthropic
 from .dialects.ollama import errors as ollama_errors

@@ -25,7 +25,7 @@ from .backends.base import Backend, ModelLoadError
 from .backends.llama_cpp import per_slot_context
 from .catalog import Capability, Catalog, ModelEntry
 from .config import BackendChoice, Settings
-from .core.errors import APIError, invalid_request, model_not_found, not_found
+from .errors import APIError, invalid_request, model_not_found, not_found
 from .model_files import describe
 from .prompting.chat_template import ChatTemplateError, template_info
 from .prompting.reasoning import reasoning_format

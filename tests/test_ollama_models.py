@@ -137,7 +137,7 @@ def test_admin_routes_without_any_key_only_on_loopback() -> None:
 
     from local_llm_api.api.auth import require_admin_key
     from local_llm_api.config import load_settings
-    from local_llm_api.core.errors import APIError
+    from local_llm_api.errors import APIError
 
     def call(**settings: object) -> None:
         app = SimpleNamespace(state=SimpleNamespace(settings=load_settings(None, **settings)))

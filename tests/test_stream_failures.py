@@ -8,7 +8,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
-from local_llm_api.core.errors import APIError
+from local_llm_api.errors import APIError
 from local_llm_api.core.streaming import sse_response
 from local_llm_api.dialects.anthropic.errors import error_event as anthropic_error_event
 from local_llm_api.dialects.openai.errors import DONE

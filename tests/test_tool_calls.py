@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from local_llm_api.core.errors import APIError
+from local_llm_api.errors import APIError
 from local_llm_api.core.output import plan_output
 from local_llm_api.core.prompt import template_messages
 from local_llm_api.dialects.openai.protocol import ChatCompletionRequest

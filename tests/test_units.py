@@ -11,7 +11,7 @@ import pytest
 from local_llm_api import manager as manager_module
 from local_llm_api.catalog import Catalog, ModelEntry
 from local_llm_api.config import BackendChoice, SettingsError, load_settings
-from local_llm_api.core.errors import APIError
+from local_llm_api.errors import APIError
 from local_llm_api.dialects.ollama.models import hub_reference
 from local_llm_api.dialects.ollama.translate import keep_alive_seconds, model_name
 from local_llm_api.manager import LoadedModel, ModelManager

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import __version__
 from ..backends.base import EngineStats
 from ..catalog import ModelEntry
-from ..dialects.openai.errors import ErrorResponse
+from ..errors import ErrorResponse
 from ..manager import ModelManager, ModelState
 from ..pull import PullStatus
 from ..system import GpuInfo, gpu_info
@@ -53,7 +53,7 @@ class DownloadInfo(BaseModel):
 
 
 class ToolCallFormat(BaseModel):
-    family: str = Field(description="The model family whose tool-call format the model writes (see the README's table).")
+    family: str = Field(description="The model family whose tool-call format the model writes (see docs/models/tool-formats.md).")
     how: str = Field(description="detected (from the chat template), derived (read off a rendered call), configured "
                                  "(MODELS_CONFIG's tool_format) or default (Hermes, for a template that renders no calls).")
 

@@ -7,7 +7,7 @@ import hmac
 
 from fastapi import Request
 
-from ..core.errors import APIError
+from ..errors import APIError
 from .hosts import is_loopback
 
 

@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..config import Settings
-from ..core.errors import APIError
+from ..errors import APIError
 from .errors import ErrorRenderers
 from .hosts import allowed_host_names, host_allowed
 

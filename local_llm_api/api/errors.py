@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import Scope
 
-from ..core.errors import APIError
+from ..errors import APIError
 
 log = logging.getLogger("local_llm_api.errors")
 

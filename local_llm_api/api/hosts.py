@@ -13,7 +13,7 @@ import socket
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..config import Settings
-from ..core.errors import APIError
+from ..errors import APIError
 from .errors import ErrorRenderers
 
 

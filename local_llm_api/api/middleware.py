@@ -15,7 +15,7 @@ import zlib
 import zstandard
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..core.errors import APIError
+from ..errors import APIError
 from ..logs import request_id as request_id_var
 from .errors import ErrorRenderers
 

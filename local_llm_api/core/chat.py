@@ -17,7 +17,7 @@ from ..prompting.tool_calls import Call, CallArguments, CallStarted, ToolCallStr
 from ..prompting.tool_parser import ToolParser, compiled
 from ..prompting.tool_syntax import iter_literals
 from ..structured.logprobs import TokenLogprob
-from .errors import invalid_request
+from ..errors import invalid_request
 from .generation import ChoiceJob, ensure_capacity, stream_choices
 from .output import OutputPlan, check_schemas, plan_output
 from .prompt import Prompt, prompt_tokens

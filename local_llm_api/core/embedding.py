@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..backends.base import Backend
-from .errors import context_length_exceeded, invalid_request
+from ..errors import context_length_exceeded, invalid_request
 
 
 def embedding_tokens(backend: Backend, text: str, param: str, *, limit: int | None = None, truncate: bool = False) -> list[int]:

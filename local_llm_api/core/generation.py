@@ -12,7 +12,7 @@ from starlette.requests import Request
 
 from ..backends.base import Backend, EngineStoppedError, GenerationChunk, NeverFitsError, QueueFullError, Reservation, SamplingParams
 from ..structured.logprobs import TokenLogprob
-from .errors import APIError, client_closed_request, invalid_request, server_busy
+from ..errors import APIError, client_closed_request, invalid_request, server_busy
 
 log = logging.getLogger("local_llm_api.generation")
 T = TypeVar("T")

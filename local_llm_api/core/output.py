@@ -20,7 +20,7 @@ from ..prompting.tool_families import ToolFormat, tool_format
 from ..prompting.tool_parser import DeclaredTool
 from ..prompting.tool_syntax import bounded_numbers, walk_schema
 from ..structured.constraint import ConstraintFactory, GrammarError, UnconstrainableModel, import_llguidance
-from .errors import invalid_request
+from ..errors import invalid_request
 from .request import ChatRequest, ForcedTool
 
 # Compact JSON, as models write it: flexible whitespace would let a small model loop on newlines.

@@ -15,7 +15,7 @@ from ..prompting.chat_template import RESERVED, ChatTemplateError, TemplateInfo,
 from ..prompting.reasoning import ReasoningFormat, template_variables
 from ..prompting.tool_calls import Call, tools_system_prompt
 from ..prompting.tool_families import tool_format
-from .errors import invalid_request
+from ..errors import invalid_request
 from .output import OutputPlan
 from .request import ChatRequest, Message, ToolCall
 

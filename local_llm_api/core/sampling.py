@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..backends.base import ModelFacts, SamplingParams, ThinkingControl
 from ..config import Settings
-from .errors import context_length_exceeded, invalid_request
+from ..errors import context_length_exceeded, invalid_request
 from .request import Sampling
 
 # Below these, the arithmetic overflows (logits / 1e-300 is infinite, then NaN after softmax) while the intent

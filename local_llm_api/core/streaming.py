@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from .errors import APIError
+from ..errors import APIError
 
 log = logging.getLogger("local_llm_api.streaming")
 

@@ -30,7 +30,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from ..core.errors import APIError
+from ..errors import APIError
 
 class Request(BaseModel):
     """A request body or a part of one. Unknown fields are kept aside (`model_extra`) for `unknown_fields`; known

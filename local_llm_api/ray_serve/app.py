@@ -17,7 +17,7 @@ from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
 from ..config import Settings, load_settings
-from ..core.errors import APIError
+from ..errors import APIError
 from ..main import create_app
 from .forward import Forwarded, Head, run_app
 from .gateway import REPLICA_HEADER, create_gateway

@@ -27,7 +27,7 @@ from ..api.middleware import decompressed
 from ..api.errors import install_error_handlers
 from ..backends.base import EngineStats
 from ..config import Settings
-from ..core.errors import APIError
+from ..errors import APIError
 from ..dialects.anthropic import errors as anthropic_errors
 from ..dialects.ollama import errors as ollama_errors
 from ..dialects.openai import errors as openai_errors

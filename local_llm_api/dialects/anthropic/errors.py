@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.responses import JSONResponse
 
-from ...core.errors import APIError, ContextOverflow
+from ...errors import APIError, ContextOverflow
 from ...core.streaming import sse_data
 from .protocol import ErrorDetail, ErrorEnvelope
 

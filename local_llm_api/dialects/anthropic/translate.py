@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 
 from ...core.chat import Answer
-from ...core.errors import invalid_request, unsupported
+from ...errors import invalid_request, unsupported
 from ...core.request import ChatRequest, ForcedTool, JSONOutput, Message, Reasoning, Sampling, Tool, ToolCall, ToolChoice
 from ...prompting.reasoning import seal, unseal
 from ...prompting.tool_calls import Call, arguments_object

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.responses import JSONResponse
 
-from ...core.errors import APIError
+from ...errors import APIError
 from .protocol import ErrorResponse
 
 

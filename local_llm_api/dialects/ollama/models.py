@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ...api.auth import require_admin_key, require_api_key
 from ..base import JSONBodyRoute
 from ...catalog import ModelEntry
-from ...core.errors import APIError, invalid_request
+from ...errors import APIError, invalid_request
 from ...manager import LoadedModel, ModelManager
 from ...model_files import ModelFileFacts, copy, describe, digest, remove
 from ...pull import PullStatus

@@ -19,7 +19,7 @@ from ...api.auth import require_api_key
 from ..base import JSONBodyRoute, say_what_changed
 from ...core.chat import Answer, ChatRun, ReasoningDelta, TextDelta, start_chat
 from ...core.embedding import embedding_tokens
-from ...core.errors import invalid_request
+from ...errors import invalid_request
 from ...core.generation import TokenCounts, until_disconnected
 from ...core.request import ChatRequest as CoreChat
 from ...core.streaming import ndjson_response

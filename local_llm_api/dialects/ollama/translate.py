@@ -10,7 +10,7 @@ import uuid
 
 from ...backends.base import Backend
 from ...core.chat import Answer
-from ...core.errors import invalid_request, unsupported
+from ...errors import invalid_request, unsupported
 from ...core.request import ChatRequest, JSONOutput, Message, Reasoning, Sampling, Tool, ToolCall
 from ...prompting.tool_calls import arguments_object
 from ...structured.logprobs import TokenLogprob

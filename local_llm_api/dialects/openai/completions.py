@@ -11,7 +11,7 @@ from fastapi.responses import Response
 
 from ...backends.base import Backend, Reservation
 from ...config import Settings
-from ...core.errors import invalid_request
+from ...errors import invalid_request
 from ...core.generation import ChoiceJob, collect_choices, ensure_capacity, stream_choices, until_disconnected
 from ...core.sampling import sampling_params, token_budget
 from ...core.streaming import sse_data, sse_response

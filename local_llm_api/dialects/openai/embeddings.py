@@ -10,7 +10,7 @@ from fastapi import Request
 
 from ...backends.base import Backend
 from ...core.embedding import embedding_tokens
-from ...core.errors import context_length_exceeded, invalid_request
+from ...errors import context_length_exceeded, invalid_request
 from ...manager import ModelManager
 from .protocol import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, usage
 

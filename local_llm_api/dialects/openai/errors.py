@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
-from ...core.errors import APIError, ErrorBody
 from ...core.streaming import sse_data
+from ...errors import APIError, ErrorResponse
 
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody
+__all__ = ["DONE", "ErrorResponse", "error_event", "error_response"]
 
 
 def error_response(exc: APIError) -> JSONResponse:

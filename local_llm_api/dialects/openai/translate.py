@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from ...core.errors import invalid_request, unsupported
+from ...errors import invalid_request, unsupported
 from ...core.request import ChatRequest, ForcedTool, JSONOutput, Message, Reasoning, Sampling, Tool, ToolCall
 from .protocol import (
     ChatCompletionRequest,

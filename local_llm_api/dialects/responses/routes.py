@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from ...api.auth import presented_key, require_api_key
 from ...core.chat import Answer, CallDelta, CallStart, ChatEvent, ChatRun, ReasoningDelta, TextDelta, start_chat
 from ...prompting.tool_calls import Call
-from ...core.errors import APIError, not_found
+from ...errors import APIError, not_found
 from ...core.generation import TokenCounts, until_disconnected
 from ...core.streaming import sse_data, sse_response
 from ..base import DialectRoute, say_what_changed

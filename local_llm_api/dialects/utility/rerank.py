@@ -14,7 +14,7 @@ from ..base import JSONBodyRoute
 from ...backends.base import Backend
 from ...config import BackendChoice
 from ...core.embedding import embedding_tokens
-from ...core.errors import invalid_request
+from ...errors import invalid_request
 from ...core.generation import TokenCounts
 from ...manager import ModelManager
 from ..openai.routes import ERRORS

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from ...api.auth import require_api_key
 from ...backends.base import Backend
 from ...core.chat import model_reasoning
-from ...core.errors import invalid_request
+from ...errors import invalid_request
 from ...core.output import plan_output
 from ...core.prompt import Prompt, prompt_text, prompt_tokens
 from ...core.request import ChatRequest

@@ -1,5 +1,5 @@
-"""Typed errors raised anywhere below the routes. Each dialect renders them in its own envelope
-(`api/errors.py` picks the renderer by route)."""
+"""Typed errors raised anywhere below the routes (the lowest layer: every other imports it). Each dialect renders
+them in its own envelope (`api/errors.py` picks the renderer by route)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,12 @@ class ErrorBody(BaseModel):
     type: str
     param: str | None = None
     code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """`{"error": {...}}`: OpenAI's envelope, which the server's own routes (admin, health) answer in too."""
+
+    error: ErrorBody
 
 
 class APIError(Exception):
