@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_bench import engine_counters, one_request, serving  # a sibling script, not a package
+from serve_bench import engine_counters, one_request, percentile, serving  # a sibling script, not a package
 
 TOOLS = ["search_files", "read_file", "edit_file", "run_tests", "open_url", "ask_user"]
 QUESTIONS = ["Which tool reads a file?", "How do I run only the failing tests?", "Can I edit two files at once?",
@@ -63,6 +63,11 @@ class Outcome:
     evaluated: int | None = None  # None: the server does not report them
     cached: int | None = None
     alone: list[float] = field(default_factory=list)  # TTFT of later turns sent with nothing else running
+    by_turn: dict[int, list[float]] = field(default_factory=dict)  # TTFT of each turn number (0: the first)
+
+    def turn_row(self) -> str:
+        cells = [f"{statistics.median(v):.2f} / {percentile(v, 0.95):.2f}" for _, v in sorted(self.by_turn.items())]
+        return f"| {self.label} | " + " | ".join(cells) + " |"
 
     def row(self) -> str:
         ttft = sorted(self.ttft)
@@ -102,6 +107,7 @@ async def agent_load(base: str, model: str, label: str, clients: int, turns: int
             tokens, ttft = await one_request(client, f"{base}/v1/chat/completions", body)
             outcome.tokens += tokens
             outcome.ttft.append(ttft)
+            outcome.by_turn.setdefault(turn, []).append(ttft)
             # The history keeps a fixed answer, so that every contender reads the same prompts.
             messages.append({"role": "assistant", "content": f"Answer {turn + 1}: see the manual."})
 
@@ -133,6 +139,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--llama-server", type=Path, help="also measure llama.cpp's C++ server (path to llama-server)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["default", "reproducible"])
+    parser.add_argument("--baseline", type=Path, help="also measure our server from another checkout (e.g. a git "
+                        "worktree of an earlier commit) with the default settings: a before/after comparison in one run")
     parser.add_argument("--alone", type=int, default=6, help="later turns sent alone after the load")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     args = parser.parse_args()
@@ -147,6 +155,9 @@ def main() -> None:
         "default": ("local-llm-api (prefix reuse for every request, the default)", ours, ours_env, f"{base}/health"),
         "reproducible": ("local-llm-api, REPRODUCIBLE=true", ours, {**ours_env, "REPRODUCIBLE": "true"}, f"{base}/health"),
     }
+    if args.baseline:  # its package shadows the installed one
+        contenders["baseline"] = (f"local-llm-api at {args.baseline.name}", ours,
+                                  {**ours_env, "PYTHONPATH": str(args.baseline.resolve())}, f"{base}/health")
     if args.llama_server:
         contenders["llama.cpp"] = (f"llama.cpp server, C++ ({args.clients} slots)", [
             str(args.llama_server), "-m", str(model), "--port", str(args.port), "-t", str(args.threads), "-tb",
@@ -170,7 +181,10 @@ def main() -> None:
     lines = [title, "",
              "| server | TTFT p50 (s) | TTFT p95 (s) | tokens/s | prompt tokens evaluated | prompt tokens from cache | "
              "a later turn alone: TTFT (s) |",
-             "| --- | --- | --- | --- | --- | --- | --- |", *(o.row() for o in outcomes)]
+             "| --- | --- | --- | --- | --- | --- | --- |", *(o.row() for o in outcomes), "",
+             "Time to first token by turn, p50 / p95 (s):", "",
+             "| server | " + " | ".join(f"turn {t + 1}" for t in range(args.turns)) + " |",
+             "| --- |" + " --- |" * args.turns, *(o.turn_row() for o in outcomes)]
     print("\n" + "\n".join(lines))
     if args.markdown:
         args.markdown.write_text("\n".join(lines) + "\n")

@@ -3,7 +3,9 @@
 Throughput: each contender gets the same model, threads and context, and the same closed-loop streaming
 load: C clients, each sending its next request as soon as the previous answer ends; every answer is exactly
 MAX_TOKENS tokens (end-of-generation tokens are biased away). Reported: aggregate completion tokens/s, time to
-first token p50/p95, and the server's peak resident memory. Contenders run one after another, never together.
+first token p50/p95 over all requests, then apart for the first wave (each client's first request: they arrive
+together) and for the steady stream (the later ones, which arrive while the others stream), and the server's
+peak resident memory. Contenders run one after another, never together.
 
 Prefix cache: a 10-turn chat behind a long system prompt, one client; the time to first token of each turn,
 on our server with PREFIX_CACHE on and off, and on llama-cpp-python's server.
@@ -44,17 +46,34 @@ class Result:
     tokens: int = 0
     seconds: float = 0.0
     ttft: list[float] = field(default_factory=list)
+    wave: list[float] = field(default_factory=list)  # each client's first request's TTFT (they arrive together)
     peak_rss_mb: float = 0.0
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
 
+    @property
+    def steady(self) -> list[float]:
+        """The TTFTs of the later requests, which arrive one at a time while the others stream."""
+        rest = list(self.ttft)
+        for value in self.wave:
+            rest.remove(value)
+        return rest
+
     def row(self) -> str:
-        p50 = statistics.median(self.ttft)
-        p95 = sorted(self.ttft)[max(0, round(0.95 * len(self.ttft)) - 1)]
-        return (f"| {self.name} | {self.concurrency} | {self.tokens_per_second:.1f} | {p50:.2f} | {p95:.2f} "
+        wave, steady = (f"{statistics.median(v):.2f}" if v else "-" for v in (self.wave, self.steady))
+        return (f"| {self.name} | {self.concurrency} | {self.tokens_per_second:.1f} | {statistics.median(self.ttft):.2f} "
+                f"| {percentile(self.ttft, 0.95):.2f} | {wave} | {steady} "
                 f"| {self.peak_rss_mb:.0f} |")
+
+
+TABLE_HEAD = ["| contender | concurrency | tokens/s (aggregate) | TTFT p50 (s) | TTFT p95 (s) | first wave p50 (s) "
+              "| steady p50 (s) | peak RSS (MB) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+
+
+def percentile(values: list[float], q: float) -> float:
+    return sorted(values)[max(0, round(q * len(values)) - 1)]
 
 
 class PeakMemory:
@@ -123,10 +142,12 @@ async def closed_loop(base_url: str, model: str, concurrency: int, requests_per_
     result = Result(name, concurrency)
 
     async def client_loop(client: httpx.AsyncClient) -> None:
-        for _ in range(requests_per_client):
+        for i in range(requests_per_client):
             tokens, ttft = await one_request(client, f"{base_url}/v1/chat/completions", body)
             result.tokens += tokens
             result.ttft.append(ttft)
+            if i == 0:
+                result.wave.append(ttft)
 
     # A connection per request: llama.cpp's server closes idle keep-alive connections, and a request sent on one
     # as it closes fails (the same for every contender).
@@ -336,8 +357,7 @@ def main() -> None:
                 prefix_rows.append(row)
                 print(row, flush=True)
 
-    lines += ["| contender | concurrency | tokens/s (aggregate) | TTFT p50 (s) | TTFT p95 (s) | peak RSS (MB) |",
-              "| --- | --- | --- | --- | --- | --- |", *(r.row() for r in results)]
+    lines += [*TABLE_HEAD, *(r.row() for r in results)]
     if args.runs > 1:
         lines += ["", f"Spread over {args.runs} runs:", "", *spread_table(results)]
     if prefix_rows:

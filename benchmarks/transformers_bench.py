@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
-from serve_bench import Result, closed_loop, spread_table, start
+from serve_bench import TABLE_HEAD, Result, closed_loop, spread_table, start
 
 
 def run(name: str, command: list[str], env: dict[str, str], base: str, model: str, args: argparse.Namespace) -> list[Result]:
@@ -69,7 +69,7 @@ def main() -> None:
         results += run(f"transformers serve{' --continuous-batching' if extra else ''}", command, threads, base, str(folder), args)
     header = (f"Model folder {folder.name}, {args.threads} threads, {args.max_tokens}-token answers, "
               f"{args.requests_per_client} requests per client; torch {torch.__version__}, {platform.processor() or platform.machine()}\n\n"
-              "| server | clients | tokens/s | TTFT p50 (s) | TTFT p95 (s) | peak RSS (MB) |\n| --- | --- | --- | --- | --- | --- |\n")
+              + "\n".join(TABLE_HEAD) + "\n")
     table = header + "\n".join(r.row() for r in results) + "\n"
     if args.runs > 1:
         table += f"\nSpread over {args.runs} runs:\n\n" + "\n".join(spread_table(results)) + "\n"

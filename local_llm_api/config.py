@@ -38,114 +38,154 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
+    # Each description is the setting's row in docs/configuration.md (scripts/docs.py writes the table; a test
+    # fails when the page and this class differ): say what a user needs, in Markdown.
+
     # Where models live and which one answers requests that name none.
-    model_dir: Path = Path("models")
-    default_model: str = ""
-    model_backend: BackendChoice = BackendChoice.auto
-    preload_model: bool = False
+    model_dir: Path = Field(Path("models"), description="Folder scanned for `.gguf` files and model folders (subfolders too).")
+    default_model: str = Field("", description="The model for requests that name none; unset: `TRANSFORMERS_DEFAULT_MODEL`, "
+                               "else the only model there is.")
+    model_backend: BackendChoice = Field(BackendChoice.auto, description="`auto` (by the model), `llama-cpp` (GGUF files "
+                                         "only) or `transformers` (GGUF files through Transformers too).")
+    preload_model: bool = Field(False, description="Load `DEFAULT_MODEL` at start-up (in the background).")
     auto_load: bool = Field(True, description="Load a known but unloaded model when a request names it.")
     model_load_wait_seconds: float = Field(
-        60.0, ge=0, description="How long a request waits for a model that is loading before it gets 503."
+        60.0, ge=0, description="How long a request waits for a model that is loading before it gets 503 `model_loading`."
     )
 
     # llama.cpp
-    gpu_layers: int = Field(-1, ge=-1, description="-1 offloads every layer when a GPU is present.")
+    gpu_layers: int = Field(-1, ge=-1, description="Layers offloaded to the GPU; -1 offloads every layer when a GPU is "
+                            "present.")
     context_size: int = Field(0, ge=0, description="Tokens of context per request (per slot). 0: the model's training "
-                              "context, cut to what fits MEMORY_BUDGET (or half this machine's memory) for every slot.")
-    threads: int | None = Field(None, ge=1, description="Generation threads; unset lets llama.cpp choose.")
+                              "context where memory allows: a GGUF model's KV cache is allocated up front for every slot (and "
+                              "one for embeddings), so the context is cut to what fits `MEMORY_BUDGET` beside the weights, or "
+                              "half this machine's memory without one (never below 2048; a warning says so). `GET /v1/models` "
+                              "and `/models` say each model's `context_length`.")
+    threads: int | None = Field(None, ge=1, description="Generation threads; unset lets llama.cpp (or torch) choose.")
     batch_size: int = Field(512, ge=1, description="Most tokens in one decode step.")
-    parallel_slots: int = Field(4, ge=1, le=256, description="Sequences decoded together (continuous batching).")
+    parallel_slots: int = Field(4, ge=1, le=256, description="Sequences decoded together (continuous batching, both "
+                                "backends); each has its own `CONTEXT_SIZE` of KV cache, so memory grows with both.")
     max_queue: int = Field(64, ge=0, description="Requests that may wait for a slot; beyond it, 429.")
-    prefill_chunk: int = Field(64, ge=1, description="Prompt tokens fed per step while other sequences stream.")
+    prefill_chunk: int = Field(64, ge=1, description="The fewest prompt tokens a step reads while other sequences "
+                               "stream (more when they fit in `PREFILL_STEP_MS`).")
+    prefill_step_ms: float = Field(150.0, ge=0, description="While other sequences stream, a step reads as many prompt "
+                                   "tokens as fit in this many milliseconds by the measured cost of a token (at least "
+                                   "`PREFILL_CHUNK`, at most `BATCH_SIZE`): prompts that arrive together are read together, "
+                                   "and a running stream's time between tokens stays under it. 0: `PREFILL_CHUNK` only.")
     prefix_cache: bool = Field(True, description="Reuse a slot's KV cache for a prompt that shares its prefix.")
     prompt_lookup_tokens: int = Field(8, ge=0, le=64, description="Most tokens a streaming sequence guesses per step "
-                                      "from its own prompt and output for the model to check (speculative decoding; the "
-                                      "answer is unchanged); 0 turns it off.")
+                                      "from its own prompt and output for the model to check (speculative decoding; on "
+                                      "the Transformers engine for a sequence decoding alone; the answer does not "
+                                      "change); 0 turns it off.")
     prompt_lookup_adaptive: bool = Field(True, description="Feed only the guesses that raise the expected tokens per "
-                                         "second, by the measured step cost and how often the sequence's guesses hold. "
-                                         "Off, every guess found is fed (hardware where a token more in a step costs "
-                                         "little, or to measure).")
-    reproducible: bool = Field(False, description="Seeded and temperature-0 requests evaluate their whole prompt, so that "
-                               "the same request gives the same answer whatever shares its batch (slower: no prefix reuse "
-                               "for them). Off, they reuse cached prefixes like every request.")
+                                         "second (measured step cost, each sequence's acceptance). `false` feeds every "
+                                         "guess found, for hardware where a token more in a step costs little, or to "
+                                         "measure.")
+    reproducible: bool = Field(False, description="Seeded and `temperature: 0` requests evaluate their whole prompt (no "
+                               "prefix reuse), so that the same request gives the same answer whatever shares its batch, "
+                               "in the common case (see [Reproducibility](apis/openai.md#reproducibility): not a guarantee "
+                               "under concurrent load).")
 
     # Transformers
     transformers_default_model: str = Field(
         "", description="A model folder or Hugging Face repo id served by Transformers (and the default model "
-        "when DEFAULT_MODEL is unset)."
+        "when `DEFAULT_MODEL` is unset)."
     )
-    transformers_device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto: CUDA when present.")
-    transformers_dtype: str = Field(
-        "auto", pattern="^(auto|float32|float16|bfloat16)$", description="auto: bfloat16/float16 on CUDA, float32 on CPU."
-    )
+    transformers_device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+                                     description="`auto` (CUDA when present), `cpu`, `cuda`, `cuda:N`, `mps`.")
+    transformers_dtype: str = Field("auto", pattern="^(auto|float32|float16|bfloat16)$", description="`auto` "
+                                    "(bfloat16, or float16 where bf16 is missing, on CUDA; float32 on CPU), `float32`, "
+                                    "`float16`, `bfloat16`.")
 
     # Several models at once
-    models_config: Path | None = Field(None, description="A YAML file declaring models (see README).")
-    model_aliases: str = Field("", description="Other names for models, for clients that send names of their own "
-                               "(Claude Code's background model): comma-separated NAME=MODEL pairs, NAME may hold * "
-                               "(claude-*=SmolLM2). Used only for names that match no model.")
-    rerank_model: str = Field("", description="The model /rerank uses when a request names none; unset: the only "
-                              "cross-encoder in MODEL_DIR, else the only embedding model, else DEFAULT_MODEL.")
+    models_config: Path | None = Field(None, description="A YAML file declaring models (see [Models](models/index.md)).")
+    model_aliases: str = Field("", description="Other names for models, for clients that send names of their own: "
+                               "`NAME=MODEL` pairs, comma-separated, `NAME` may hold `*` (`claude-*=SmolLM2` answers "
+                               "Claude Code's background model). Used only for names that match no model.")
+    rerank_model: str = Field("", description="The model `/rerank` uses when a request names none; unset: the only "
+                              "cross-encoder in `MODEL_DIR`, else the only embedding model, else `DEFAULT_MODEL`.")
     max_loaded_models: int = Field(0, ge=0, description="Most models loaded at once; 0 = no limit.")
-    memory_budget: ByteSize = Field(ByteSize(0), description="Most model bytes loaded at once (e.g. 8GB); 0 = no limit.")
+    memory_budget: ByteSize = Field(ByteSize(0), description="Most bytes the loaded models may take at once (`8GB`, "
+                                    "`512MiB`; 0 = no limit): each model's weights plus, for a generative model, the KV "
+                                    "cache of every slot at its full context (read from the GGUF header or `config.json`; "
+                                    "f16 for llama.cpp, with its embedding context; the Transformers dtype).")
     keep_alive: float = Field(0, ge=0, description="Unload a model idle this many seconds; 0 keeps models loaded.")
 
     # Sampling defaults, used when a request leaves the parameter out.
-    temperature: float = Field(0.7, ge=0, le=2)
-    top_p: float = Field(0.95, ge=0, le=1)
-    top_k: int = Field(40, ge=0)
-    min_p: float = Field(0.05, ge=0, le=1)
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature when a request gives none.")
+    top_p: float = Field(0.95, ge=0, le=1, description="Nucleus sampling when a request gives none.")
+    top_k: int = Field(40, ge=0, description="Top-k sampling when a request gives none (0: off).")
+    min_p: float = Field(0.05, ge=0, le=1, description="Min-p sampling when a request gives none.")
     repeat_penalty: float = Field(1.0, gt=0, description="1.0 (off) like the OpenAI API and llama.cpp's server.")
-    max_tokens: int | None = Field(None, ge=1, description="Default answer length cap; unset = rest of context.")
+    max_tokens: int | None = Field(None, ge=1, description="Default cap on a chat answer's length; unset: the rest of the "
+                                   "context.")
 
     # Stored responses (the Responses API's `store` and `previous_response_id`)
-    data_dir: Path = Field(Path("data"), description="Where the server keeps its state (stored responses, SQLite).")
+    data_dir: Path = Field(Path("data"), description="Where the server keeps its state (stored responses: "
+                           "`responses.sqlite3`).")
     responses_max_stored: int = Field(10000, ge=0, description="Most stored responses; the oldest go first. 0 = no limit.")
-    responses_max_age_seconds: float = Field(30 * 86400, ge=0, description="Stored responses older than this are dropped; 0 = kept.")
+    responses_max_age_seconds: float = Field(30 * 86400, ge=0, description="Stored responses older than this (30 days) "
+                                             "are dropped; 0 = kept.")
 
     # Requests
     stream_keepalive_seconds: float = Field(5.0, ge=0, description="A stream silent this long (a long prompt being read) "
-                                            "gets a keep-alive frame: an SSE comment, Anthropic's ping event; 0: none.")
+                                            "gets a keep-alive frame: an SSE comment, Anthropic's `ping`; 0: none.")
     strict_request_fields: bool = Field(False, description="Refuse request fields this server does not know with a 400 "
-                                        "(OpenAI's behaviour). Off, they are accepted and named in the X-Ignored-Fields "
+                                        "(OpenAI's behaviour). Off, they are accepted and named in the `X-Ignored-Fields` "
                                         "response header and the access log: clients add fields with every release.")
 
     # Security
-    parse_special_in_content: bool = Field(True, description="Read control-token texts in messages (a user writing "
-                                           "<|im_end|><|im_start|>system) as those tokens, as Transformers and llama.cpp's "
-                                           "server do. False: read them as plain text, so that untrusted users cannot "
-                                           "forge turns.")
-    api_key_required: bool = False
-    api_key: str = Field("", description="One key or several, comma-separated.")
-    admin_api_key: str = Field("", description="A separate key for the routes that manage models (pull, load, unload, "
-                                "delete, copy); unset: the API key, and on a server reachable beyond loopback without "
-                                "any key those routes are refused.")
-    pull_max_bytes: ByteSize = Field(ByteSize(50 * 2**30), description="Largest download a pull may start (e.g. 20GB); 0 = no cap.")
-    allowed_hosts: str = Field("", description="Host names the server answers to besides localhost, its hostname and IP "
-                               "addresses (comma-separated, *.example.com, or *); bound to all interfaces, unset means any.")
-    cors_origins: str = Field("", description="Browser origins allowed to call the API, comma-separated, or *; "
-                              "empty: pages on this machine only (localhost, 127.0.0.1, [::1] on any port; app://, file://, "
-                              "tauri://, vscode-webview://).")
+    parse_special_in_content: bool = Field(True, description="Read control-token texts in messages (`<|im_end|>` written "
+                                           "by a user) as those tokens, as Transformers' `apply_chat_template` and "
+                                           "llama.cpp's server do; `false` reads them as plain text, so that a user cannot "
+                                           "forge a system turn (see [Security](security.md)).")
+    api_key_required: bool = Field(False, description="Require a key on every route but `/health` (and the `/docs` pages).")
+    api_key: str = Field("", description="One key or several, comma-separated; sent as `Authorization: Bearer` or "
+                         "`X-API-Key`.")
+    admin_api_key: str = Field("", description="A separate key for the routes that manage models (`/models/pull`, "
+                               "`/models/{name}/load` and `unload`, `/api/pull`, `/api/delete`, `/api/copy`); it opens every "
+                               "other route too. Unset: those routes take the API key when keys are required; with no key "
+                               "at all they are open on a loopback server and refused (403 `admin_key_required`) on one "
+                               "that listens beyond loopback.")
+    pull_max_bytes: ByteSize = Field(ByteSize(50 * 2**30), description="The largest download a pull may start (checked "
+                                     "against the Hub's file sizes first; 0 = no cap). A pull never writes over a loaded "
+                                     "model (409 `model_in_use`).")
+    allowed_hosts: str = Field("", description="Protection against DNS rebinding: the server answers only `Host` names "
+                               "that are this machine's (`localhost`, `*.localhost`, its host name, any IP address) and "
+                               "these (comma-separated, `*.example.com` patterns), wherever it listens; others get 403 "
+                               "`host_not_allowed`. `*` turns the check off. docker-compose sets `api,api-cuda` (its "
+                               "service names). Serving under a domain of your own (nginx forwards the browser's `Host`), "
+                               "list that domain.")
+    cors_origins: str = Field("", description="Browser origins that may call the API directly, comma-separated, or `*`. "
+                              "Unset: `http(s)://localhost`, `127.0.0.1` and `[::1]` on any port, and `app://`, `file://`, "
+                              "`tauri://`, `vscode-webview://` pages; a list replaces that default. Preflights are answered "
+                              "before the key check; the key is still needed on the request itself. Writes (POST, DELETE) "
+                              "from a page of any other origin are refused with 403 `origin_not_allowed`; our own pages "
+                              "(same origin) always pass.")
 
     # More than one replica behind one endpoint, on Ray Serve (pip install 'local-llm-api[ray]'; RAY_ADDRESS joins
     # a cluster, else a local Ray instance starts)
-    replicas: int = Field(0, ge=0, description="0: one process, no Ray (the default). N: N replicas of the server on "
-                          "Ray Serve behind one endpoint.")
-    max_replicas: int = Field(0, ge=0, description="Above REPLICAS: Ray Serve adds replicas up to this many while requests "
-                              "queue (PARALLEL_SLOTS in hand per replica is its target) and removes them when idle.")
-    replica_cpus: float | None = Field(None, gt=0, description="CPUs Ray reserves per replica; unset: THREADS, else 1.")
-    replica_gpus: float = Field(0, ge=0, description="GPUs Ray gives each replica (e.g. 1, or 0.5 to share one).")
+    replicas: int = Field(0, ge=0, description="0: one process, no Ray. N: N replicas on Ray Serve behind one endpoint "
+                          "([More than one machine](deployment.md#more-than-one-machine-replicas-on-ray-serve)); "
+                          "`RAY_ADDRESS` joins a cluster, else a local Ray instance starts.")
+    max_replicas: int = Field(0, ge=0, description="Above `REPLICAS`: Ray Serve adds replicas up to this many while "
+                              "requests queue (`PARALLEL_SLOTS` in hand per replica is its target) and removes them when idle.")
+    replica_cpus: float | None = Field(None, gt=0, description="CPUs Ray reserves per replica; unset: `THREADS`, else 1.")
+    replica_gpus: float = Field(0, ge=0, description="GPUs Ray gives each replica (`1`, or `0.5` to put two replicas on "
+                                "one GPU).")
 
     # Server and logs
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    log_level: LogLevel = LogLevel.info
-    log_file: Path | None = None
-    log_format: str = Field("text", pattern="^(text|json)$")
-    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024)
-    body_read_timeout_seconds: float = Field(30.0, gt=0, description="A request body must arrive within this; else 408.")
+    host: str = Field("127.0.0.1", description="The address to listen on.")
+    port: int = Field(8000, ge=1, le=65535, description="The port to listen on.")
+    log_level: LogLevel = Field(LogLevel.info, description="`DEBUG`, `INFO`, `WARNING` or `ERROR`.")
+    log_file: Path | None = Field(None, description="Also write the log to this file.")
+    log_format: str = Field("text", pattern="^(text|json)$", description="`text`, or `json` (one object per line).")
+    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Larger bodies get 413 (compressed bodies: "
+                                   "before and after decompression).")
+    body_read_timeout_seconds: float = Field(30.0, gt=0, description="A request body must arrive within this, else 408 "
+                                             "`request_timeout` (a stalled client holds no model).")
     shutdown_grace_seconds: float = Field(
-        30.0, ge=0, description="On SIGTERM, how long running generations may finish before the server exits."
+        30.0, ge=0, description="On SIGTERM, how long running generations may finish (new connections are refused at once)."
     )
 
     @field_validator("log_level", mode="before")

@@ -1,5 +1,5 @@
-"""The GGUF engine's own scheduling logic, without a model: how it writes a step's batch and which slot a new
-sequence takes. llama.cpp (separate KV streams per slot) splits a batch into one pass over the weights per run of
+"""The GGUF engine's own scheduling logic, without a model: how it writes a step's batch, which slot a new
+sequence takes, and how many prompt tokens a step reads while others stream. llama.cpp (separate KV streams per slot) splits a batch into one pass over the weights per run of
 consecutive sequence ids in row order, so rows go in slot order and a new sequence goes beside running ones
 where that costs no cached prefix. The served effect is measured in docs/benchmarks.md; here the rules themselves.
 """
@@ -12,6 +12,7 @@ from typing import Any
 
 from local_llm_api.backends.base import SamplingParams
 from local_llm_api.backends.batching import BatchEngine, LlamaSequence, Slot
+from local_llm_api.backends.prefill_budget import PrefillBudget
 from local_llm_api.backends.prompt_lookup import PromptLookup
 
 
@@ -37,10 +38,10 @@ class StillEngine(BatchEngine):
         """No engine thread: the test takes the steps' parts itself."""
 
 
-def engine(slots: int, draft_tokens: int = 0) -> StillEngine:
+def engine(slots: int, draft_tokens: int = 0, batch_size: int = 64, prefill_step_seconds: float = 0.0) -> StillEngine:
     return StillEngine(llama_cpp=FakeLlamaLib(), context=SimpleNamespace(memory=None, ctx=None), n_slots=slots,
-                       slot_context=512, max_queue=8, batch_size=64, prefill_chunk=16, prefix_cache=True,
-                       draft_tokens=draft_tokens, make_sampler=lambda _: None, token_bytes=lambda t: b"x",
+                       slot_context=512, max_queue=8, batch_size=batch_size, prefill_chunk=16, prefix_cache=True,
+                       prefill_step_seconds=prefill_step_seconds, draft_tokens=draft_tokens, make_sampler=lambda _: None, token_bytes=lambda t: b"x",
                        is_end=lambda t: False, name="test", n_vocab=100)
 
 
@@ -128,3 +129,90 @@ def test_a_prompt_without_a_hit_keeps_the_least_recently_used_rule_and_prefers_n
     e._waiting.append(sequence([50] * 80))
     e._admit()  # every free slot keeps another prompt's cache: the least recently used one gives its cache up
     assert e.slots[0].sequence is not None
+
+
+def reading(slot: Slot, prompt: list[int], arrived: float) -> LlamaSequence:
+    """A sequence in `slot` admitted with nothing cached, about to read its whole prompt."""
+    new = sequence(prompt)
+    new.arrived, new.pending = arrived, list(prompt)
+    slot.cached, slot.sequence = [], new
+    return new
+
+
+def prompt_tokens_read(e: StillEngine) -> dict[int, int]:
+    """Prompt rows of the step just filled, by slot (streams feed one row each, token 7)."""
+    counts: dict[int, int] = {}
+    for seq_id, _, token, _ in rows(e):
+        if token != 7:
+            counts[seq_id] = counts.get(seq_id, 0) + 1
+    return counts
+
+
+def measured(e: StillEngine, fixed: float, per_token: float) -> None:
+    """Steps that read prompts, as the engine records them: `fixed` seconds plus `per_token` for each token."""
+    for tokens in (20, 60, 100, 140):
+        e._prefill.record(tokens, fixed + per_token * tokens)
+
+
+def test_prompts_arriving_together_beside_streams_are_read_in_one_step_when_it_fits_the_bound() -> None:
+    e = engine(6, batch_size=512, prefill_step_seconds=0.15)
+    streaming(e.slots[0], [1, 2, 3], 1.0)
+    streaming(e.slots[1], [1, 2, 3], 1.0)
+    for i, slot in enumerate(e.slots[2:]):
+        reading(slot, list(range(10, 40)), 2.0 + i)  # four prompts of 30 tokens, arrived together
+    measured(e, fixed=0.01, per_token=0.001)  # 0.15 s holds 140 tokens: 2 streams' tokens and 120 of the prompts
+    e._fill_batch()
+    assert prompt_tokens_read(e) == {2: 30, 3: 30, 4: 30, 5: 30}
+
+
+def test_the_bound_cuts_prompts_beside_streams_in_arrival_order() -> None:
+    e = engine(4, batch_size=512, prefill_step_seconds=0.15)
+    streaming(e.slots[0], [1, 2, 3], 1.0)
+    reading(e.slots[1], list(range(10, 110)), 3.0)
+    reading(e.slots[2], list(range(10, 110)), 2.0)  # arrived first: read first
+    measured(e, fixed=0.01, per_token=0.001)  # 139 prompt tokens fit beside the stream
+    e._fill_batch()
+    assert prompt_tokens_read(e) == {2: 100, 1: 39}
+
+
+def test_after_one_measured_step_the_budget_takes_its_time_per_token_as_the_cost() -> None:
+    e = engine(4, batch_size=512, prefill_step_seconds=0.15)
+    streaming(e.slots[0], [1, 2, 3], 1.0)
+    for i, slot in enumerate(e.slots[1:]):
+        reading(slot, list(range(10, 50)), 2.0 + i)
+    e._prefill.record(40, 0.04)  # one prompt read so far (a fresh server): 1 ms a token, fixed part unknown
+    e._fill_batch()
+    assert prompt_tokens_read(e) == {1: 40, 2: 40, 3: 40}  # 149 tokens would fit beside the stream
+
+
+def test_until_a_step_has_been_measured_or_with_no_bound_a_step_reads_prefill_chunk_tokens() -> None:
+    for e in (engine(3, batch_size=512, prefill_step_seconds=0.15), engine(3, batch_size=512)):
+        streaming(e.slots[0], [1, 2, 3], 1.0)
+        reading(e.slots[1], list(range(10, 40)), 2.0)
+        reading(e.slots[2], list(range(10, 40)), 3.0)
+        if e._prefill._step_seconds == 0:
+            measured(e, fixed=0.01, per_token=0.001)  # measured, but no bound: the chunk only
+        e._fill_batch()
+        assert prompt_tokens_read(e) == {1: 16}  # PREFILL_CHUNK in all, to the first arrived
+
+
+def test_with_nothing_streaming_prompts_fill_the_batch_and_a_slow_machine_still_reads_prefill_chunk() -> None:
+    e = engine(3, batch_size=64, prefill_step_seconds=0.15)
+    reading(e.slots[0], list(range(10, 50)), 1.0)
+    reading(e.slots[1], list(range(10, 50)), 2.0)
+    e._fill_batch()
+    assert prompt_tokens_read(e) == {0: 40, 1: 24}  # the batch's 64 tokens, no bound: nobody waits on them
+    slow = engine(3, batch_size=512, prefill_step_seconds=0.15)
+    streaming(slow.slots[0], [1, 2, 3], 1.0)
+    reading(slow.slots[1], list(range(10, 50)), 2.0)
+    measured(slow, fixed=0.01, per_token=0.05)  # only 2 tokens would fit: PREFILL_CHUNK is the floor
+    slow._fill_batch()
+    assert prompt_tokens_read(slow) == {1: 16}
+
+
+def test_prefill_budget_takes_the_whole_batch_where_tokens_cost_nothing_more() -> None:
+    budget = PrefillBudget(0.15, floor=64, ceiling=2048)
+    assert budget.tokens(8) == 64
+    for tokens in (10, 200, 900):
+        budget.record(tokens, 0.02)  # a GPU: the step's time does not grow with its tokens
+    assert budget.tokens(8) == 2048

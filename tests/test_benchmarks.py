@@ -28,14 +28,14 @@ def test_serve_bench() -> None:
     out = run("serve_bench.py", "--port", str(free_port()), "--model", str(bundled_model_path()), "--threads", "1", "--concurrency", "1",
               "--requests-per-client", "1", "--max-tokens", "4", "--skip", "llama-cpp-python-server", "direct", "prefix",
               "--runs", "2")
-    assert "| local-llm-api" in out and "Spread over 2 runs" in out
+    assert "| local-llm-api" in out and "Spread over 2 runs" in out and "| first wave p50 (s) | steady p50 (s) |" in out
 
 
 def test_agent_bench() -> None:
     out = run("agent_bench.py", "--port", str(free_port()), "--model", str(bundled_model_path()), "--threads", "1",
               "--clients", "2", "--turns", "2", "--system-words", "60", "--max-tokens", "4", "--alone", "2")
     assert "| local-llm-api (prefix reuse" in out and "| local-llm-api, REPRODUCIBLE=true" in out
-    assert "a later turn alone: TTFT (s) |" in out
+    assert "a later turn alone: TTFT (s) |" in out and "| server | turn 1 | turn 2 |" in out
 
 
 def test_copy_bench() -> None:

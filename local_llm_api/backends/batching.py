@@ -4,7 +4,9 @@ One engine thread per model. Each step it
 1. admits waiting sequences (FIFO) into free slots, choosing the slot whose cached tokens share the
    longest prefix with the prompt (prefix caching: a multi-turn chat re-evaluates only the new turn),
 2. builds one batch: the next token of every running sequence, then prompt chunks of sequences still
-   reading their prompt (chunked prefill, capped while others stream so that they never freeze), its rows
+   reading their prompt (chunked prefill: while others stream, as many prompt tokens as fit in a step of
+   PREFILL_STEP_MS, `prefill_budget.py`, so that prompts arriving together are read together and no stream
+   freezes), its rows
    in slot order (llama.cpp makes one pass over the weights per run of consecutive slots),
 3. decodes it, and samples each sequence that needs a token with its own sampler chain.
 A streaming sequence may feed guessed tokens after its next one (prompt lookup, `prompt_lookup.py`) when
@@ -29,6 +31,7 @@ import numpy as np
 from ..structured.constraint import ConstraintFactory
 from .base import GenerationChunk, SamplingParams, SequenceText
 from .engine import Engine, Sequence
+from .prefill_budget import PrefillBudget
 from .prompt_lookup import PromptLookup, StepCost, guesses_to_feed
 
 log = logging.getLogger("local_llm_api.batching")
@@ -87,6 +90,7 @@ class BatchEngine(Engine):
         batch_size: int,
         prefill_chunk: int,
         prefix_cache: bool,
+        prefill_step_seconds: float = 0.0,
         reproducible: bool = False,
         draft_tokens: int = 0,
         adaptive_drafts: bool = True,
@@ -104,14 +108,14 @@ class BatchEngine(Engine):
         self._context = context
         self._batch = llama_cpp.llama_batch_init(batch_size, 0, 1)
         self._batch_size = batch_size
-        self._prefill_chunk = prefill_chunk
+        self._prefill = PrefillBudget(prefill_step_seconds, prefill_chunk, batch_size)
         self._prefix_cache = prefix_cache
         self._reproducible = reproducible
         self._slot_context = slot_context
         self._draft_tokens = draft_tokens
         self._adaptive_drafts = adaptive_drafts
         self._step_cost = StepCost()
-        self._prompt_in_step = False  # the step being run reads prompt tokens (its time is not a decode's)
+        self._prompt_in_step = 0  # prompt tokens the step being run reads (when any, its time is not a decode's)
         self._make_sampler = make_sampler
         self.slots = [Slot(i) for i in range(n_slots)]
         self.start()
@@ -147,9 +151,15 @@ class BatchEngine(Engine):
             for item in fed:
                 self._finish(item.slot, exc)
             return
-        if not self._prompt_in_step:
+        elapsed = time.perf_counter() - started
+        if log.isEnabledFor(logging.DEBUG):  # the step log: where a new request waits before its first token
+            log.debug("step: %d tokens, %d of them prompt, %d sequences, %.1f ms", self._batch.n_tokens,
+                      self._prompt_in_step, len(fed), elapsed * 1000)
+        if self._prompt_in_step:
+            self._prefill.record(self._batch.n_tokens, elapsed)
+        else:
             # A step of streaming sequences only, sampling included: what guesses are weighed against.
-            self._step_cost.record(self._batch.n_tokens, time.perf_counter() - started)
+            self._step_cost.record(self._batch.n_tokens, elapsed)
 
     def _running(self) -> list[Slot]:
         return [s for s in self.slots if s.sequence is not None]
@@ -227,13 +237,15 @@ class BatchEngine(Engine):
         """Fill the batch: each running sequence's next token, prompt chunks, then guesses worth their cost."""
         fed: list[Fed] = []
         n = 0
-        self._prompt_in_step = False
+        self._prompt_in_step = 0
         running = self._running()
         # Streaming sequences first (one token each), then prompts in arrival order.
         running.sort(key=lambda s: (s.sequence.first_token_at is None, s.sequence.arrived))  # type: ignore[union-attr]
-        # While others stream, a long prompt goes in small chunks so that their next token is not held up.
-        streaming = any(s.sequence.first_token_at is not None for s in running)  # type: ignore[union-attr]
-        prefill_budget = self._prefill_chunk if streaming else self._batch_size
+        # While others stream, prompts get what fits in a bounded step beside the streams' tokens, so that their
+        # next token is not held up long.
+        streams = [s.sequence for s in running if s.sequence.first_token_at is not None]  # type: ignore[union-attr]
+        prefill_budget = (self._prefill.tokens(sum(len(q.pending) for q in streams))  # type: ignore[union-attr]
+                          if streams else self._batch_size)
         for slot in running:
             sequence = slot.sequence
             assert sequence is not None
@@ -244,7 +256,7 @@ class BatchEngine(Engine):
                 continue
             if reading_prompt:
                 prefill_budget -= len(take)
-                self._prompt_in_step = True
+                self._prompt_in_step += len(take)
             fed.append(Fed(slot, len(slot.cached), take, samples=len(take) == len(sequence.pending)))
             n += len(take)
             slot.cached.extend(take)

@@ -268,6 +268,8 @@ class Engine(ABC):
         if sequence.first_token_at is None:
             sequence.first_token_at = now
             self._record_ttft(now - sequence.arrived)
+            log.debug("first token after %.1f ms: %d prompt tokens, %d from the cache", (now - sequence.arrived) * 1000,
+                      len(sequence.prompt), sequence.cached_tokens)
         # The grammar constrains the answer: tokens inside a reasoning block are not its.
         constraint = sequence.constraint if not sequence.text.reasoning else None
         if constraint is not None and not self._is_end(token):

@@ -165,6 +165,7 @@ class LlamaCppBackend(EngineBackend):
             max_queue=settings.max_queue,
             batch_size=settings.batch_size,
             prefill_chunk=settings.prefill_chunk,
+            prefill_step_seconds=settings.prefill_step_ms / 1000,
             prefix_cache=settings.prefix_cache,
             reproducible=settings.reproducible,
             draft_tokens=settings.prompt_lookup_tokens,

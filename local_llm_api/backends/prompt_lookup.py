@@ -97,6 +97,10 @@ class StepCost:
         self._nn = d * self._nn + tokens * tokens
         self._nt = d * self._nt + tokens * seconds
 
+    def average(self) -> float | None:
+        """Seconds per token over the recorded steps, their fixed part included (None: none recorded)."""
+        return self._t / self._n if self._n else None
+
     def estimate(self) -> tuple[float, float] | None:
         """(seconds per step, seconds per token); None until steps of different sizes have been seen. When the
         recent steps are all of one size (one stream, no guesses), the last fit holds: without it the engine would

@@ -3,7 +3,8 @@ forward pass per step.
 
 One engine thread per model. Each step it
 1. admits waiting sequences (FIFO) while fewer than PARALLEL_SLOTS are in play,
-2. feeds one prompt chunk (PREFILL_CHUNK tokens while others stream, the whole prompt otherwise) of the
+2. feeds one prompt chunk (while others stream, what a pass of PREFILL_STEP_MS reads by the measured cost of a
+   token, at least PREFILL_CHUNK, `prefill_budget.py`; the whole prompt otherwise) of the
    oldest sequence still reading its prompt, in a cache of its own; when the prompt is done, samples its
    first token and merges its cache into the batch (left-padded to the batch's length),
 3. decodes one token of every running sequence in one forward pass (attention mask for the padding,
@@ -39,6 +40,7 @@ from ..structured.logprobs import TokenLogprob
 from .base import GenerationChunk, SamplingParams, SequenceText
 from .batching import common_prefix
 from .engine import Engine, Sequence
+from .prefill_budget import PrefillBudget
 from .prompt_lookup import PromptLookup, StepCost, guesses_to_feed
 from .torch_sampling import TokenSampler
 
@@ -75,6 +77,7 @@ class TorchBatchEngine(Engine):
         max_queue: int,
         prefill_chunk: int,
         prefix_cache: bool = True,
+        prefill_step_seconds: float = 0.0,
         reproducible: bool = False,
         draft_tokens: int = 0,
         adaptive_drafts: bool = True,
@@ -88,7 +91,8 @@ class TorchBatchEngine(Engine):
                          constraints=constraints)
         self._model = model
         self._device = model.device
-        self._prefill_chunk = prefill_chunk
+        # No batch ceiling here: a prompt read is a forward pass of its own, as long as the prompt when nothing streams.
+        self._prefill = PrefillBudget(prefill_step_seconds, prefill_chunk, 1 << 30)
         # A prefix of a sliding-window or quantised cache is not the prefix's KV: kept only for plain layers.
         self._prefix_cache = prefix_cache and can_batch(model)
         self._reproducible = reproducible
@@ -163,8 +167,9 @@ class TorchBatchEngine(Engine):
             self._start_from_kept(sequence)
         if sequence.cache is None:
             sequence.cache = DynamicCache(config=self._model.config)
-        room = self._prefill_chunk if self._rows else len(sequence.prompt)
+        room = self._prefill.tokens(0) if self._rows else len(sequence.prompt)
         chunk = sequence.prompt[sequence.fed : sequence.fed + room]
+        started = time.perf_counter()
         out = self._model(
             input_ids=torch.tensor([chunk], device=self._device),
             position_ids=torch.arange(sequence.fed, sequence.fed + len(chunk), device=self._device)[None],
@@ -172,6 +177,7 @@ class TorchBatchEngine(Engine):
             use_cache=True,
             logits_to_keep=1,
         )
+        self._prefill.record(len(chunk), time.perf_counter() - started)
         sequence.fed += len(chunk)
         if sequence.fed < len(sequence.prompt):
             return

@@ -131,6 +131,7 @@ class TransformersBackend(EngineBackend):
             n_slots=slots,
             max_queue=settings.max_queue,
             prefill_chunk=settings.prefill_chunk,
+            prefill_step_seconds=settings.prefill_step_ms / 1000,
             prefix_cache=settings.prefix_cache,
             reproducible=settings.reproducible,
             draft_tokens=settings.prompt_lookup_tokens,
