@@ -44,7 +44,7 @@ class ModelSpec(BaseModel):
                                   description="How the model marks its reasoning: auto (from the chat template), none "
                                               "(it does not think), or the open and close markers, comma-separated.")
     tool_format: str | None = Field(None, description="The model family whose tool-call format the model writes "
-                                    "(hermes, qwen3-coder, llama3, mistral, ...; see the README); unset: read from the "
+                                    "(hermes, qwen3-coder, llama3, mistral, ...; see docs/models/tool-formats.md); unset: read from the "
                                     "chat template.")
     embedding_only: bool = False
     trust_remote_code: bool = False

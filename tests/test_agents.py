@@ -1,5 +1,5 @@
 """The real agent clients against the real server: Codex CLI, Claude Code, opencode and aider, each configured by
-its README recipe (tests/agents/clients.py), through a recording proxy that shows their own requests when a test
+its recipe on docs/clients.md (tests/agents/clients.py), through a recording proxy that shows their own requests when a test
 fails.
 
 For each client: a one-shot answer; a second turn in the client's own session, read mostly from the prefix cache
@@ -207,11 +207,3 @@ def test_aider_edits_a_file(agents: Agents) -> None:
                                  capture_output=True, text=True, timeout=clients.TIMEOUT)
     assert run.returncode == 0, f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}\n{agents.proxy.report()}"
     assert notes.read_text() == "edited by the scripted model\n", run.stdout[-3000:]
-
-
-# ---------------------------------------------------------------- the recipes themselves
-
-
-def test_the_korean_readme_has_the_same_recipes() -> None:
-    for name in ("codex", "claude-code", "opencode", "aider"):
-        assert clients.recipe(name, clients.ROOT / "README.ko.md") == clients.recipe(name), name

@@ -2,7 +2,7 @@
 (core.prompt, what /apply-template and every chat route use) and Transformers' way (`render_jinja_template`, what
 `apply_chat_template` calls) on five conversations: the same text, or the documented difference.
 
-Documented differences (README, "Chat templates"): a template that reads no `tools` gets the tools in a system
+Documented differences (docs/models/templates.md): a template that reads no `tools` gets the tools in a system
 message; one that renders neither tool calls nor the `tool` role reads calls and results as text; list content is
 joined for a template that cannot read it; a request that turns thinking off gets the reasoning block closed
 where the template left it open."""

@@ -196,7 +196,7 @@ def test_concurrent_first_requests_share_one_load(tmp_path: Path, model_dir: Pat
 
 
 def test_uvicorn_entry_point(tmp_path: Path, model_dir: Path) -> None:
-    """`uvicorn local_llm_api.main:app` builds the app from the environment, as the README says."""
+    """`uvicorn local_llm_api.main:app` builds the app from the environment, as docs/getting-started.md says."""
     from .conftest import free_port
 
     port = free_port()

@@ -1,9 +1,9 @@
-"""The real agent clients, installed once into a cache folder, and run the way the README's recipes say.
+"""The real agent clients, installed once into a cache folder, and run the way the recipes of docs/clients.md say.
 
 Codex CLI, Claude Code and opencode come from npm (pinned versions), aider from PyPI into a virtual environment
 of its own. An install that cannot reach its registry skips the tests that need it, with the reason. Each run
 gets a home of its own (config, sessions) so that nothing of the user's is read or written; the recipes' lines
-are taken from the README (`recipe`) and only the address and the model are put in.
+are taken from docs/clients.md (`recipe`) and only the address and the model are put in.
 """
 
 from __future__ import annotations
@@ -67,11 +67,11 @@ def aider_bin() -> Path:
     return venv / "bin" / "aider"
 
 
-# ---------------------------------------------------------------- the README's recipes
+# ---------------------------------------------------------------- the recipes of docs/clients.md
 
 
-def recipe(name: str, readme: Path = ROOT / "README.md") -> str:
-    """The code block that follows `<!-- recipe: NAME -->` in the README."""
+def recipe(name: str, readme: Path = ROOT / "docs" / "clients.md") -> str:
+    """The code block that follows `<!-- recipe: NAME -->` on the clients page (docs/clients.md)."""
     text = readme.read_text(encoding="utf-8")
     found = re.search(rf"<!-- recipe: {re.escape(name)} -->.*?```\w*\n(.*?)```", text, re.S)
     assert found, f"{readme.name} has no recipe '{name}'"
@@ -79,7 +79,7 @@ def recipe(name: str, readme: Path = ROOT / "README.md") -> str:
 
 
 def filled(text: str, url: str, model: str) -> str:
-    """A recipe with the test's server address and model in place of the README's."""
+    """A recipe with the test's server address and model in place of the page's."""
     return text.replace(README_URL, url).replace(README_MODEL, model)
 
 
