@@ -19,6 +19,20 @@ class BackendChoice(str, Enum):
     cross_encoder = "cross-encoder"  # rerankers: CrossEncoder folders, sequence-classification models
 
 
+class KvCacheType(str, Enum):
+    """llama.cpp's KV cache types (`-ctk`/`-ctv`): bytes per value 2, 1.0625 (blocks of 32 in 34 bytes), 0.5625."""
+
+    f16 = "f16"
+    q8_0 = "q8_0"
+    q4_0 = "q4_0"
+
+
+class FlashAttention(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
 class LogLevel(str, Enum):
     debug = "DEBUG"
     info = "INFO"
@@ -72,7 +86,19 @@ class Settings(BaseSettings):
                                    "tokens as fit in this many milliseconds by the measured cost of a token (at least "
                                    "`PREFILL_CHUNK`, at most `BATCH_SIZE`): prompts that arrive together are read together, "
                                    "and a running stream's time between tokens stays under it. 0: `PREFILL_CHUNK` only.")
+    kv_cache_type: KvCacheType = Field(KvCacheType.f16, description="The KV cache's type for GGUF models, keys and "
+                                       "values (llama.cpp's `-ctk`/`-ctv`): `f16`, `q8_0` (about half the memory per "
+                                       "token) or `q4_0` (about a quarter); the memory budget and the context that "
+                                       "fits it count it. Quantised types need flash attention (not `FLASH_ATTN=off`).")
+    flash_attn: FlashAttention = Field(FlashAttention.auto, description="Flash attention for GGUF models (llama.cpp's "
+                                       "`-fa`): `auto` (where the backend supports it), `on` or `off`.")
     prefix_cache: bool = Field(True, description="Reuse a slot's KV cache for a prompt that shares its prefix.")
+    prefix_cache_disk: ByteSize = Field(ByteSize(4 * 2**30), description="The prefix cache's disk tier (GGUF models): "
+                                        "the KV state of prompt prefixes of 1,024 tokens or more is written under "
+                                        "`DATA_DIR/prefix-cache` when a slot's cache is dropped, the model unloaded or the "
+                                        "server stopped, and read back for a prompt that shares it, so that an agent's "
+                                        "long first turn after a restart reads only what is new. At most this many bytes "
+                                        "(least recently used out); 0 turns it off.")
     prompt_lookup_tokens: int = Field(8, ge=0, le=64, description="Most tokens a streaming sequence guesses per step "
                                       "from its own prompt and output for the model to check (speculative decoding; on "
                                       "the Transformers engine for a sequence decoding alone; the answer does not "
@@ -213,6 +239,9 @@ class Settings(BaseSettings):
             raise SettingsError("MAX_REPLICAS", f"{self.max_replicas} is below REPLICAS ({self.replicas})")
         if any("=" not in item for item in self.model_aliases.split(",") if item.strip()):
             raise SettingsError("MODEL_ALIASES", "write NAME=MODEL pairs separated by commas (claude-*=SmolLM2)")
+        if self.kv_cache_type != KvCacheType.f16 and self.flash_attn == FlashAttention.off:
+            raise SettingsError("KV_CACHE_TYPE", f"{self.kv_cache_type.value} needs flash attention: set FLASH_ATTN to "
+                                                 "auto or on, or KV_CACHE_TYPE=f16")
         if self.api_key_required and not self.api_keys:
             raise SettingsError("API_KEY", "API_KEY_REQUIRED is true but API_KEY is empty")
         if self.model_backend in (BackendChoice.sentence_transformers, BackendChoice.cross_encoder):

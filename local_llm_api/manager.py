@@ -22,7 +22,7 @@ from enum import Enum
 from pathlib import Path
 
 from .backends.base import Backend, ModelLoadError
-from .backends.llama_cpp import per_slot_context
+from .backends.llama_cpp import KV_TYPES, per_slot_context
 from .catalog import Capability, Catalog, ModelEntry
 from .config import BackendChoice, Settings
 from .errors import APIError, invalid_request, model_not_found, not_found
@@ -185,9 +185,9 @@ class ModelManager:
 
     # ---------------------------------------------------------------- limits
 
-    def _kv_value_bytes(self, entry: ModelEntry) -> int:
+    def _kv_value_bytes(self, entry: ModelEntry) -> float:
         if entry.backend == BackendChoice.llama_cpp:
-            return 2  # f16 cache
+            return KV_TYPES[self.settings.kv_cache_type][1]  # KV_CACHE_TYPE: f16 unless set
         return 2 if self.settings.transformers_dtype in ("float16", "bfloat16") else 4  # auto on CPU: float32
 
     def context_length(self, entry: ModelEntry) -> int | None:
@@ -202,7 +202,7 @@ class ModelManager:
         requested = (entry.spec.context_size if entry.spec else None) or self.settings.context_size
         trained = facts.context_length or 0
         if entry.backend == BackendChoice.llama_cpp:
-            return per_slot_context(requested, trained, facts.kv_values_per_token * self._kv_value_bytes(entry),
+            return per_slot_context(requested, trained, math.ceil(facts.kv_values_per_token * self._kv_value_bytes(entry)),
                                     entry.size_bytes, self.settings, entry.name) if trained else requested or None
         return min(requested or trained, trained or 1 << 62) or None
 
@@ -246,7 +246,7 @@ class ModelManager:
             return entry.size_bytes
         per_slot = self.context_length(entry) or 0
         slots = self.settings.parallel_slots + (1 if entry.backend == BackendChoice.llama_cpp else 0)  # +1: embeddings
-        return entry.size_bytes + per_slot * slots * describe(entry).kv_values_per_token * self._kv_value_bytes(entry)
+        return entry.size_bytes + math.ceil(per_slot * slots * describe(entry).kv_values_per_token * self._kv_value_bytes(entry))
 
     async def _make_room(self, entry: ModelEntry) -> int:
         """Unload least recently used idle models until `entry` fits the limits, or refuse with 503; return what the

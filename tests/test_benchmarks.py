@@ -85,3 +85,9 @@ def test_discovery_bench(baseline: bool) -> None:
 def test_soak() -> None:
     out = run("soak.py", "--clients", "4", "--duration", "6", "--warm-up", "2", "--port", str(free_port()))
     assert "| 5xx answers | 0 | 0 |" in out and "running 0, queued 0" in out
+
+
+def test_restart_bench() -> None:
+    out = run("restart_bench.py", "--port", str(free_port()), "--model", str(bundled_model_path()), "--threads", "1",
+              "--slots", "1", "--context", "2048", "--system-words", "900")
+    assert "| local-llm-api, disk tier on (the default) |" in out and "| local-llm-api, PREFIX_CACHE_DISK=0 |" in out

@@ -143,7 +143,8 @@ def test_openai_sdk_against_a_keyed_server(keyed: Server) -> None:
 @pytest.mark.parametrize(
     ("env", "name"),
     [({"GPU_LAYERS": "lots"}, "GPU_LAYERS"), ({"MODEL_BACKEND": "tensorflow"}, "MODEL_BACKEND"),
-     ({"TEMPERATURE": "9"}, "TEMPERATURE"), ({"API_KEY_REQUIRED": "true", "API_KEY": ""}, "API_KEY")],
+     ({"TEMPERATURE": "9"}, "TEMPERATURE"), ({"API_KEY_REQUIRED": "true", "API_KEY": ""}, "API_KEY"),
+     ({"KV_CACHE_TYPE": "q5_1"}, "KV_CACHE_TYPE"), ({"KV_CACHE_TYPE": "q8_0", "FLASH_ATTN": "off"}, "KV_CACHE_TYPE")],
 )
 def test_invalid_settings_stop_start_up_with_one_line(tmp_path: Path, env: dict, name: str) -> None:
     result = subprocess.run(

@@ -68,6 +68,8 @@ class ModelInfo(BaseModel):
     capabilities: list[str]
     tool_format: ToolCallFormat | None = None  # chat models: how their tool calls are written and read
     context_size: int | None
+    memory_bytes: int | None = Field(None, description="What it takes (or would take) loaded, as MEMORY_BUDGET counts "
+                                     "it: weights plus the KV cache of every slot at KV_CACHE_TYPE.")
     keep_alive_seconds: float
     active_requests: int = 0
     loaded_at: float | None = None
@@ -127,6 +129,7 @@ def info(manager: ModelManager, entry: ModelEntry) -> ModelInfo:
         tool_format=ToolCallFormat(family=fmt.family, how=fmt.how) if fmt is not None else None,
         keep_alive_seconds=manager.keep_alive_of(entry),
         context_size=manager.context_length(entry),
+        memory_bytes=manager.footprint(entry),
         active_requests=loaded.in_flight if loaded else 0,
         loaded_at=loaded.loaded_at if loaded else None,
         error=manager.failures.get(entry.name),

@@ -25,6 +25,8 @@ class EngineCollector(Collector):
             "running": GaugeMetricFamily("llm_running_sequences", "Sequences being decoded", labels=["model"]),
             "queued": GaugeMetricFamily("llm_queue_length", "Requests waiting for a slot", labels=["model"]),
             "tokens_per_second": GaugeMetricFamily("llm_tokens_per_second", "Generated tokens/s over the last 10 s", labels=["model"]),
+            "prompt_tokens_per_second": GaugeMetricFamily(
+                "llm_prompt_tokens_per_second", "Prompt tokens read per second of reading, over the last 10 s", labels=["model"]),
             "alive": GaugeMetricFamily("llm_engine_alive", "1 while the model's engine thread runs", labels=["model"]),
             "kv_cache_tokens": GaugeMetricFamily(
                 "llm_kv_cache_tokens", "Tokens whose keys and values are held (running and kept for reuse)", labels=["model"]),
@@ -38,6 +40,10 @@ class EngineCollector(Collector):
             "cached_prompt_tokens_total": CounterMetricFamily("llm_cached_prompt_tokens", "Prompt tokens served from the prefix cache", labels=["model"]),
             "shared_prompt_tokens_total": CounterMetricFamily(
                 "llm_shared_prompt_tokens", "Prompt tokens copied from another slot's prefix cache", labels=["model"]),
+            "disk_prompt_tokens_total": CounterMetricFamily(
+                "llm_disk_prompt_tokens", "Prompt tokens loaded from the prefix cache's disk tier", labels=["model"]),
+            "disk_prefixes_saved_total": CounterMetricFamily(
+                "llm_disk_prefixes_saved", "Prompt prefixes written to the prefix cache's disk tier", labels=["model"]),
             "generated_tokens_total": CounterMetricFamily("llm_generated_tokens", "Tokens generated", labels=["model"]),
             "draft_tokens_total": CounterMetricFamily(
                 "llm_draft_tokens", "Tokens guessed by prompt lookup and checked by the model", labels=["model"]),

@@ -94,6 +94,8 @@ class EngineStats(BaseModel):
     prompt_tokens_total: int = 0
     cached_prompt_tokens_total: int = 0
     shared_prompt_tokens_total: int = 0  # of those, copied from another slot's cache
+    disk_prompt_tokens_total: int = 0  # of those, loaded from the prefix cache's disk tier (PREFIX_CACHE_DISK)
+    disk_prefixes_saved_total: int = 0  # prompt prefixes written to the disk tier
     generated_tokens_total: int = 0
     draft_tokens_total: int = 0  # guessed by prompt lookup and checked by the model (speculative decoding)
     accepted_draft_tokens_total: int = 0  # of those, confirmed: tokens won without a decode step of their own
@@ -102,6 +104,7 @@ class EngineStats(BaseModel):
     kv_cache_capacity: int = 0  # how many it can hold (GGUF: slots x context); 0 where the cache grows as needed
     prefix_cache_hit_rate: float = 0.0  # cached_prompt_tokens_total / prompt_tokens_total
     tokens_per_second: float = 0.0
+    prompt_tokens_per_second: float = 0.0  # prompt tokens read per second of reading, over the last 10 s
     time_to_first_token_p50: float | None = None
     # Prometheus histogram of time to first token: cumulative counts per upper bound, and the sum.
     ttft_buckets: dict[float, int] = Field(default_factory=dict, exclude=True)

@@ -13,15 +13,19 @@ A streaming sequence may feed guessed tokens after its next one (prompt lookup, 
 that raises the step's expected output per second: the step's logits check them all at once, and each guess
 the sampler draws too is a token won without a step of its own.
 Finished and cancelled sequences leave between steps and free their slot at once; the slot keeps its
-KV cache for the next prompt that shares its prefix.
+KV cache for the next prompt that shares its prefix. Long prefixes also go to disk (`prefix_store.py`) when a
+slot's cache is about to be dropped and when the engine closes, and come back from there when a new prompt
+shares more of a stored one than any slot holds (after a restart, an unload or an eviction).
 
 Each slot is one llama.cpp sequence with its own KV stream of CONTEXT_SIZE tokens (`kv_unified` off).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +36,7 @@ from ..structured.constraint import ConstraintFactory
 from .base import GenerationChunk, SamplingParams, SequenceText
 from .engine import Engine, Sequence
 from .prefill_budget import PrefillBudget
+from .prefix_store import PrefixStore
 from .prompt_lookup import PromptLookup, StepCost, guesses_to_feed
 
 log = logging.getLogger("local_llm_api.batching")
@@ -67,6 +72,9 @@ class Fed:
 
 # Below this many tokens, reading a prefix again costs less than copying a slot's KV stream (a few ms).
 MIN_SHARED_PREFIX = 64
+# The disk tier keeps prefixes of at least this many tokens (shorter ones read again in well under a second), and
+# a stored prefix is loaded when it gives at least this many tokens more than the slots hold.
+DISK_MIN_TOKENS = 1024
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -100,9 +108,14 @@ class BatchEngine(Engine):
         name: str,
         n_vocab: int,
         constraints: ConstraintFactory | None = None,
+        prefix_store: PrefixStore | None = None,
     ) -> None:
         super().__init__(n_slots=n_slots, max_queue=max_queue, token_bytes=token_bytes, is_end=is_end, name=name,
                          constraints=constraints)
+        self._store = prefix_store if prefix_cache else None
+        # Files are written off the engine thread: it only copies a slot's state out of llama.cpp.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefix-store") if self._store is not None else None
+        self._copies_pending: set[int] = set()  # slots whose copied stream llama.cpp writes at the next decode
         self._n_vocab = n_vocab
         self._lib = llama_cpp
         self._context = context
@@ -125,7 +138,57 @@ class BatchEngine(Engine):
         return LlamaSequence(prompt, params, text, emit, sampler=self._make_sampler(params))
 
     def _release(self) -> None:
+        """The engine thread has stopped (unload, shutdown): long prefixes go to disk before the KV is freed."""
+        try:
+            for slot in self.slots:
+                self._save(slot)
+        except Exception:  # the disk tier is a cache: failing to fill it never keeps the model from unloading
+            log.exception("could not save the slots' prefixes to disk")
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
         self._lib.llama_batch_free(self._batch)
+
+    # ---------------------------------------------------------------- the disk tier
+
+    def _save(self, slot: Slot) -> None:
+        """Copy a slot's KV state out of llama.cpp and have it written to the disk tier (when long, and new there)."""
+        store = self._store
+        if (store is None or len(slot.cached) < DISK_MIN_TOKENS or slot.seq_id in self._copies_pending
+                or store.covers(slot.cached)):
+            return
+        ctx = self._context.ctx
+        size = self._lib.llama_state_seq_get_size(ctx, slot.seq_id)
+        buffer = (ctypes.c_uint8 * size)()
+        written = self._lib.llama_state_seq_get_data(ctx, buffer, size, slot.seq_id)
+        if not written:
+            log.warning("could not read slot %d's state for the disk tier", slot.seq_id)
+            return
+        assert self._writer is not None
+        self._writer.submit(store.write, list(slot.cached), memoryview(buffer)[:written])
+        self._counters["saved"] += 1
+
+    def _load(self, slot: Slot, prompt: list[int], reuse: int) -> int:
+        """Fill `slot` from the disk tier when a stored prefix gives DISK_MIN_TOKENS more than `reuse` tokens of
+        `prompt`; the tokens now reusable (`reuse` when nothing was loaded)."""
+        store = self._store
+        found = store.best(prompt) if store is not None else None
+        if found is None or min(found[1], len(prompt) - 1) < reuse + DISK_MIN_TOKENS:
+            return reuse
+        assert store is not None
+        entry, shared = found
+        state = store.read(entry)
+        if state is None:
+            return reuse
+        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if not self._lib.llama_state_seq_set_data(self._context.ctx, buffer, len(state), slot.seq_id):
+            log.warning("llama.cpp refused the stored state of %d tokens; reading the prompt instead", len(entry.tokens))
+            self._lib.llama_memory_seq_rm(self._context.memory, slot.seq_id, 0, -1)
+            slot.cached.clear()
+            return 0
+        slot.cached = list(entry.tokens)
+        loaded = min(shared, len(prompt) - 1)
+        self._counters["disk"] += loaded
+        return loaded
 
     def _discard(self, sequence: Sequence) -> None:
         assert isinstance(sequence, LlamaSequence)
@@ -157,6 +220,7 @@ class BatchEngine(Engine):
                       self._prompt_in_step, len(fed), elapsed * 1000)
         if self._prompt_in_step:
             self._prefill.record(self._batch.n_tokens, elapsed)
+            self._record_prompt(time.perf_counter(), self._prompt_in_step, elapsed)
         else:
             # A step of streaming sequences only, sampling included: what guesses are weighed against.
             self._step_cost.record(self._batch.n_tokens, elapsed)
@@ -192,13 +256,21 @@ class BatchEngine(Engine):
                 slot = min(free, key=lambda s: (s.last_used, -self._busy_neighbours(s)))
                 hit = 0 if from_scratch else common_prefix(slot.cached, prompt)
             reuse = min(hit, len(prompt) - 1) if hit else 0
-            if not from_scratch:
+            if len(slot.cached) - hit >= DISK_MIN_TOKENS:
+                self._save(slot)  # its long prefix is about to be dropped or overwritten
+            in_slots = reuse if from_scratch else max(
+                reuse, min(max(common_prefix(s.cached, prompt) for s in self.slots), len(prompt) - 1))
+            loaded = self._load(slot, prompt, in_slots) if not from_scratch else in_slots
+            if loaded != in_slots:  # from disk, which gave more than any slot: no copy (a copy lands at the next decode)
+                reuse = loaded
+            elif not from_scratch:
                 donor = max(self.slots, key=lambda s: common_prefix(s.cached, prompt))
                 shared = min(common_prefix(donor.cached, prompt), len(prompt) - 1)
                 if donor is not slot and shared >= reuse + MIN_SHARED_PREFIX:
                     # Slots are separate KV streams: llama.cpp copies the donor's whole stream (at the next decode,
                     # before the batch), then the part past the shared prefix is dropped below.
                     self._lib.llama_memory_seq_cp(self._context.memory, donor.seq_id, slot.seq_id, -1, -1)
+                    self._copies_pending.add(slot.seq_id)
                     slot.cached = list(donor.cached)
                     self._counters["shared"] += shared
                     reuse = shared
@@ -317,6 +389,7 @@ class BatchEngine(Engine):
 
     def _decode(self, fed: list[Fed]) -> None:
         code = self._lib.llama_decode(self._context.ctx, self._batch)
+        self._copies_pending.clear()
         if code != 0:
             raise RuntimeError(f"llama_decode returned {code}")
         now = time.perf_counter()

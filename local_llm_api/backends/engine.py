@@ -76,8 +76,9 @@ class Engine(ABC):
         self._wake = threading.Condition()
         self._stopping = False
         self._counters = {"prompt": 0, "cached": 0, "shared": 0, "generated": 0, "requests": 0, "drafted": 0,
-                          "accepted": 0}
+                          "accepted": 0, "disk": 0, "saved": 0}
         self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) of recent steps, for tokens/s
+        self._recent_prompt: deque[tuple[float, int, float]] = deque()  # (time, prompt tokens, seconds) of reads
         self._ttft_counts = [0] * (len(TTFT_BUCKETS) + 1)
         self._ttft_sum = 0.0
         self._ttft_recent: deque[float] = deque(maxlen=100)
@@ -289,11 +290,23 @@ class Engine(ABC):
         self._counters["accepted"] += accepted
         lookup.verified(drafted, accepted)
 
+    def _prompt_rate(self) -> float:
+        """Prompt tokens read per second of the steps that read them, over the last ten seconds (0: none read)."""
+        recent = [r for r in list(self._recent_prompt) if time.perf_counter() - r[0] <= 10]
+        seconds = sum(s for _, _, s in recent)
+        return round(sum(n for _, n, _ in recent) / seconds, 1) if seconds > 0 else 0.0
+
     def _record_step(self, now: float, produced: int) -> None:
         self._counters["generated"] += produced
         self._recent.append((now, produced))
         while now - self._recent[0][0] > 10:  # keep ten seconds, for tokens/s
             self._recent.popleft()
+
+    def _record_prompt(self, now: float, tokens: int, seconds: float) -> None:
+        """A step that read `tokens` prompt tokens in `seconds`: how fast prompts are read, shown while a long one is."""
+        self._recent_prompt.append((now, tokens, seconds))
+        while now - self._recent_prompt[0][0] > 10:
+            self._recent_prompt.popleft()
 
     def _record_ttft(self, seconds: float) -> None:
         self._ttft_counts[bisect.bisect_left(TTFT_BUCKETS, seconds)] += 1
@@ -322,6 +335,8 @@ class Engine(ABC):
             prompt_tokens_total=self._counters["prompt"],
             cached_prompt_tokens_total=self._counters["cached"],
             shared_prompt_tokens_total=self._counters["shared"],
+            disk_prompt_tokens_total=self._counters["disk"],
+            disk_prefixes_saved_total=self._counters["saved"],
             generated_tokens_total=self._counters["generated"],
             draft_tokens_total=self._counters["drafted"],
             accepted_draft_tokens_total=self._counters["accepted"],
@@ -330,6 +345,7 @@ class Engine(ABC):
             kv_cache_capacity=kv_capacity,
             prefix_cache_hit_rate=round(cached / prompt, 4) if prompt else 0.0,
             tokens_per_second=round(recent_tokens / window, 1) if window > 0 else 0.0,
+            prompt_tokens_per_second=self._prompt_rate(),
             time_to_first_token_p50=ttfts[len(ttfts) // 2] if ttfts else None,
             ttft_buckets=buckets,
             ttft_sum=self._ttft_sum,

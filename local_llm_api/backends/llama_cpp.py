@@ -20,13 +20,14 @@ from typing import Any
 import psutil
 
 from ..catalog import ModelEntry
-from ..config import Settings
+from ..config import FlashAttention, KvCacheType, Settings
 from ..prompting.chat_template import fallback_template
 from ..structured.constraint import ConstraintFactory
 from .base import ModelFacts, ModelLoadError, SamplingParams
 from .batching import BatchEngine
 from .engine import EngineBackend
 from .hub import fetch
+from .prefix_store import PrefixStore, cache_key
 
 GGUF_MAGIC = b"GGUF"
 
@@ -93,8 +94,13 @@ def per_slot_context(requested: int | None, trained: int, kv_bytes_per_token: in
     return context
 
 
-def kv_bytes_per_token(meta: dict[str, str]) -> int:
-    """What one token adds to the KV cache (f16 keys and values over all layers), from GGUF metadata."""
+# KV_CACHE_TYPE: ggml's type id, and bytes per value (q8_0 and q4_0 store blocks of 32 values in 34 and 18 bytes).
+KV_TYPES = {KvCacheType.f16: (1, 2.0), KvCacheType.q8_0: (8, 34 / 32), KvCacheType.q4_0: (2, 18 / 32)}
+FLASH_ATTN_TYPES = {FlashAttention.auto: -1, FlashAttention.off: 0, FlashAttention.on: 1}
+
+
+def kv_bytes_per_token(meta: dict[str, str], bytes_per_value: float = 2.0) -> int:
+    """What one token adds to the KV cache (keys and values over all layers, f16 unless told), from GGUF metadata."""
     arch = meta.get("general.architecture", "")
 
     def number(key: str, default: int = 0) -> int:
@@ -108,7 +114,23 @@ def kv_bytes_per_token(meta: dict[str, str]) -> int:
         return 0
     key = number("attention.key_length", width // heads)
     values = number("block_count") * number("attention.head_count_kv", heads) * (key + number("attention.value_length", key))
-    return values * 2
+    return math.ceil(values * bytes_per_value)
+
+
+def prefix_store(path: Path, settings: Settings, **kv_settings: object) -> PrefixStore | None:
+    """The disk tier of the prefix cache for this model file and these settings (None: PREFIX_CACHE_DISK=0, or
+    DATA_DIR cannot hold it: the server runs without it)."""
+    if not settings.prefix_cache or not settings.prefix_cache_disk:
+        return None
+    stat = path.stat()
+    # What makes a stored KV state valid for this context: the file (by name, size and time: re-quantised or
+    # replaced, it is another model) and every setting that changes the KV's shape or values.
+    key = cache_key(file=path.name, size=stat.st_size, mtime_ns=stat.st_mtime_ns, **kv_settings)
+    try:
+        return PrefixStore(settings.data_dir / "prefix-cache", key, int(settings.prefix_cache_disk))
+    except OSError as exc:
+        log.warning("prefix cache on disk off: %s cannot be written (%s)", settings.data_dir / "prefix-cache", exc)
+        return None
 
 
 class LlamaCppBackend(EngineBackend):
@@ -126,6 +148,7 @@ class LlamaCppBackend(EngineBackend):
         self._lib = lib
         self._internals = internals
         self._threads = settings.threads or max(1, (os.cpu_count() or 2) // 2)
+        self._kv_type, self._flash_attn = settings.kv_cache_type, settings.flash_attn
         model_params = lib.llama_model_default_params()
         gpu_layers = spec.gpu_layers if spec and spec.gpu_layers is not None else settings.gpu_layers
         model_params.n_gpu_layers = 0x7FFFFFFF if gpu_layers == -1 else gpu_layers
@@ -136,7 +159,8 @@ class LlamaCppBackend(EngineBackend):
         model = self._model
         meta = model.metadata()
         per_sequence = per_slot_context((spec.context_size if spec else None) or settings.context_size, model.n_ctx_train(),
-                                        kv_bytes_per_token(meta), path.stat().st_size, settings, entry.name)
+                                        kv_bytes_per_token(meta, KV_TYPES[settings.kv_cache_type][1]),
+                                        path.stat().st_size, settings, entry.name)
         slots = settings.parallel_slots
         try:
             context = self._context(n_ctx=per_sequence * slots, n_seq_max=slots, batch=settings.batch_size, embeddings=False)
@@ -157,6 +181,8 @@ class LlamaCppBackend(EngineBackend):
         )
         self._add_bos = model.add_bos_token()
         self.constraints = ConstraintFactory(lambda: _lltokenizer(model))
+        store = prefix_store(path, settings, per_sequence=per_sequence, gpu_layers=gpu_layers, version=lib.__version__,
+                             kv_type=settings.kv_cache_type.value, flash_attn=settings.flash_attn.value)
         self._engine = BatchEngine(
             llama_cpp=lib,
             context=context,
@@ -176,6 +202,7 @@ class LlamaCppBackend(EngineBackend):
             name=path.stem,
             n_vocab=self._facts.vocab_size,
             constraints=self.constraints,
+            prefix_store=store,
         )
         self._generation_context = context
         self._embedding_context: Any = None
@@ -188,6 +215,8 @@ class LlamaCppBackend(EngineBackend):
         params.n_seq_max = n_seq_max
         params.n_threads = params.n_threads_batch = self._threads
         params.kv_unified = False  # each slot its own KV stream of CONTEXT_SIZE tokens
+        params.type_k = params.type_v = KV_TYPES[self._kv_type][0]
+        params.flash_attn_type = FLASH_ATTN_TYPES[self._flash_attn]
         params.embeddings = embeddings
         if embeddings:
             params.pooling_type = pooling_type(self._model.metadata())

@@ -177,7 +177,9 @@ class TorchBatchEngine(Engine):
             use_cache=True,
             logits_to_keep=1,
         )
-        self._prefill.record(len(chunk), time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self._prefill.record(len(chunk), elapsed)
+        self._record_prompt(time.perf_counter(), len(chunk), elapsed)
         sequence.fed += len(chunk)
         if sequence.fed < len(sequence.prompt):
             return
