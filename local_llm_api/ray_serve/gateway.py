@@ -41,6 +41,7 @@ log = logging.getLogger("local_llm_api.ray_serve")
 PUBLIC = re.compile(r"^/(|ui|health|openapi\.json|docs|docs/oauth2-redirect|redoc)$")
 LOAD = re.compile(r"^/models/(.+)/load$")  # routed like a request for that model: to where Ray places it
 FAN_OUT_TIMEOUT = 10.0  # seconds a replica has to describe itself to /health and /metrics
+ADDRESSED_TRIES = 5  # times a request addressed to one replica is sent before that replica counts as not answering
 REPLICA_HEADER = "x-replica-id"
 
 Send = Callable[..., Awaitable[AsyncIterator[Head | bytes]]]
@@ -113,11 +114,17 @@ def create_gateway(settings: Settings, send: Send) -> FastAPI:
                        body: bytes = b"") -> dict[str, tuple[Head, bytes] | None]:
         async def ask(replica: str) -> tuple[Head, bytes] | None:
             async def read() -> tuple[Head, bytes]:
-                request = Forwarded(method, path, headers=headers, body=body)
-                pieces = [piece async for piece in await send(request, replica=replica)]
-                head = pieces[0]
-                assert isinstance(head, Head)
-                return head, b"".join(p for p in pieces[1:] if isinstance(p, bytes))
+                # While Ray's router briefly lacks the addressed replica among its candidates (seen under load),
+                # the request lands on another one: only the addressed replica's own answer counts, so ask again.
+                for _ in range(ADDRESSED_TRIES):
+                    request = Forwarded(method, path, headers=headers, body=body)
+                    pieces = [piece async for piece in await send(request, replica=replica)]
+                    head = pieces[0]
+                    assert isinstance(head, Head)
+                    if dict(head.headers).get(REPLICA_HEADER.encode(), b"").decode() == replica:
+                        return head, b"".join(p for p in pieces[1:] if isinstance(p, bytes))
+                    await asyncio.sleep(0.2)
+                raise asyncio.TimeoutError(f"answered by other replicas {ADDRESSED_TRIES} times")
             try:
                 return await asyncio.wait_for(read(), FAN_OUT_TIMEOUT)
             except (asyncio.TimeoutError, RayError) as exc:
