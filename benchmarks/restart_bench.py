@@ -25,7 +25,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from agent_bench import system_prompt  # sibling scripts, not a package
-from serve_bench import one_request, start
+from serve_bench import one_request, serving
 
 QUESTIONS = ["Which tool reads a file?", "How do I run only the failing tests?", "When should I ask the user?"]
 
@@ -52,23 +52,13 @@ async def turn(base: str, model: str, system: str, question: str) -> float:
 
 
 def session(command: list[str], env: dict[str, str], base: str, model: str, system: str, ours: bool) -> list[float]:
-    times = []
-    process = start(command, env, f"{base}/health")
-    try:
+    with serving(command, env, f"{base}/health", "the server"):
         ready(base, ours)
-        times.append(asyncio.run(turn(base, model, system, QUESTIONS[0])))  # cold
-        times.append(asyncio.run(turn(base, model, system, QUESTIONS[1])))  # warm: from the slot
-    finally:
-        process.terminate()
-        process.wait(timeout=120)
-    process = start(command, env, f"{base}/health")  # the restart
-    try:
+        cold = asyncio.run(turn(base, model, system, QUESTIONS[0]))
+        warm = asyncio.run(turn(base, model, system, QUESTIONS[1]))  # from the slot
+    with serving(command, env, f"{base}/health", "the restarted server"):  # stopped with SIGTERM, as a restart does
         ready(base, ours)
-        times.append(asyncio.run(turn(base, model, system, QUESTIONS[2])))
-    finally:
-        process.terminate()
-        process.wait(timeout=120)
-    return times
+        return [cold, warm, asyncio.run(turn(base, model, system, QUESTIONS[2]))]
 
 
 def main() -> None:

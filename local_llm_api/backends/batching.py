@@ -34,7 +34,7 @@ import numpy as np
 
 from ..structured.constraint import ConstraintFactory
 from .base import GenerationChunk, SamplingParams, SequenceText
-from .engine import Engine, Sequence
+from .engine import Engine, Sequence, common_prefix
 from .prefill_budget import PrefillBudget
 from .prefix_store import PrefixStore
 from .prompt_lookup import PromptLookup, StepCost, guesses_to_feed
@@ -75,15 +75,6 @@ MIN_SHARED_PREFIX = 64
 # The disk tier keeps prefixes of at least this many tokens (shorter ones read again in well under a second), and
 # a stored prefix is loaded when it gives at least this many tokens more than the slots hold.
 DISK_MIN_TOKENS = 1024
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class BatchEngine(Engine):
@@ -172,9 +163,8 @@ class BatchEngine(Engine):
         `prompt`; the tokens now reusable (`reuse` when nothing was loaded)."""
         store = self._store
         found = store.best(prompt) if store is not None else None
-        if found is None or min(found[1], len(prompt) - 1) < reuse + DISK_MIN_TOKENS:
+        if store is None or found is None or min(found[1], len(prompt) - 1) < reuse + DISK_MIN_TOKENS:
             return reuse
-        assert store is not None
         entry, shared = found
         state = store.read(entry)
         if state is None:
@@ -258,15 +248,13 @@ class BatchEngine(Engine):
             reuse = min(hit, len(prompt) - 1) if hit else 0
             if len(slot.cached) - hit >= DISK_MIN_TOKENS:
                 self._save(slot)  # its long prefix is about to be dropped or overwritten
-            in_slots = reuse if from_scratch else max(
-                reuse, min(max(common_prefix(s.cached, prompt) for s in self.slots), len(prompt) - 1))
-            loaded = self._load(slot, prompt, in_slots) if not from_scratch else in_slots
-            if loaded != in_slots:  # from disk, which gave more than any slot: no copy (a copy lands at the next decode)
-                reuse = loaded
-            elif not from_scratch:
+            if not from_scratch:
                 donor = max(self.slots, key=lambda s: common_prefix(s.cached, prompt))
                 shared = min(common_prefix(donor.cached, prompt), len(prompt) - 1)
-                if donor is not slot and shared >= reuse + MIN_SHARED_PREFIX:
+                loaded = self._load(slot, prompt, max(reuse, shared))
+                if loaded != max(reuse, shared):  # from disk, which gave more than any slot: no copy (it would land
+                    reuse = loaded  # at the next decode, over what was loaded)
+                elif donor is not slot and shared >= reuse + MIN_SHARED_PREFIX:
                     # Slots are separate KV streams: llama.cpp copies the donor's whole stream (at the next decode,
                     # before the batch), then the part past the shared prefix is dropped below.
                     self._lib.llama_memory_seq_cp(self._context.memory, donor.seq_id, slot.seq_id, -1, -1)

@@ -36,6 +36,16 @@ from .prompt_lookup import PromptLookup
 
 log = logging.getLogger("local_llm_api.engine")
 
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two token lists share (prefix reuse in both engines and the disk tier)."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 

@@ -40,6 +40,3 @@ class PrefillBudget:
             return self._ceiling
         fits = int((self._step_seconds - fixed) / per_token + 1e-6) - other_tokens  # 1e-6: float noise, not a token
         return max(self._floor, min(self._ceiling, fits))
-
-    def estimate(self) -> tuple[float, float] | None:
-        return self._cost.estimate()

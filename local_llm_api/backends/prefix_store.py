@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .engine import common_prefix
+
 log = logging.getLogger("local_llm_api.prefix_store")
 
 MAGIC = b"LLAPIKV1"
@@ -40,7 +42,6 @@ class StoredPrefix:
     path: Path
     tokens: list[int]
     size: int  # bytes of the file
-    used: float  # last use (the file's modification time), for LRU
 
 
 def cache_key(**parts: object) -> str:
@@ -50,15 +51,6 @@ def cache_key(**parts: object) -> str:
 
 def tokens_name(tokens: list[int]) -> str:
     return hashlib.sha256(np.asarray(tokens, dtype="<i4").tobytes()).hexdigest()[:32] + SUFFIX
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    x, y = np.asarray(a[:n]), np.asarray(b[:n])
-    differ = np.flatnonzero(x != y)
-    return int(differ[0]) if differ.size else n
 
 
 class PrefixStore:
@@ -147,7 +139,7 @@ class PrefixStore:
             temporary.unlink(missing_ok=True)
             return None
         with self._lock:
-            self._entries[path.name] = StoredPrefix(path, list(tokens), size, path.stat().st_mtime)
+            self._entries[path.name] = StoredPrefix(path, list(tokens), size)
         self._hold_budget()
         return path
 
@@ -198,9 +190,9 @@ class PrefixStore:
                     header, tokens = self._read_header(f)
                 stat = path.stat()
             except BAD_FILE as exc:
-                self._drop(StoredPrefix(path, [], 0, 0.0), f"unreadable header: {exc}")
+                self._drop(StoredPrefix(path, [], 0), f"unreadable header: {exc}")
                 continue
-            entries[path.name] = StoredPrefix(path, tokens, stat.st_size, stat.st_mtime)
+            entries[path.name] = StoredPrefix(path, tokens, stat.st_size)
         with self._lock:
             self._entries = entries
 

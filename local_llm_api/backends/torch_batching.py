@@ -38,8 +38,7 @@ import torch
 from ..structured.constraint import ConstraintFactory
 from ..structured.logprobs import TokenLogprob
 from .base import GenerationChunk, SamplingParams, SequenceText
-from .batching import common_prefix
-from .engine import Engine, Sequence
+from .engine import Engine, Sequence, common_prefix
 from .prefill_budget import PrefillBudget
 from .prompt_lookup import PromptLookup, StepCost, guesses_to_feed
 from .torch_sampling import TokenSampler
