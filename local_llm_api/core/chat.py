@@ -189,7 +189,10 @@ class ChatRun:
             if chunk.finish_reason is None:
                 continue
             stop = chunk.stop_sequence if chunk.stop_sequence not in self.plan.stop else None
-            yield ChoiceEnd(index, "tool_calls" if calls else chunk.finish_reason, tuple(calls), chunk.completion_tokens, stop,
+            # Cut off by max_tokens, the last call may be cut too (its JSON closed, see `healed`): the client is
+            # told `length`, never that the calls are complete.
+            ended = "tool_calls" if calls and chunk.finish_reason != "length" else chunk.finish_reason
+            yield ChoiceEnd(index, ended, tuple(calls), chunk.completion_tokens, stop,
                             chunk.cached_tokens, chunk.reasoning_tokens)
 
     async def answers(self) -> list[Answer]:

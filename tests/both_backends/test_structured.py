@@ -176,6 +176,22 @@ def test_parallel_tool_calls_are_honoured(client: httpx.Client) -> None:
             jsonschema.validate(json.loads(call["function"]["arguments"]), SCHEMAS[call["function"]["name"]])
 
 
+def test_a_call_cut_off_by_max_tokens_ends_with_length(client: httpx.Client, served: Served) -> None:
+    """The cut call comes back closed as JSON, but the client is told it was cut (seen in CI: a parallel answer that
+    ran out of tokens mid-call was reported as complete `tool_calls` with `"time": "20:0"`)."""
+    body = {"messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": TOOLS, "max_tokens": 20,
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}
+    choice = client.post("/v1/chat/completions", json=body).json()["choices"][0]
+    assert choice["finish_reason"] == "length"
+    assert [c["function"]["name"] for c in choice["message"]["tool_calls"]] == ["get_weather"]
+    json.loads(choice["message"]["tool_calls"][0]["function"]["arguments"])  # closed, but cut
+    anthropic = client.post("/v1/messages", json={"model": served.model, "max_tokens": 20, "messages": body["messages"],
+                                                   "tools": [{"name": "get_weather", "input_schema": WEATHER}],
+                                                   "tool_choice": {"type": "tool", "name": "get_weather"}}).json()
+    assert anthropic["stop_reason"] == "max_tokens"
+    assert [b["type"] for b in anthropic["content"]] == ["tool_use"]
+
+
 def test_tool_results_go_back_through_the_chat_template(client: httpx.Client) -> None:
     call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo", "unit": "celsius", "days": 1}'}}
     messages = [

@@ -184,10 +184,10 @@ def chat_request(req: CountTokensRequest) -> ChatRequest:
 
 
 def stop_reason(answer: Answer) -> StopReason:
+    if answer.finish_reason == "length":  # a call cut off is not a whole tool_use
+        return "max_tokens"
     if answer.calls:
         return "tool_use"
-    if answer.finish_reason == "length":
-        return "max_tokens"
     return "stop_sequence" if answer.stop_sequence else "end_turn"
 
 
