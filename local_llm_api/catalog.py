@@ -46,6 +46,8 @@ class ModelSpec(BaseModel):
     tool_format: str | None = Field(None, description="The model family whose tool-call format the model writes "
                                     "(hermes, qwen3-coder, llama3, mistral, ...; see docs/models/tool-formats.md); unset: read from the "
                                     "chat template.")
+    mmproj: Path | None = Field(None, description="A GGUF vision model's projector (`mmproj-*.gguf`); a relative path "
+                                "is beside the model; unset: found there by its name.")
     embedding_only: bool = False
     trust_remote_code: bool = False
     keep_alive: float | None = Field(None, ge=0, description="Seconds idle before unloading; 0 keeps it loaded.")
@@ -130,8 +132,8 @@ def is_cross_encoder(folder: Path) -> bool:
 
 def detect_backend(path: Path) -> BackendChoice | None:
     """The backend for a model on disk, from what it is; None for anything that is not a model."""
-    if path.is_file():
-        return BackendChoice.llama_cpp if path.suffix == ".gguf" else None
+    if path.is_file():  # a vision model's projector (mmproj-*.gguf) is part of its model, not a model
+        return BackendChoice.llama_cpp if path.suffix == ".gguf" and not path.name.startswith("mmproj") else None
     if is_cross_encoder(path):
         return BackendChoice.cross_encoder
     if (path / "modules.json").is_file() or (path / "config_sentence_transformers.json").is_file():

@@ -206,8 +206,20 @@ class Settings(BaseSettings):
     log_level: LogLevel = Field(LogLevel.info, description="`DEBUG`, `INFO`, `WARNING` or `ERROR`.")
     log_file: Path | None = Field(None, description="Also write the log to this file.")
     log_format: str = Field("text", pattern="^(text|json)$", description="`text`, or `json` (one object per line).")
-    max_request_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Larger bodies get 413 (compressed bodies: "
-                                   "before and after decompression).")
+    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Larger bodies get 413 (compressed bodies: "
+                                   "before and after decompression); room for a few images sent as base64.")
+
+    # Images (vision models)
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest image file a request may carry (sent "
+                                 "or fetched); larger ones get 400 `image_too_large`.")
+    max_image_pixels: int = Field(16_777_216, ge=1, description="Most pixels (width x height) of one image; 400 "
+                                  "`image_too_large` above it, read from the header before decoding.")
+    max_images: int = Field(16, ge=0, description="Most images in one request; 400 `too_many_images` above it.")
+    image_url_fetch: str = Field("", description="Which `http(s)` image URLs the server fetches: empty (off: send "
+                                 "images as base64 or data URIs), `*` (any public host) or hosts separated by commas "
+                                 "(`*.example.com` takes its subdomains). Loopback, private and link-local addresses are "
+                                 "never fetched, nor redirects to them; `file://` never.")
+    image_url_timeout_seconds: float = Field(10.0, gt=0, description="How long fetching one image URL may take.")
     body_read_timeout_seconds: float = Field(30.0, gt=0, description="A request body must arrive within this, else 408 "
                                              "`request_timeout` (a stalled client holds no model).")
     shutdown_grace_seconds: float = Field(

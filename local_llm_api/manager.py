@@ -216,11 +216,14 @@ class ModelManager:
 
     def capabilities(self, entry: ModelEntry) -> list[str]:
         """What a model does (chat, completion, embedding, rerank), `tools` for every chat model (a template that
-        renders no tools gets them in a system prompt), and `thinking` when its chat template marks reasoning. Reads
-        the model's header."""
+        renders no tools gets them in a system prompt), `vision` when it reads images, and `thinking` when its chat
+        template marks reasoning. Reads the model's header."""
         found = list(entry.capabilities)
         if "chat" in found:
             found.append("tools")
+            loaded = self.loaded.get(entry.name)
+            if loaded.backend.vision if loaded is not None else describe(entry).vision:
+                found.append("vision")
         template = self.chat_template(entry) if "chat" in found else None
         if template:
             try:

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ class ModelFileFacts:
     chat_template: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)  # GGUF-style keys (general.architecture...)
     kv_values_per_token: int = 0  # keys and values one token adds to the KV cache, over all layers (0: unknown)
+    vision: bool = False  # it reads images (a vision tower in its folder)
 
     @property
     def parameter_size(self) -> str | None:
@@ -51,7 +52,25 @@ def describe(entry: ModelEntry) -> ModelFileFacts:
     if path is None or not path.exists():
         return ModelFileFacts(format="gguf" if entry.backend.value == "llama-cpp" else "safetensors")
     stat = path.stat()
-    return _describe(path, stat.st_size, stat.st_mtime_ns)
+    facts = _describe(path, stat.st_size, stat.st_mtime_ns)
+    return replace(facts, vision=True) if path.is_file() and projector_for(entry) is not None else facts
+
+
+def projector_for(entry: ModelEntry) -> Path | None:
+    """A GGUF vision model's projector: MODELS_CONFIG's `mmproj`, else beside the model, named `mmproj-<stem>.gguf`
+    or `<stem>.mmproj.gguf`, or the only `mmproj*.gguf` in a folder holding one model (a Hub download's layout)."""
+    declared = entry.spec.mmproj if entry.spec else None
+    if declared is not None:
+        return declared if declared.is_absolute() or entry.path is None else entry.path.parent / declared
+    model = entry.path
+    if model is None or not model.is_file():
+        return None
+    for name in (f"mmproj-{model.stem}.gguf", f"{model.stem}.mmproj.gguf"):
+        if (model.parent / name).is_file():
+            return model.parent / name
+    found = sorted(model.parent.glob("mmproj*.gguf"))
+    models = [p for p in model.parent.glob("*.gguf") if not p.name.startswith("mmproj")]
+    return found[0] if len(found) == 1 and len(models) == 1 else None
 
 
 def digest(entry: ModelEntry) -> str:
@@ -113,8 +132,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _describe_folder(path: Path) -> ModelFileFacts:
-    config = _read_json(path / "config.json")
-    family = config.get("model_type")
+    outer = _read_json(path / "config.json")
+    family = outer.get("model_type")
+    config = outer.get("text_config") if isinstance(outer.get("text_config"), dict) else outer  # a vision model's LM
     template = _read_json(path / "tokenizer_config.json").get("chat_template")
     if (path / "chat_template.jinja").is_file():
         template = (path / "chat_template.jinja").read_text(encoding="utf-8")
@@ -134,7 +154,8 @@ def _describe_folder(path: Path) -> ModelFileFacts:
         kv = int(config.get("num_hidden_layers", 0)) * int(config.get("num_key_value_heads") or heads) * int(head_dim) * 2
     return ModelFileFacts(format="safetensors", family=family, parameter_count=parameters, quantization=dtype,
                           context_length=context, embedding_length=width, chat_template=template,
-                          metadata={k: v for k, v in meta.items() if v is not None}, kv_values_per_token=kv)
+                          metadata={k: v for k, v in meta.items() if v is not None}, kv_values_per_token=kv,
+                          vision=isinstance(outer.get("vision_config"), dict))
 
 
 def _safetensors_size(path: Path) -> tuple[int | None, str | None]:

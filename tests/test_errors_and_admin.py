@@ -50,7 +50,9 @@ F_TOOL = {"type": "function", "function": {"name": "f"}}
         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
         ({"messages": [{"role": "user"}]}, "messages.0"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0"),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages[0].content[0].type"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+         "messages[0].content[0].image_url.url"),  # a text model: it has no vision
+        ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]}, "messages[0].content[0].type"),
         ({"stream": 0}, "stream"),  # 0 is not false
         ({"logprobs": "yes"}, "logprobs"),
         ({"tool_choice": "required"}, "tool_choice"),

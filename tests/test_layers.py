@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "local_llm_api"
 
 # Bottom first. A part is a subpackage or a top-level module of local_llm_api ("__init__": the package itself).
 LAYERS: list[set[str]] = [
-    {"__init__", "config", "errors", "logs", "system", "web"},  # settings, typed errors, logging, the machine, the page
+    {"__init__", "config", "errors", "logs", "system", "web", "images"},  # settings, typed errors, logging, the machine,
+    # the page, images read from requests
     {"prompting", "structured"},  # chat templates, reasoning and tool-call syntax; grammars and logprobs
     {"catalog", "model_files"},  # which models exist and what their files say
     {"backends", "pull"},  # engines that run a model; fetching one from the Hub

@@ -80,7 +80,7 @@ def test_stream_through_nginx_arrives_token_by_token(proxy: str) -> None:
 
 
 def test_nginx_enforces_the_body_limit(proxy: str) -> None:
-    big = {"messages": [{"role": "user", "content": "x" * (9 * 2**20)}]}
+    big = {"messages": [{"role": "user", "content": "x" * (33 * 2**20)}]}
     response = httpx.post(f"{proxy}/v1/chat/completions", json=big, timeout=60)
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"

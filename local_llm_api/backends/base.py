@@ -9,6 +9,7 @@ lives in `SequenceText`.
 from __future__ import annotations
 
 import codecs
+import hashlib
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -17,9 +18,17 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from ..images import ImageInput
 from ..prompting.text import StopMatcher, Utf8Stream
 from ..structured.constraint import ConstraintFactory
 from ..structured.logprobs import TokenLogprob
+
+
+def image_token_ids(digest: str, count: int) -> list[int]:
+    """The ids an image's `count` tokens stand under in a prompt: below zero (no vocabulary id), the same for the same
+    picture and different for another, so that the prefix cache reuses a repeated image and nothing else."""
+    base = int(hashlib.blake2b(digest.encode(), digest_size=7).hexdigest(), 16) << 8
+    return [-1 - base - i for i in range(count)]
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,7 @@ class EngineStats(BaseModel):
     draft_tokens_total: int = 0  # guessed by prompt lookup and checked by the model (speculative decoding)
     accepted_draft_tokens_total: int = 0  # of those, confirmed: tokens won without a decode step of their own
     requests_total: int = 0
+    images_encoded_total: int = 0  # images run through a vision tower (an image in a cached prefix is not)
     kv_cache_tokens: int = 0  # tokens whose keys and values are held: running sequences and prefixes kept for reuse
     kv_cache_capacity: int = 0  # how many it can hold (GGUF: slots x context); 0 where the cache grows as needed
     prefix_cache_hit_rate: float = 0.0  # cached_prompt_tokens_total / prompt_tokens_total
@@ -239,6 +249,20 @@ class Backend(ABC):
 
     kind: str
     constraints: ConstraintFactory | None = None  # grammars for this model's tokens; None: it does not generate
+    image_text: str = ""  # where a vision model reads images: the text a chat template writes for one ("" none)
+    renders_image_parts = True  # the template is given {"type": "image"} parts (else `image_text` as text)
+
+    @property
+    def vision(self) -> bool:
+        """It reads images."""
+        return bool(self.image_text)
+
+    def read_images(self, text: str, images: list[ImageInput]) -> tuple[list[int], object]:
+        """The prompt's tokens with each image's place (`image_text`) expanded into its tokens, and what `generate`
+        needs to read them (its `history`: the same tokens by the model's own ids, as /tokenize shows them). An
+        image's tokens are ids below zero, drawn from its content: the prefix cache tells images apart by them, and the
+        engine reads the picture there."""
+        raise NotImplementedError("this model does not read images")  # the API refuses before this
 
     @property
     @abstractmethod
@@ -266,10 +290,10 @@ class Backend(ABC):
         return b"".join(self.token_piece(t) for t in tokens).decode("utf-8", "replace")
 
     @abstractmethod
-    def generate(self, prompt: list[int], params: SamplingParams,
-                 reservation: Reservation | None = None) -> AsyncIterator[GenerationChunk]:
-        """Stream one completion (taking one of the reservation's places as it queues). Closing the iterator early
-        (client gone) stops it within a step."""
+    def generate(self, prompt: list[int], params: SamplingParams, reservation: Reservation | None = None,
+                 media: object | None = None) -> AsyncIterator[GenerationChunk]:
+        """Stream one completion (taking one of the reservation's places as it queues); `media`: what `read_images`
+        gave for the prompt's images. Closing the iterator early (client gone) stops it within a step."""
 
     @abstractmethod
     async def embed(self, inputs: list[list[int]]) -> list[list[float]]:

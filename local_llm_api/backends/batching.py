@@ -37,6 +37,7 @@ from .base import GenerationChunk, SamplingParams, SequenceText
 from .engine import Engine, Sequence, common_prefix
 from .prefill_budget import PrefillBudget
 from .prefix_store import PrefixStore
+from .llama_vision import LlamaImages
 from .prompt_lookup import PromptLookup, StepCost, guesses_to_feed
 
 log = logging.getLogger("local_llm_api.batching")
@@ -145,7 +146,7 @@ class BatchEngine(Engine):
         """Copy a slot's KV state out of llama.cpp and have it written to the disk tier (when long, and new there)."""
         store = self._store
         if (store is None or len(slot.cached) < DISK_MIN_TOKENS or slot.seq_id in self._copies_pending
-                or store.covers(slot.cached)):
+                or min(slot.cached) < 0 or store.covers(slot.cached)):  # (prefixes with images stay in RAM)
             return
         ctx = self._context.ctx
         size = self._lib.llama_state_seq_get_size(ctx, slot.seq_id)
@@ -193,6 +194,7 @@ class BatchEngine(Engine):
     def _step(self) -> None:
         self._admit()
         self._drop_cancelled()
+        self._read_image()
         started = time.perf_counter()
         fed = self._fill_batch()
         if not fed:
@@ -214,6 +216,35 @@ class BatchEngine(Engine):
         else:
             # A step of streaming sequences only, sampling included: what guesses are weighed against.
             self._step_cost.record(self._batch.n_tokens, elapsed)
+
+    def _read_image(self) -> None:
+        """One image per step, for the first sequence whose prompt reading has reached one: the vision tower encodes
+        it and its embeddings go into the sequence's slot (a decode of its own; the batch of the step follows)."""
+        for slot in self._running():
+            sequence = slot.sequence
+            assert isinstance(sequence, LlamaSequence)
+            if sequence.first_token_at is not None or not sequence.pending or sequence.pending[0] >= 0:
+                continue
+            media = sequence.media
+            assert isinstance(media, LlamaImages)
+            chunk = media.chunks_at[len(slot.cached)]
+            started = time.perf_counter()
+            try:
+                media.projector.read(chunk, self._context.ctx, len(slot.cached), slot.seq_id)
+            except Exception as exc:  # this sequence's image: it alone fails
+                log.error("an image could not be read: %s", exc)
+                self._finish(slot, exc)
+                return
+            finally:
+                self._copies_pending.discard(slot.seq_id)  # that decode applied any pending copy
+            elapsed = time.perf_counter() - started
+            slot.cached.extend(sequence.pending[: chunk.tokens])
+            del sequence.pending[: chunk.tokens]
+            self._counters["images"] += 1
+            self._record_prompt(time.perf_counter(), chunk.tokens, elapsed)
+            if not sequence.pending:  # nothing after the image gives the logits of a first token
+                self._finish(slot, ValueError("the prompt ends with an image; a chat template ends it with text"))
+            return
 
     def _running(self) -> list[Slot]:
         return [s for s in self.slots if s.sequence is not None]
@@ -265,7 +296,7 @@ class BatchEngine(Engine):
             self._lib.llama_memory_seq_rm(self._context.memory, slot.seq_id, reuse, -1)
             del slot.cached[reuse:]
             sequence.pending = prompt[reuse:]
-            if self._draft_tokens:
+            if self._draft_tokens and sequence.media is None:  # (guesses from a prompt with images could be image ids)
                 sequence.lookup = PromptLookup(prompt, self._draft_tokens)
             slot.sequence = sequence
             sequence.cached_tokens = reuse
@@ -312,6 +343,8 @@ class BatchEngine(Engine):
             reading_prompt = sequence.first_token_at is None
             room = min(self._batch_size - n, prefill_budget) if reading_prompt else self._batch_size - n
             take = sequence.pending[:room]
+            if sequence.media is not None:  # up to its next image, which `_read_image` reads in a step of its own
+                take = take[: next((i for i, t in enumerate(take) if t < 0), len(take))]
             if not take:
                 continue
             if reading_prompt:

@@ -62,6 +62,7 @@ class Sequence:
     first_token_at: float | None = None
     constraint: TokenConstraint | None = None  # the grammar its output must match, if any
     cached_tokens: int = 0  # prompt tokens it started with from the prefix cache (reported in the usage)
+    media: object | None = None  # the prompt's images as the backend read them (ids below zero mark their tokens)
 
     @property
     def shapes_logits(self) -> bool:
@@ -86,7 +87,7 @@ class Engine(ABC):
         self._wake = threading.Condition()
         self._stopping = False
         self._counters = {"prompt": 0, "cached": 0, "shared": 0, "generated": 0, "requests": 0, "drafted": 0,
-                          "accepted": 0, "disk": 0, "saved": 0}
+                          "accepted": 0, "disk": 0, "saved": 0, "images": 0}
         self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) of recent steps, for tokens/s
         self._recent_prompt: deque[tuple[float, int, float]] = deque()  # (time, prompt tokens, seconds) of reads
         self._ttft_counts = [0] * (len(TTFT_BUCKETS) + 1)
@@ -161,14 +162,15 @@ class Engine(ABC):
             self._reserved -= reservation.left
             reservation.left = 0
 
-    async def generate(self, prompt: list[int], params: SamplingParams,
-                       reservation: Reservation | None = None) -> AsyncIterator[GenerationChunk]:
+    async def generate(self, prompt: list[int], params: SamplingParams, reservation: Reservation | None = None,
+                       media: object | None = None) -> AsyncIterator[GenerationChunk]:
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[GenerationChunk | BaseException] = asyncio.Queue()
         sequence = self._new_sequence(
             prompt, params, SequenceText(params, self._token_bytes, self._is_end),
             lambda item: loop.call_soon_threadsafe(chunks.put_nowait, item),
         )
+        sequence.media = media
         if params.grammar is not None:
             assert self._constraints is not None
             # Compiling a large schema can take milliseconds to a second: off the event loop.
@@ -351,6 +353,7 @@ class Engine(ABC):
             draft_tokens_total=self._counters["drafted"],
             accepted_draft_tokens_total=self._counters["accepted"],
             requests_total=self._counters["requests"],
+            images_encoded_total=self._counters["images"],
             kv_cache_tokens=kv_tokens,
             kv_cache_capacity=kv_capacity,
             prefix_cache_hit_rate=round(cached / prompt, 4) if prompt else 0.0,
@@ -367,9 +370,9 @@ class EngineBackend(Backend, ABC):
 
     _engine: Engine
 
-    def generate(self, prompt: list[int], params: SamplingParams,
-                 reservation: Reservation | None = None) -> AsyncIterator[GenerationChunk]:
-        return self._engine.generate(prompt, params, reservation)
+    def generate(self, prompt: list[int], params: SamplingParams, reservation: Reservation | None = None,
+                 media: object | None = None) -> AsyncIterator[GenerationChunk]:
+        return self._engine.generate(prompt, params, reservation, media)
 
     def check_capacity(self, sequences: int) -> Reservation:
         return self._engine.check_capacity(sequences)

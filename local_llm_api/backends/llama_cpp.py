@@ -20,6 +20,8 @@ from typing import Any
 import psutil
 
 from ..catalog import ModelEntry
+from ..images import ImageInput
+from ..model_files import projector_for
 from ..config import FlashAttention, KvCacheType, Settings
 from ..prompting.chat_template import fallback_template
 from ..structured.constraint import ConstraintFactory
@@ -27,6 +29,7 @@ from .base import ModelFacts, ModelLoadError, SamplingParams
 from .batching import BatchEngine
 from .engine import EngineBackend
 from .hub import fetch
+from .llama_vision import Projector
 from .prefix_store import PrefixStore, cache_key
 
 GGUF_MAGIC = b"GGUF"
@@ -180,6 +183,7 @@ class LlamaCppBackend(EngineBackend):
             eos_token=self._token_text(model.token_eos()),
         )
         self._add_bos = model.add_bos_token()
+        self._projector = self._load_projector(entry, settings, gpu_layers != 0, context)
         self.constraints = ConstraintFactory(lambda: _lltokenizer(model))
         store = prefix_store(path, settings, per_sequence=per_sequence, gpu_layers=gpu_layers, version=lib.__version__,
                              kv_type=settings.kv_cache_type.value, flash_attn=settings.flash_attn.value)
@@ -207,6 +211,22 @@ class LlamaCppBackend(EngineBackend):
         self._generation_context = context
         self._embedding_context: Any = None
         self._embedder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+
+    def _load_projector(self, entry: ModelEntry, settings: Settings, gpu: bool, context: Any) -> Projector | None:
+        """A vision model's projector (libmtmd reads its images), when it has one."""
+        path = projector_for(entry) if entry.path is not None and entry.path.is_file() else None
+        if path is None:
+            return None
+        try:
+            if not path.is_file():
+                raise ModelLoadError(f"the projector '{path}' of '{entry.name}' does not exist")
+            projector = Projector(path, self._model.model, self._threads, gpu, settings.batch_size)
+        except ModelLoadError:
+            context.close()
+            self._model.close()
+            raise
+        self.image_text = projector.marker
+        return projector
 
     def _context(self, *, n_ctx: int, n_seq_max: int, batch: int, embeddings: bool) -> Any:
         params = self._lib.llama_context_default_params()
@@ -259,6 +279,13 @@ class LlamaCppBackend(EngineBackend):
         special = add_special if parse_special is None else parse_special
         return self._model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
 
+    renders_image_parts = False  # a template is given the media marker as text where an image goes (as llama-server)
+
+    def read_images(self, text: str, images: list[ImageInput]) -> tuple[list[int], object]:
+        assert self._projector is not None
+        bos = self._facts.bos_token
+        return self._projector.tokenize(text, images, self._add_bos and not (bos and text.startswith(bos)))
+
     @functools.cached_property
     def _control_texts(self) -> tuple[str, ...]:
         vocab, lib = self._model.vocab, self._lib
@@ -309,6 +336,8 @@ class LlamaCppBackend(EngineBackend):
         if self._embedding_context is not None:
             self._embedding_batch.close()
             self._embedding_context.close()
+        if self._projector is not None:
+            self._projector.close()
         self._generation_context.close()
         self._model.close()
 

@@ -40,6 +40,7 @@ from ..structured.logprobs import TokenLogprob
 from .base import GenerationChunk, SamplingParams, SequenceText
 from .engine import Engine, Sequence, common_prefix
 from .prefill_budget import PrefillBudget
+from .torch_vision import TorchImages, prompt_embeddings
 from .prompt_lookup import PromptLookup, StepCost, guesses_to_feed
 from .torch_sampling import TokenSampler
 
@@ -65,6 +66,7 @@ class TorchSequence(Sequence):
     next_token: int = 0  # the last sample, fed at the next step
     history: list[int] = field(default_factory=list)  # prompt and answer, for the repetition penalties
     lookup: PromptLookup | None = None  # drafts guesses from its prompt and output (None: speculation off)
+    embeddings: Any = None  # a prompt with images: all of it as input embeddings, made when first read
 
 
 class TorchBatchEngine(Engine):
@@ -100,7 +102,7 @@ class TorchBatchEngine(Engine):
         self._draft_tokens = draft_tokens if can_batch(model) else 0
         self._adaptive_drafts = adaptive_drafts
         self._step_cost = StepCost()
-        self._max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        self._max_positions = int(getattr(model.config.get_text_config(), "max_position_embeddings", 0) or 0)
         self._make_sampler = make_sampler
         self._rows: list[TorchSequence] = []  # decoding, in the order of the batch cache's rows
         self._reading: list[TorchSequence] = []  # admitted, still reading their prompt
@@ -138,8 +140,10 @@ class TorchBatchEngine(Engine):
             if sequence is None:
                 break
             assert isinstance(sequence, TorchSequence)
+            if isinstance(sequence.media, TorchImages):  # image tokens go by their real ids past the prompt
+                sequence.history = list(sequence.media.history)
             if self._draft_tokens:  # indexes the prompt's n-grams: here, off the event loop
-                sequence.lookup = PromptLookup(sequence.prompt, self._draft_tokens)
+                sequence.lookup = PromptLookup(sequence.history, self._draft_tokens)
             self._reading.append(sequence)
             self._counters["prompt"] += len(sequence.prompt)
         self._reading = [s for s in self._reading if not s.cancelled]
@@ -170,7 +174,7 @@ class TorchBatchEngine(Engine):
         chunk = sequence.prompt[sequence.fed : sequence.fed + room]
         started = time.perf_counter()
         out = self._model(
-            input_ids=torch.tensor([chunk], device=self._device),
+            **self._prompt_inputs(sequence, len(chunk)),
             position_ids=torch.arange(sequence.fed, sequence.fed + len(chunk), device=self._device)[None],
             past_key_values=sequence.cache,
             use_cache=True,
@@ -183,6 +187,7 @@ class TorchBatchEngine(Engine):
         if sequence.fed < len(sequence.prompt):
             return
         self._reading.remove(sequence)
+        sequence.embeddings = None
         self._keep(sequence.prompt, [(layer.keys, layer.values) for layer in sequence.cache.layers])
         now = time.perf_counter()
         try:
@@ -197,6 +202,19 @@ class TorchBatchEngine(Engine):
             return
         sequence.next_token = token
         self._join_batch(sequence)
+
+    def _prompt_inputs(self, sequence: TorchSequence, count: int) -> dict[str, Any]:
+        """The next `count` prompt tokens as the model reads them: ids, or for a prompt with images still to read,
+        embeddings with the vision tower's features in place (the tower runs once per prompt, not per chunk)."""
+        media = sequence.media
+        if isinstance(media, TorchImages) and (sequence.embeddings is not None or media.reads_from(sequence.fed)):
+            if sequence.embeddings is None:
+                sequence.embeddings = prompt_embeddings(self._model, media)
+                self._counters["images"] += media.count
+            return {"inputs_embeds": sequence.embeddings[:, sequence.fed : sequence.fed + count]}
+        chunk = sequence.history[sequence.fed : sequence.fed + count] if media is not None else \
+            sequence.prompt[sequence.fed : sequence.fed + count]
+        return {"input_ids": torch.tensor([chunk], device=self._device)}
 
     def _decode(self) -> None:
         rows = self._rows
@@ -313,7 +331,8 @@ class TorchBatchEngine(Engine):
         start = self._mask.shape[1] - length  # its tokens are the last columns; padding is on the left
         layers = [(layer.keys[row:row + 1, :, start:start + length].clone(),
                    layer.values[row:row + 1, :, start:start + length].clone()) for layer in self._cache.layers]
-        self._keep(sequence.history[:length], layers)
+        # Kept under the prompt's own ids (an image's tokens by its content), then the answer's tokens.
+        self._keep((sequence.prompt + sequence.history[len(sequence.prompt):])[:length], layers)
 
     def _keep(self, tokens: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         if not self._prefix_cache or len(tokens) < MIN_SHARED_PREFIX:

@@ -22,9 +22,11 @@ from ..catalog import ModelEntry
 from ..config import Settings
 from ..prompting.chat_template import fallback_template
 from ..structured.constraint import ConstraintFactory
+from ..images import ImageInput
 from .base import ModelFacts, ModelLoadError
 from .engine import EngineBackend
 from .hub import fetch
+from .torch_vision import read_images
 
 log = logging.getLogger("local_llm_api.transformers")
 
@@ -94,17 +96,28 @@ class TransformersBackend(EngineBackend):
         spec = entry.spec
         folder, gguf_file = local_source(entry)
         trust = bool(spec and spec.trust_remote_code)
+        self._processor: Any = None
         try:
-            self._tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=trust)
-            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=dtype, trust_remote_code=trust)
+            if gguf_file is None and _has_vision(folder):  # a vision model: its processor reads the images
+                from transformers import AutoModelForImageTextToText, AutoProcessor
+
+                self._processor = AutoProcessor.from_pretrained(folder, trust_remote_code=trust)
+                self._tokenizer = self._processor.tokenizer
+                model = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype, trust_remote_code=trust)
+            else:
+                self._tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file, trust_remote_code=trust)
+                model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=dtype, trust_remote_code=trust)
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise ModelLoadError(f"Transformers could not load '{entry.name}': {exc}") from exc
         self._model = model.to(self._device).eval()
-        config = model.config
+        config = model.config.get_text_config()
         tokenizer = self._tokenizer
+        if self._processor is not None:
+            self._image_token_id = _image_token_id(self._processor, model.config, entry.name)
+            self.image_text = self._processor.image_token
         longest = getattr(config, "max_position_embeddings", None) or 2048
         wanted = (spec.context_size if spec and spec.context_size else None) or settings.context_size or longest
-        template = (spec.chat_template if spec else None) or tokenizer.chat_template
+        template = (spec.chat_template if spec else None) or getattr(self._processor, "chat_template", None) or tokenizer.chat_template
         if isinstance(template, dict):  # several named templates: the default one
             template = template.get("default") or next(iter(template.values()))
         self._facts = ModelFacts(
@@ -154,6 +167,10 @@ class TransformersBackend(EngineBackend):
         special = add_special if parse_special is None else parse_special
         return list(self._tokenizer(text, add_special_tokens=add, split_special_tokens=not special)["input_ids"])
 
+    def read_images(self, text: str, images: list[ImageInput]) -> tuple[list[int], object]:
+        bos = self._facts.bos_token
+        return read_images(self._processor, self._image_token_id, text, images, not (bos and text.startswith(bos)))
+
     def control_texts(self) -> tuple[str, ...]:
         added = getattr(self._tokenizer, "added_tokens_decoder", {}) or {}
         return tuple({*self._tokenizer.all_special_tokens, *(t.content for t in added.values() if getattr(t, "special", False))})
@@ -184,6 +201,32 @@ class TransformersBackend(EngineBackend):
         gc.collect()  # the model's modules refer to each other: free them now, before the CUDA cache is emptied
         if self._device.type == "cuda":
             self._torch.cuda.empty_cache()
+
+
+def _has_vision(folder: Path) -> bool:
+    config = folder / "config.json"
+    try:
+        return isinstance(json.loads(config.read_text(encoding="utf-8")).get("vision_config"), dict)
+    except (OSError, ValueError):
+        return False
+
+
+def _image_token_id(processor: Any, config: Any, name: str) -> int:
+    """The id of the token the processor repeats for an image; 3D-position (M-RoPE) models are refused: the engine
+    gives every token one position."""
+    rope = getattr(config.get_text_config(), "rope_parameters", None) or getattr(config.get_text_config(), "rope_scaling", None)
+    if isinstance(rope, dict) and "mrope_section" in rope:
+        raise ModelLoadError(f"'{name}' places image tokens in 3D positions (M-RoPE, as Qwen2-VL does), which the "
+                             "Transformers engine does not support yet; serve its GGUF with a projector instead")
+    token = getattr(processor, "image_token", None)
+    found = getattr(processor, "image_token_id", None)
+    if found is None and token is not None:
+        found = processor.tokenizer.convert_tokens_to_ids(token)
+    if found is None:
+        found = getattr(config, "image_token_id", None) or getattr(config, "image_token_index", None)
+    if found is None or token is None:
+        raise ModelLoadError(f"'{name}': its processor names no image token, so images cannot be placed in its prompts")
+    return int(found)
 
 
 def _lltokenizer(tokenizer: Any, vocab: int, end_ids: list[int]) -> Any:

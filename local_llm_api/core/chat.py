@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..backends.base import Backend, Reservation, ThinkingControl
 from ..config import Settings
@@ -18,10 +18,11 @@ from ..prompting.tool_parser import ToolParser, compiled
 from ..prompting.tool_syntax import iter_literals
 from ..structured.logprobs import TokenLogprob
 from ..errors import invalid_request
+from ..images import ImageInput, ImageLimits, load
 from .generation import ChoiceJob, ensure_capacity, stream_choices
 from .output import OutputPlan, check_schemas, plan_output
 from .prompt import Prompt, prompt_tokens
-from .request import ChatRequest
+from .request import ChatRequest, Message
 from .sampling import sampling_params, token_budget
 
 
@@ -278,12 +279,41 @@ def thinking_control(backend: Backend, fmt: ReasoningFormat, prompt: Prompt, req
     return ThinkingControl(fmt.open, fmt.close, close, inside=prompt.starts_inside, budget=budget), keep
 
 
+async def with_images(req: ChatRequest, model: LoadedModel, settings: Settings) -> ChatRequest:
+    """The request with its images read and checked (each source once), for a model that reads images; a model that
+    does not gets a 400 naming the first image, never an answer that left the picture out."""
+    images = [image for message in req.messages for image in message.images]
+    if not images:
+        return req
+    if not model.backend.vision:
+        raise invalid_request(f"\"{model.entry.name}\" has no vision: it cannot read images. Send text only, or ask a "
+                              "vision model (GET /v1/models lists each model's capabilities).", images[0].param,
+                              "model_has_no_vision")
+    limits = ImageLimits.of(settings)
+    if len(images) > limits.max_images:
+        raise invalid_request(f"The request has {len(images)} images; this server takes at most {limits.max_images} "
+                              "(MAX_IMAGES).", images[limits.max_images].param, "too_many_images")
+    read: dict[str, ImageInput] = {}
+    for image in images:
+        if image.source not in read:
+            read[image.source] = await load(image, limits)
+
+    def loaded(message: Message) -> Message:
+        if not message.images:
+            return message
+        parts = tuple(replace(read[p.source], param=p.param) if isinstance(p, ImageInput) else p for p in message.parts or ())
+        return replace(message, parts=parts)
+
+    return replace(req, messages=[loaded(m) for m in req.messages])
+
+
 async def start_chat(req: ChatRequest, manager: ModelManager, settings: Settings) -> ChatRun:
     """Load (or find) the model, plan and tokenize, and check the queue: everything that can fail with a clean
     status before a response starts. The run holds the model until `aclose()`."""
     stack = AsyncExitStack()
     model = await stack.enter_async_context(manager.use(req.model, "chat"))
     try:
+        req = await with_images(req, model, settings)
         # Compiling schemas and tokenizing only read the vocabulary: they need not queue behind generations.
         prepared = await asyncio.to_thread(prepare, model, req, not settings.parse_special_in_content)
         backend, facts, reasoning = model.backend, model.backend.facts, prepared.reasoning
@@ -295,7 +325,7 @@ async def start_chat(req: ChatRequest, manager: ModelManager, settings: Settings
         if prepared.plan.tool_format is not None:
             keep = {**keep, **kept_markers(backend, iter_literals(prepared.plan.tool_format.syntax))}
         budget = token_budget(len(prepared.tokens), req.max_tokens, req.context(facts.context_size), settings, req.prompt_param)
-        jobs = [ChoiceJob(i, prepared.tokens, sampling_params(req.sampling, settings, facts, budget, i,
+        jobs = [ChoiceJob(i, prepared.tokens, prepared.prompt.media, sampling_params(req.sampling, settings, facts, budget, i,
                                                               grammar=prepared.plan.grammar, logprobs=req.logprobs,
                                                               extra_stop=prepared.plan.stop, thinking=control,
                                                               keep_tokens=keep))
@@ -325,6 +355,7 @@ async def count_prompt_tokens(req: ChatRequest, manager: ModelManager) -> int:
     """How many tokens the model would read for this request: system, tools and the template's own tokens."""
     async with manager.use(req.model, "chat") as model:
         backend = model.backend
+        req = await with_images(req, model, manager.settings)
         plan = plan_output(req, backend.facts.chat_template, tool_format_of(model))  # what the model is shown
         tokens, _ = await asyncio.to_thread(prompt_tokens, backend, req, plan, reasoning=model_reasoning(model),
                                             plain_content=not manager.settings.parse_special_in_content)

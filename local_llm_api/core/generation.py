@@ -22,6 +22,7 @@ T = TypeVar("T")
 class ChoiceJob:
     index: int
     prompt: list[int]
+    media: object | None  # the prompt's images, as the backend read them (None: text only)
     params: SamplingParams
 
 
@@ -70,7 +71,7 @@ async def stream_choices(backend: Backend, jobs: list[ChoiceJob],
 
     async def pump(job: ChoiceJob) -> None:
         try:
-            async for chunk in backend.generate(job.prompt, job.params, reservation):
+            async for chunk in backend.generate(job.prompt, job.params, reservation, job.media):
                 merged.put_nowait((job.index, chunk))
         except Exception as exc:  # handed to the consumer, which raises it
             merged.put_nowait(exc)

@@ -17,7 +17,7 @@ from ..prompting.tool_calls import Call, tools_system_prompt
 from ..prompting.tool_families import tool_format
 from ..errors import invalid_request
 from .output import OutputPlan
-from .request import ChatRequest, Message, ToolCall
+from .request import ChatRequest, ImageInput, Message, ToolCall
 
 # The type of the template variables clients set, where a wrong one would render nonsense.
 KWARG_TYPES: dict[str, type | tuple[type, ...]] = {"enable_thinking": bool, "thinking": bool, "reasoning_effort": str}
@@ -37,6 +37,8 @@ class Prompt:
     starts_inside: bool = False
     ignored: tuple[str, ...] = ()  # chat_template_kwargs the template does not read (named, not refused)
     fenced: str | None = None  # the text with control-token texts from messages fenced (PARSE_SPECIAL_IN_CONTENT=false)
+    images: tuple[ImageInput, ...] = ()  # in the order the text places them
+    media: object | None = None  # once tokenized: what the backend needs to read the images (given to `generate`)
 
 
 @lru_cache(maxsize=8)
@@ -55,11 +57,24 @@ def fence_messages(messages: list[Message], controls: tuple[str, ...]) -> list[M
         return pattern.sub(lambda m: FENCE_OPEN + m.group() + FENCE_CLOSE, text) if text else text
 
     return [replace(m, content=fence(m.content) or "", reasoning=fence(m.reasoning),
-                    parts=tuple(fence(p) or "" for p in m.parts) if m.parts is not None else None) for m in messages]
+                    parts=tuple(fence(p) or "" if isinstance(p, str) else p for p in m.parts) if m.parts is not None else None)
+            for m in messages]
 
 
-def tokenize_prompt(backend: Backend, prompt: Prompt) -> list[int]:
-    """The prompt's tokens: special token texts are those tokens, but where a message's text held one (fenced)."""
+def tokenize_prompt(backend: Backend, prompt: Prompt) -> tuple[list[int], Prompt]:
+    """The prompt's tokens: special token texts are those tokens, but where a message's text held one (fenced). With
+    images, the backend expands each into its tokens (the prompt then carries what it needs to read them)."""
+    if prompt.images:
+        placed = prompt.text.count(backend.image_text)
+        if placed != len(prompt.images):
+            raise invalid_request(f"The model's chat template placed {placed} of the {len(prompt.images)} images; its "
+                                  "template does not render image parts.", "messages", "images_not_placed")
+        tokens, media = backend.read_images(prompt.text, list(prompt.images))
+        return tokens, replace(prompt, media=media)
+    return _tokens(backend, prompt), prompt
+
+
+def _tokens(backend: Backend, prompt: Prompt) -> list[int]:
     if prompt.fenced is None or FENCE_OPEN not in prompt.fenced:
         return backend.tokenize(prompt.text, add_special=True)
     tokens: list[int] = []
@@ -69,17 +84,23 @@ def tokenize_prompt(backend: Backend, prompt: Prompt) -> list[int]:
             tokens += backend.tokenize(piece, add_special=i == 0, parse_special=i % 2 == 0)
     return tokens
 
-def template_messages(messages: list[Message], plan: OutputPlan, info: TemplateInfo, template: str) -> list[dict[str, Any]]:
-    """Messages as chat templates expect them: list content as text parts where the template reads them, tool
-    calls with their arguments as objects where it renders calls, tool results as `tool` messages where it knows
-    the role. A template that knows none of it reads calls and results as text, and the tools in a system message."""
+def template_messages(messages: list[Message], plan: OutputPlan, info: TemplateInfo, template: str,
+                      image_text: str = "", image_parts: bool = True) -> list[dict[str, Any]]:
+    """Messages as chat templates expect them: list content as text and image parts where the template reads them
+    (`image_parts` false, as llama.cpp's server does: `image_text` as a text part where an image goes; a template that
+    reads no parts gets the text with `image_text` in place), tool calls with their arguments as objects where it
+    renders calls, tool results as `tool` messages where it knows the role. A template that knows none of it reads
+    calls and results as text, and the tools in a system message."""
+    image = {"type": "image"} if image_parts else {"type": "text", "text": image_text}
     syntax = (plan.tool_format or tool_format(template)).syntax
     structured_results = info.knows_tool_role or info.renders_tool_calls
     out = []
     for message in messages:
         content: Any = message.content
         if message.parts is not None and info.iterates_content:
-            content = [{"type": "text", "text": text} for text in message.parts]
+            content = [{"type": "text", "text": p} if isinstance(p, str) else image for p in message.parts]
+        elif message.images:
+            content = "\n".join(p if isinstance(p, str) else image_text for p in message.parts or () if p != "")
         item: dict[str, Any] = {"role": message.role, "content": content}
         if message.name:
             item["name"] = message.name
@@ -93,8 +114,12 @@ def template_messages(messages: list[Message], plan: OutputPlan, info: TemplateI
             written = [Call(c.name, c.arguments if c.custom else json.dumps(_arguments(c), ensure_ascii=False), c.custom)
                        for c in calls]
             item["content"] = (message.content + "\n" if message.content else "") + syntax.call_text(written)
-        if message.role == "tool" and not structured_results:
-            item = {"role": "user", "content": f"<tool_response>\n{message.content}\n</tool_response>"}
+        if message.role == "tool" and not structured_results:  # a tool's result (and its pictures) as the user's text
+            text = f"<tool_response>\n{message.content}\n</tool_response>"
+            if message.images and info.iterates_content:
+                item = {"role": "user", "content": [{"type": "text", "text": text}] + [image for _ in message.images]}
+            else:
+                item = {"role": "user", "content": "\n".join([text, *(image_text for _ in message.images)])}
         elif message.tool_call_id:
             item["tool_call_id"] = message.tool_call_id
         out.append(item)
@@ -144,7 +169,8 @@ def prompt_text(backend: Backend, req: ChatRequest, plan: OutputPlan, messages: 
     if plain_content:
         shown = fence_messages(shown, backend.control_texts())
     try:
-        text = render_chat(facts.chat_template, template_messages(shown, plan, info, facts.chat_template),
+        messages_shown = template_messages(shown, plan, info, facts.chat_template, backend.image_text, backend.renders_image_parts)
+        text = render_chat(facts.chat_template, messages_shown,
                            bos_token=facts.bos_token, eos_token=facts.eos_token,
                            add_generation_prompt=req.add_generation_prompt and not req.continue_final_message,
                            continue_final_message=req.continue_final_message,
@@ -155,14 +181,17 @@ def prompt_text(backend: Backend, req: ChatRequest, plan: OutputPlan, messages: 
     ignored = tuple(f"{req.template_kwargs_param}.{name}" for name in req.template_kwargs if name not in info.variables)
     fenced = text if plain_content and FENCE_OPEN in text else None
     text = text.replace(FENCE_OPEN, "").replace(FENCE_CLOSE, "") if fenced else text
+    images = tuple(image for m in shown for image in m.images)
+    if images:
+        fenced = None  # the processor reads the text as a whole; control texts in it stay control tokens
     if reasoning is None or req.continue_final_message:
-        return Prompt(text, ignored=ignored, fenced=fenced)
+        return Prompt(text, ignored=ignored, fenced=fenced, images=images)
     tail = generation_prompt(text, messages or req.messages)
     asked = req.reasoning_asked
     if asked is not None and not asked.wanted:  # off means off: close what the prompt opened
         closing = reasoning.closing(tail)
-        return Prompt(text + closing, ignored=ignored, fenced=fenced + closing if fenced else None)
-    return Prompt(text, reasoning.starts_inside(tail), ignored, fenced)
+        return Prompt(text + closing, ignored=ignored, fenced=fenced + closing if fenced else None, images=images)
+    return Prompt(text, reasoning.starts_inside(tail), ignored, fenced, images)
 
 
 def generation_prompt(text: str, messages: list[Message]) -> str:
@@ -181,7 +210,7 @@ def prompt_tokens(backend: Backend, req: ChatRequest, plan: OutputPlan, *, room:
     messages = list(req.messages)
     while True:
         prompt = prompt_text(backend, req, plan, messages, reasoning, plain_content)
-        tokens = tokenize_prompt(backend, prompt)
+        tokens, prompt = tokenize_prompt(backend, prompt)
         if room is None or len(tokens) + room <= context:
             return tokens, prompt
         droppable = [i for i, m in enumerate(messages[:-1]) if m.role != "system"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..images import ImageInput
+
 Role = Literal["system", "user", "assistant", "tool"]
 
 
@@ -28,8 +30,17 @@ class Message:
     tool_call_id: str | None = None  # a tool message: the call it answers
     name: str | None = None
     reasoning: str | None = None  # an assistant turn's reasoning, shown to templates as `reasoning_content`
-    parts: tuple[str, ...] | None = None  # the text parts, when the API sent content as a list (templates that
-    # iterate content get them as such)
+    parts: tuple[str | ImageInput, ...] | None = None  # the parts, when the API sent content as a list (templates
+    # that iterate content get them as such); images only here
+
+    @property
+    def images(self) -> tuple[ImageInput, ...]:
+        return tuple(p for p in self.parts or () if isinstance(p, ImageInput))
+
+
+def text_of(parts: tuple[str | ImageInput, ...]) -> str:
+    """A message's text: its text parts joined with newlines (images are not text)."""
+    return "\n".join(p for p in parts if isinstance(p, str))
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,8 @@ def test_agents_sdk_style_request(sdk: OpenAI, served: Served) -> None:
 
 @pytest.mark.parametrize(("body", "param"), [
     ({"input": "x", "reasoning": {"effort": "extreme"}}, "reasoning.effort"),
-    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "http://x"}]}]}, "input[0].content[0].type"),
+    ({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "http://x"}]}]}, "input[0].content[0].image_url"),
+    ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input[0].content[0].type"),
     ({"input": "x", "background": True}, "background"),
     ({"input": "x", "store": 1}, "store"),
     ({"input": "x", "temperature": 3}, "temperature"),

@@ -59,7 +59,7 @@ def test_tokenizer_routes_refuse_bad_input(client: httpx.Client, served: Served)
         ("/detokenize", {"tokens": [1, 10**9]}, "tokens[1]"),
         ("/detokenize", {"tokens": "abc"}, "tokens"),
         ("/apply-template", {"messages": []}, "messages"),
-        ("/apply-template", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "image_url"),
+        ("/apply-template", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "has no vision"),
         ("/tokenize", {"model": "no-such-model", "content": "a"}, "no-such-model"),
     ]
     for path, body, text in cases:

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..base import Request, Typed, by_type, only, when
+from ..base import Refused, Request, Typed, by_type, only, when
 
 
 class ToolParam(Request):
@@ -27,7 +27,29 @@ class ToolParam(Request):
 
 
 class OtherBlock(Typed):
-    """Image, document, server-tool blocks: refused."""
+    """Document and server-tool blocks: refused."""
+
+
+class Base64Source(Request):
+    type: Literal["base64"]
+    media_type: str  # read from the file itself; a mismatch does not matter
+    data: str
+
+
+class URLSource(Request):
+    type: Literal["url"]
+    url: str  # fetched where IMAGE_URL_FETCH allows its host
+
+
+class FileSource(Request):
+    type: Literal["file"]
+    file_id: str  # no Files API here: refused in translate.py
+
+
+class ImageBlock(Request):
+    type: Literal["image"]
+    source: Annotated[Base64Source | URLSource | Refused[FileSource], Field(discriminator="type")]
+    cache_control: dict[str, Any] | None = None
 
 
 class TextBlock(Request):
@@ -58,7 +80,7 @@ class ToolReferenceBlock(Request):
 class ToolResultBlock(Request):
     type: Literal["tool_result"]
     tool_use_id: str
-    content: str | list[by_type(TextBlock, ToolReferenceBlock, other=OtherBlock)] | None = None  # type: ignore[valid-type]
+    content: str | list[by_type(TextBlock, ImageBlock, ToolReferenceBlock, other=OtherBlock)] | None = None  # type: ignore[valid-type]
     is_error: bool | None = None
     cache_control: dict[str, Any] | None = None
 
@@ -101,7 +123,7 @@ class ToolRemovalBlock(Request):
     tool: ToolReference
 
 
-Block = by_type(TextBlock, ToolUseBlock, ToolResultBlock, ThinkingBlock, RedactedThinkingBlock, ToolAdditionBlock,
+Block = by_type(TextBlock, ImageBlock, ToolUseBlock, ToolResultBlock, ThinkingBlock, RedactedThinkingBlock, ToolAdditionBlock,
                 ToolRemovalBlock, other=OtherBlock)
 
 
@@ -114,7 +136,7 @@ class MessageParam(Request):
     # Tool calls stand in the assistant's turns, their results in the user's; a system turn (Claude Code's
     # mid-conversation instructions) holds text and changes to the tools.
     model_config = ConfigDict(json_schema_extra={"allOf": [
-        _blocks_of("user", ["text", "tool_result"]),
+        _blocks_of("user", ["text", "image", "tool_result"]),
         _blocks_of("assistant", ["text", "tool_use", "thinking", "redacted_thinking"]),
         _blocks_of("system", ["text", "tool_addition", "tool_removal"])]})
 

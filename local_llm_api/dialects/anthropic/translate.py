@@ -7,12 +7,15 @@ from collections.abc import Sequence
 
 from ...core.chat import Answer
 from ...errors import invalid_request, unsupported
-from ...core.request import ChatRequest, ForcedTool, JSONOutput, Message, Reasoning, Sampling, Tool, ToolCall, ToolChoice
+from ...core.request import (ChatRequest, ForcedTool, ImageInput, JSONOutput, Message, Reasoning, Sampling, Tool, ToolCall,
+                             ToolChoice, text_of)
 from ...prompting.reasoning import seal, unseal
 from ...prompting.tool_calls import Call, arguments_object
 from .protocol import (
     CountTokensRequest,
     CreateMessage,
+    FileSource,
+    ImageBlock,
     OtherBlock,
     OtherTool,
     RedactedThinkingBlock,
@@ -31,6 +34,7 @@ from .protocol import (
     ToolResultBlock,
     ToolUseBlock,
     ToolUseOut,
+    URLSource,
     tool_use_id,
 )
 
@@ -38,14 +42,35 @@ from .protocol import (
 def _block_text(blocks: str | Sequence[object], param: str) -> str:
     if isinstance(blocks, str):
         return blocks
-    texts = []
     for j, block in enumerate(blocks):
-        if isinstance(block, ToolReferenceBlock):
-            continue  # a deferred tool loaded (see `_tools_in_play`); no text of its own
         if not isinstance(block, TextBlock):
             raise invalid_request(f"Only text blocks can stand here; got '{getattr(block, 'type', '?')}'.", f"{param}[{j}].type")
-        texts.append(block.text)
-    return "\n".join(texts)
+    return "\n".join(block.text for block in blocks if isinstance(block, TextBlock))
+
+
+def _image(block: ImageBlock, param: str) -> ImageInput:
+    source = block.source
+    if isinstance(source, FileSource):
+        raise invalid_request("Image blocks with a 'file' source are not supported: this server has no Files API; send "
+                              "base64 data or a URL.", f"{param}.source.type", "unsupported_parameter")
+    if isinstance(source, URLSource):
+        return ImageInput(source.url, f"{param}.source.url")
+    return ImageInput(source.data, f"{param}.source.data")
+
+
+def _result_parts(content: str | Sequence[object], param: str) -> tuple[str | ImageInput, ...]:
+    """A tool result's text and images (a screenshot a tool took); loaded deferred tools have no text of their own."""
+    if isinstance(content, str):
+        return (content,)
+    parts: list[str | ImageInput] = []
+    for j, block in enumerate(content):
+        if isinstance(block, TextBlock):
+            parts.append(block.text)
+        elif isinstance(block, ImageBlock):
+            parts.append(_image(block, f"{param}[{j}]"))
+        elif not isinstance(block, ToolReferenceBlock):
+            raise invalid_request(f"A '{getattr(block, 'type', '?')}' block cannot stand in a tool result.", f"{param}[{j}].type")
+    return tuple(parts)
 
 
 def messages_of(req: CountTokensRequest) -> list[Message]:
@@ -59,12 +84,14 @@ def messages_of(req: CountTokensRequest) -> list[Message]:
         if isinstance(message.content, str):
             messages.append(Message(message.role, message.content))
             continue
-        text: list[str] = []
+        parts: list[str | ImageInput] = []
         reasoning: list[str] = []
         calls: list[ToolCall] = []
         for j, block in enumerate(message.content):
             if isinstance(block, TextBlock):
-                text.append(block.text)
+                parts.append(block.text)
+            elif isinstance(block, ImageBlock) and message.role == "user":
+                parts.append(_image(block, f"{where}[{j}]"))
             elif isinstance(block, ToolUseBlock) and message.role == "assistant":
                 calls.append(ToolCall(block.id, block.name, json.dumps(block.input, ensure_ascii=False)))
             elif isinstance(block, ThinkingBlock) and message.role == "assistant":
@@ -73,23 +100,26 @@ def messages_of(req: CountTokensRequest) -> list[Message]:
             elif isinstance(block, RedactedThinkingBlock) and message.role == "assistant":
                 continue  # reasoning another model encrypted: nothing a template can render
             elif isinstance(block, ToolResultBlock) and message.role == "user":
-                content = _block_text(block.content or "", f"{where}[{j}].content")
+                result = _result_parts(block.content or "", f"{where}[{j}].content")
+                content = text_of(result)
                 loaded = [part.tool_name for part in block.content or () if isinstance(part, ToolReferenceBlock)]
                 if loaded and not content:
                     content = "Tools loaded: " + ", ".join(loaded)
                 if block.is_error:
                     content = f"Error: {content}"
-                messages.append(Message("tool", content, tool_call_id=block.tool_use_id))
+                images = tuple(p for p in result if isinstance(p, ImageInput))
+                messages.append(Message("tool", content, tool_call_id=block.tool_use_id,
+                                        parts=(content, *images) if images else None))
             elif isinstance(block, ToolAdditionBlock | ToolRemovalBlock) and message.role == "system":
                 continue
             elif isinstance(block, OtherBlock):
                 raise invalid_request(f"Content blocks of type '{block.type}' are not supported: this server serves "
-                                      "text models.", f"{where}[{j}].type")
+                                      "text and vision models.", f"{where}[{j}].type")
             else:
                 raise invalid_request(f"A '{block.type}' block cannot stand in the {message.role}'s message.", f"{where}[{j}].type")
-        if text or calls or reasoning:
-            messages.append(Message(message.role, "\n".join(text), tuple(calls),
-                                    reasoning="\n".join(reasoning) if reasoning else None, parts=tuple(text)))
+        if parts or calls or reasoning:
+            messages.append(Message(message.role, text_of(tuple(parts)), tuple(calls),
+                                    reasoning="\n".join(reasoning) if reasoning else None, parts=tuple(parts)))
     return messages
 
 

@@ -121,7 +121,7 @@ async def show(req: ModelName, request: Request) -> ShowResponse:
                            *(f"PARAMETER {k} {v}" for k, v in parameters.items() if v is not None)])
     # Ollama's names: completion (chat and generate), tools, thinking, embedding.
     features = await asyncio.to_thread(manager.capabilities, entry)
-    capabilities = (["completion"] + [c for c in features if c in ("tools", "thinking")] if "chat" in features
+    capabilities = (["completion"] + [c for c in features if c in ("tools", "thinking", "vision")] if "chat" in features
                     else ["embedding"] if entry.embedding_only else [])
     return ShowResponse(modelfile=modelfile, parameters=parameter_text, template=template, details=_details(facts),
                         model_info=facts.metadata, capabilities=capabilities, modified_at=timestamp(entry.created))

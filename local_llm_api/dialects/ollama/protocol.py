@@ -78,7 +78,7 @@ class ChatMessage(Request):
 
     role: Literal["system", "user", "assistant", "tool"]
     content: str | None = ""
-    images: Annotated[list[str] | None, only(None, [])] = None  # text models
+    images: list[str] | None = None  # base64 files, read before the text (vision models)
     thinking: str | None = None  # an earlier answer's reasoning: it reaches the template
     tool_calls: list[ToolCall] | None = None
     tool_name: str | None = None
@@ -132,7 +132,7 @@ class GenerateRequest(Generation):
     template: Annotated[str | None, only(None, "")] = None  # refused: the model's own template renders prompts
     context: Annotated[list[int] | None, only(None, [])] = None  # refused: send the conversation to /api/chat
     raw: bool | None = None
-    images: Annotated[list[str] | None, only(None, [])] = None  # text models
+    images: list[str] | None = None  # base64 files, read before the prompt (vision models; not with `raw`)
 
 
 class EmbedRequest(Request):

@@ -11,7 +11,7 @@ import uuid
 from ...backends.base import Backend
 from ...core.chat import Answer
 from ...errors import invalid_request, unsupported
-from ...core.request import ChatRequest, JSONOutput, Message, Reasoning, Sampling, Tool, ToolCall
+from ...core.request import ChatRequest, ImageInput, JSONOutput, Message, Reasoning, Sampling, Tool, ToolCall
 from ...prompting.tool_calls import arguments_object
 from ...structured.logprobs import TokenLogprob
 from .protocol import (
@@ -130,15 +130,21 @@ def messages_of(messages: list[ChatMessage]) -> list[Message]:
     out = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
-        if message.images:
-            raise unsupported(f"{where}.images", "are not supported: this server serves text models")
         calls = tuple(ToolCall(call.id or f"call_{i}_{j}", call.function.name, _arguments(call.function.arguments))
                       for j, call in enumerate(message.tool_calls or ()))
         if calls and message.role != "assistant":
             raise invalid_request("Only assistant messages carry tool calls.", f"{where}.tool_calls")
         out.append(Message(message.role, message.content or "", calls, tool_call_id=message.tool_call_id,
-                           name=message.tool_name if message.role == "tool" else None, reasoning=message.thinking or None))
+                           name=message.tool_name if message.role == "tool" else None, reasoning=message.thinking or None,
+                           parts=_with_images(message.content or "", message.images, f"{where}.images")))
     return out
+
+
+def _with_images(text: str, images: list[str] | None, param: str) -> tuple[str | ImageInput, ...] | None:
+    """A message's images (base64), then its text, as Ollama places them; None without images."""
+    if not images:
+        return None
+    return (*(ImageInput(data, f"{param}[{j}]") for j, data in enumerate(images)), text)
 
 
 def chat_request(req: OllamaChat, model: str) -> ChatRequest:
@@ -162,8 +168,9 @@ def _prefill(messages: list[ChatMessage]) -> dict[str, bool]:
 def generate_request(req: GenerateRequest, model: str) -> ChatRequest:
     """/api/generate: the prompt (and `system`) rendered with the model's chat template, or as-is with `raw`."""
     _refuse_common(req)
-    if req.images:
-        raise unsupported("images", "are not supported: this server serves text models")
+    if req.images and req.raw:
+        raise invalid_request("'images' cannot be used with 'raw': a raw prompt has no place for them; send them "
+                              "without 'raw'.", "images")
     if req.suffix:
         raise unsupported("suffix", "(fill-in-the-middle) is not supported by this server")
     if req.template:
@@ -175,7 +182,8 @@ def generate_request(req: GenerateRequest, model: str) -> ChatRequest:
     if req.raw and req.system:
         raise invalid_request("'system' cannot be used with 'raw': a raw prompt is read as-is.", "system")
     sampled, max_tokens = sampling(req.options)
-    messages = ([Message("system", req.system)] if req.system else []) + [Message("user", req.prompt or "")]
+    prompt = Message("user", req.prompt or "", parts=_with_images(req.prompt or "", req.images, "images"))
+    messages = ([Message("system", req.system)] if req.system else []) + [prompt]
     return ChatRequest(messages=messages, model=model, sampling=sampled, max_tokens=max_tokens,
                        prompt_param="prompt", output=json_output(req.format), logprobs=_logprobs(req),
                        context_limit=req.options.num_ctx if req.options else None,

@@ -73,7 +73,7 @@ async def create_completion(
         jobs = []
         for p, tokens in enumerate(token_prompts):
             budget = token_budget(len(tokens), req.max_tokens, backend.facts.context_size, settings, "prompt")
-            jobs += [ChoiceJob(p * n + i, tokens, sampling_params(params, settings, backend.facts, budget, i, logprobs=req.logprobs))
+            jobs += [ChoiceJob(p * n + i, tokens, None, sampling_params(params, settings, backend.facts, budget, i, logprobs=req.logprobs))
                      for i in range(n)]
         reservation = ensure_capacity(model.backend, jobs)
         stack.callback(reservation.release)  # places not used when the request ends are given back

@@ -40,11 +40,21 @@ class TextPart(Request):
     cache_control: dict[str, Any] | None = None  # Anthropic-style marker some clients add; prompt caching here is automatic
 
 
+class ImageURL(Request):
+    url: str = Field(min_length=1)  # a data URI, bare base64, or an http(s) URL (fetched where IMAGE_URL_FETCH allows)
+    detail: Literal["auto", "low", "high"] | None = None  # accepted: a vision model reads the image at its own size
+
+
+class ImagePart(Request):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
 class OtherPart(Typed):
-    """Image, audio, file and refusal parts: refused (text-only models)."""
+    """Audio, file and refusal parts: refused (no audio models)."""
 
 
-ContentPart = by_type(TextPart, other=OtherPart)
+ContentPart = by_type(TextPart, ImagePart, other=OtherPart)
 
 
 class FunctionCall(Request):

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 from ...errors import invalid_request, unsupported
-from ...core.request import ChatRequest, ForcedTool, JSONOutput, Message, Reasoning, Sampling, Tool, ToolCall
+from ...core.request import (ChatRequest, ForcedTool, ImageInput, JSONOutput, Message, Reasoning, Sampling, Tool, ToolCall,
+                             text_of)
 from .protocol import (
     ChatCompletionRequest,
     ChatMessage,
@@ -12,6 +13,7 @@ from .protocol import (
     JSONObjectFormat,
     JSONSchemaFormat,
     NamedToolChoice,
+    ImagePart,
     SamplingFields,
     TextPart,
 )
@@ -58,19 +60,21 @@ def sampling(req: SamplingFields) -> Sampling:
     )
 
 
-def message_parts(message: ChatMessage, index: int) -> tuple[str, ...] | None:
-    """The text parts of list content (None for a string)."""
+def message_parts(message: ChatMessage, index: int) -> tuple[str | ImageInput, ...] | None:
+    """The text and image parts of list content (None for a string)."""
     content = message.content
     if not isinstance(content, list):
         return None
+    parts: list[str | ImageInput] = []
     for j, part in enumerate(content):
-        if not isinstance(part, TextPart):
-            raise invalid_request(
-                f"Content parts of type '{part.type}' are not supported: this server serves text models.",
-                f"messages[{index}].content[{j}].type",
-                "unsupported_content_type",
-            )
-    return tuple(part.text for part in content if isinstance(part, TextPart))
+        if isinstance(part, TextPart):
+            parts.append(part.text)
+        elif isinstance(part, ImagePart):
+            parts.append(ImageInput(part.image_url.url, f"messages[{index}].content[{j}].image_url.url"))
+        else:
+            raise invalid_request(f"Content parts of type '{part.type}' are not supported: this server serves text "
+                                  "and vision models.", f"messages[{index}].content[{j}].type", "unsupported_content_type")
+    return tuple(parts)
 
 
 def message_of(m: ChatMessage, i: int) -> Message:
@@ -80,7 +84,7 @@ def message_of(m: ChatMessage, i: int) -> Message:
     if m.function_call is not None:  # the deprecated single call, in the history as a tool call
         calls.append(ToolCall(f"call_{i}", m.function_call.name, m.function_call.arguments))
     parts = message_parts(m, i)
-    content = "\n".join(parts) if parts is not None else m.content if isinstance(m.content, str) else ""
+    content = text_of(parts) if parts is not None else m.content if isinstance(m.content, str) else ""
     return Message(role="system" if m.role == "developer" else m.role, content=content, tool_calls=tuple(calls),
                    tool_call_id=m.tool_call_id, name=m.name, reasoning=m.reasoning_content or m.reasoning, parts=parts)
 

@@ -27,11 +27,18 @@ class InputText(Request):
     prompt_cache_breakpoint: dict[str, Any] | None = None
 
 
+class InputImage(Request):
+    type: Literal["input_image"]
+    image_url: str | None = None  # a data URI, bare base64, or an http(s) URL (fetched where IMAGE_URL_FETCH allows)
+    file_id: Annotated[str | None, only(None)] = None  # uploaded files: refused in translate.py (no Files API here)
+    detail: Literal["auto", "low", "high", "original"] | None = None  # accepted: the model reads the image at its own size
+
+
 class OtherContent(Typed):
-    """Image, file, audio and refusal parts: refused."""
+    """File, audio and refusal parts: refused."""
 
 
-Content = by_type(InputText, other=OtherContent)
+Content = by_type(InputText, InputImage, other=OtherContent)
 
 
 class MessageItem(Request):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
+from typing import Any
 from dataclasses import dataclass, field
 
 from pydantic import TypeAdapter
@@ -13,7 +14,8 @@ from pydantic import TypeAdapter
 from ...backends.base import Backend
 from ...core.chat import Answer
 from ...errors import invalid_request, unsupported
-from ...core.request import ChatRequest, ForcedTool, JSONOutput, Message, Reasoning, Sampling, Tool, ToolCall, ToolChoice
+from ...core.request import (ChatRequest, ForcedTool, ImageInput, JSONOutput, Message, Reasoning, Role, Sampling, Tool,
+                             ToolCall, ToolChoice, text_of)
 from ...prompting.reasoning import seal, unseal
 from ...prompting.tool_calls import Call
 from ...structured.logprobs import TokenLogprob
@@ -30,6 +32,7 @@ from .protocol import (
     FunctionCallOutputItem,
     FunctionToolParam,
     InputItem,
+    InputImage,
     InputText,
     Logprob,
     MessageItem,
@@ -121,18 +124,30 @@ def tool_choice(req: CreateResponse, tools: ToolSet) -> ToolChoice | None:
     raise unsupported("tool_choice", f"of type '{choice.type}' names a built-in tool this server cannot run")
 
 
-def _text(content: str | Sequence[InputText | OtherContent], param: str) -> str:
+def _parts(content: str | Sequence[InputText | InputImage | OtherContent], param: str) -> tuple[str | ImageInput, ...] | None:
+    """List content's text and images (None for a string)."""
     if isinstance(content, str):
-        return content
+        return None
+    parts: list[str | ImageInput] = []
     for j, part in enumerate(content):
-        if not isinstance(part, InputText):
-            raise invalid_request(f"Content of type '{part.type}' is not supported: this server serves text models.",
-                                  f"{param}.content[{j}].type", "unsupported_content_type")
-    return "\n".join(part.text for part in content)
+        where = f"{param}.content[{j}]"
+        if isinstance(part, InputText):
+            parts.append(part.text)
+        elif isinstance(part, InputImage) and part.image_url and part.file_id is None:
+            parts.append(ImageInput(part.image_url, f"{where}.image_url"))
+        elif isinstance(part, InputImage):
+            raise invalid_request("An input_image needs 'image_url' (a data URI or URL): this server has no Files API "
+                                  "for 'file_id'.", f"{where}.file_id" if part.file_id else f"{where}.image_url",
+                                  "unsupported_parameter")
+        else:
+            raise invalid_request(f"Content of type '{part.type}' is not supported: this server serves text and vision "
+                                  "models.", f"{where}.type", "unsupported_content_type")
+    return tuple(parts)
 
 
-def _parts(content: str | Sequence[InputText | OtherContent]) -> tuple[str, ...] | None:
-    return None if isinstance(content, str) else tuple(part.text for part in content if isinstance(part, InputText))
+def _message(role: Role, content: str | Sequence[InputText | InputImage | OtherContent], param: str, **fields: Any) -> Message:
+    parts = _parts(content, param)
+    return Message(role, text_of(parts) if parts is not None else str(content), parts=parts, **fields)
 
 
 def reasoning_text(item: ReasoningItem) -> str:
@@ -156,7 +171,7 @@ def messages_of(items: list[InputItem], param: str = "input") -> list[Message]:
         elif isinstance(item, MessageItem):
             role = "system" if item.role == "developer" else item.role
             reasoning, thought = (thought, None) if role == "assistant" else (None, thought)
-            messages.append(Message(role, _text(item.content, where), parts=_parts(item.content), reasoning=reasoning))
+            messages.append(_message(role, item.content, where, reasoning=reasoning))
         elif isinstance(item, FunctionCallItem | CustomToolCallItem):
             name = f"{item.namespace}.{item.name}" if item.namespace else item.name
             custom = isinstance(item, CustomToolCallItem)
@@ -170,7 +185,7 @@ def messages_of(items: list[InputItem], param: str = "input") -> list[Message]:
                 thought = None
         elif isinstance(item, FunctionCallOutputItem | CustomToolCallOutputItem):
             call_id = item.call_id if item.call_id is not None else _answered_call(messages, item)
-            messages.append(Message("tool", _text(item.output, where), tool_call_id=call_id))
+            messages.append(_message("tool", item.output, where, tool_call_id=call_id))
         else:
             raise invalid_request(f"Input items of type '{item.type}' are not supported by this server.", f"{where}.type",
                                   "unsupported_item_type")
