@@ -12,7 +12,7 @@ import pytest
 from local_llm_api.cli import bundled_model_path
 
 from .conftest import free_port
-from .models import smollm2_transformers_folder
+from .models import smollm2_transformers_folder, tiny_llava_gguf
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,3 +91,10 @@ def test_restart_bench() -> None:
     out = run("restart_bench.py", "--port", str(free_port()), "--model", str(bundled_model_path()), "--threads", "1",
               "--slots", "1", "--context", "2048", "--system-words", "900")
     assert "| local-llm-api, disk tier on (the default) |" in out and "| local-llm-api, PREFIX_CACHE_DISK=0 |" in out
+
+
+def test_vision_bench() -> None:
+    model, projector = tiny_llava_gguf()
+    out = run("vision_bench.py", "--port", str(free_port()), "--model", str(model), "--mmproj", str(projector),
+              "--threads", "1", "--pictures", "1", "--size", "64")
+    assert "| local-llm-api | 31 |" in out  # 16 image tokens and the question's, as llama-server counts them

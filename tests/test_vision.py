@@ -148,6 +148,7 @@ def test_different_pictures_give_different_answers_and_a_repeated_one_is_cached(
     green = chat(client, [image_part(GREEN), {"type": "text", "text": "What is this?"}]).json()
     assert green["usage"]["prompt_tokens_details"]["cached_tokens"] < vision.image_tokens
     assert engine(client)["images_encoded_total"] == encoded + 1
+    assert f'llm_images_encoded_total{{model="{vision.model}"}} {encoded + 1}.0' in client.get("/metrics").text
 
 
 def test_a_later_turn_reads_only_what_is_new(vision: Vision, client: httpx.Client) -> None:
@@ -317,20 +318,26 @@ def test_a_text_model_refuses_images_on_every_api(server: Server) -> None:
 # ---------------------------------------------------------------- under load
 
 
-async def _load(url: str, model: str) -> list[int]:
+async def _load(url: str, model: str) -> list[str]:
+    """4 clients, each sending 4 requests one after another: pictures and plain text mixed, half of them streamed."""
     async with httpx.AsyncClient(base_url=url, timeout=300) as c:
-        async def one(i: int) -> int:
+        async def one(i: int) -> str:
             content = [image_part([RED, BLUE, GREEN][i % 3]), {"type": "text", "text": f"Picture {i}?"}] if i % 2 \
                 else [{"type": "text", "text": f"Hello {i}"}]
+            stream = i % 4 < 2
             response = await c.post("/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": content}],
-                                                                  "max_tokens": 8, "stream": i % 4 == 1})
-            return response.status_code
+                                                                  "max_tokens": 8, "stream": stream})
+            whole = response.status_code == 200 and ("data: [DONE]" in response.text if stream else "choices" in response.json())
+            return "ok" if whole and '"error"' not in response.text else response.text
 
-        return list(await asyncio.gather(*(one(i) for i in range(12))))
+        async def client_of(k: int) -> list[str]:
+            return [await one(k * 4 + j) for j in range(4)]
+
+        return [outcome for outcomes in await asyncio.gather(*(client_of(k) for k in range(4))) for outcome in outcomes]
 
 
 def test_four_clients_mixing_images_and_text(vision: Vision, client: httpx.Client) -> None:
-    assert asyncio.run(_load(vision.url, vision.model)) == [200] * 12
+    assert asyncio.run(_load(vision.url, vision.model)) == ["ok"] * 16
     state = engine(client)
     assert state["running"] == 0 and state["queued"] == 0
 

@@ -50,6 +50,8 @@ class EngineCollector(Collector):
             "accepted_draft_tokens_total": CounterMetricFamily(
                 "llm_accepted_draft_tokens", "Guessed tokens the model confirmed", labels=["model"]),
             "requests_total": CounterMetricFamily("llm_sequences_finished", "Sequences finished or cancelled", labels=["model"]),
+            "images_encoded_total": CounterMetricFamily(
+                "llm_images_encoded", "Images run through the vision tower (not those read from the prefix cache)", labels=["model"]),
         }
         ttft = HistogramMetricFamily("llm_time_to_first_token_seconds", "Time from arrival to first token", labels=["model"])
         for name, model in list(self.manager.loaded.items()):
