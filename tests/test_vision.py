@@ -121,6 +121,7 @@ def engine(client: httpx.Client) -> dict:
 def test_vision_is_listed_as_a_capability(vision: Vision, client: httpx.Client, server: Server) -> None:
     listed = {m["id"]: m["capabilities"] for m in client.get("/v1/models").json()["data"]}
     assert "vision" in listed[vision.model]
+    assert "vision" in {m["id"]: m["capabilities"] for m in client.get("/models").json()["data"]}[vision.model]
     assert "vision" in client.post("/api/show", json={"model": vision.model}).json()["capabilities"]
     with server.client() as text_only:
         assert "vision" not in {m["id"]: m["capabilities"] for m in text_only.get("/v1/models").json()["data"]}[MODEL]
@@ -367,3 +368,68 @@ def test_fetch_rules() -> None:
 
 def test_image_input_keeps_no_bytes_in_its_repr() -> None:
     assert "data" not in repr(ImageInput("x", "p", data=b"\x89PNG" * 100))
+
+
+def test_fetching_goes_to_the_checked_address_and_checks_every_redirect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fetch itself, against a local HTTP server standing in for public hosts (a resolver that says where
+    `images.test` lives replaces the address check, which a loopback server could never pass)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import local_llm_api.images as images
+
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802  (http.server's name)
+            seen.append(self.headers["Host"])
+            routes = {"/cat.png": (200, RED), "/big.png": (200, b"x" * 5000), "/gone.png": (404, b"")}
+            if self.path.startswith("/to/"):
+                self.send_response(302)
+                self.send_header("Location", f"http://{self.path[4:]}")
+                self.end_headers()
+                return
+            status, body = routes.get(self.path, (404, b""))
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+
+    async def resolver(url: str, param: str, limits: ImageLimits) -> str:
+        host = httpx.URL(url).host
+        if host != "images.test":
+            raise images.invalid_request(f"'{param}': {host} is private", param, "image_url_not_allowed")
+        return "127.0.0.1"
+
+    monkeypatch.setattr(images, "_check_target", resolver)
+    limits = ImageLimits(4096, 1 << 20, 4, ("*",), 5.0)
+
+    def fetch(path: str) -> bytes | str:
+        try:
+            return asyncio.run(images.fetch(f"http://images.test:{port}{path}", "p", limits))
+        except APIError as exc:
+            return str(exc.body.code)
+
+    try:
+        assert fetch("/cat.png") == RED and seen[-1] == f"images.test:{port}"  # the name in Host, the checked address dialled
+        assert fetch(f"/to/images.test:{port}/cat.png") == RED  # a redirect to an allowed host is followed
+        assert fetch("/to/evil.test/cat.png") == "image_url_not_allowed"  # one to a private address is not
+        assert fetch("/big.png") == "image_too_large"  # cut at MAX_IMAGE_BYTES
+        assert fetch("/gone.png") == "image_fetch_failed"
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("kind", ["WEBP", "GIF"])
+def test_webp_and_gif_are_read(vision: Vision, client: httpx.Client, kind: str) -> None:
+    data = png((200, 100, 0), kind=kind)
+    response = chat(client, [image_part(data), {"type": "text", "text": "What is this?"}])
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["prompt_tokens"] > vision.image_tokens
