@@ -38,8 +38,9 @@ QUESTIONS = ["Which tool reads a file?", "How do I run only the failing tests?",
              "What should I do when a URL times out?", "When should I ask the user?", "Summarise the rules."]
 
 
-def system_prompt(words: int) -> str:
-    """A tool manual of about `words` words (a word is about 1.3 tokens for SmolLM2's tokenizer)."""
+def system_prompt(words: int, agent: int | None = None) -> str:
+    """A tool manual of about `words` words (a word is about 1.3 tokens for SmolLM2's tokenizer); with `agent`, one of
+    its own (its first tokens differ from every other agent's, as different agents' or projects' prompts do)."""
     sections = []
     for i, tool in enumerate(TOOLS):
         schema = {"name": tool, "parameters": {"type": "object", "properties": {
@@ -48,7 +49,8 @@ def system_prompt(words: int) -> str:
         sections.append(f"## Tool {i + 1}: {tool}\n{json.dumps(schema)}\n")
     rule = ("Call a tool only when the answer needs it; give its arguments exactly as its schema says; "
             "report what it returned in one short sentence; never invent a result. ")
-    text = "You are a coding agent with these tools.\n" + "".join(sections)
+    text = ("" if agent is None else f"Project {agent}: agent number {agent} of the team. ") + \
+        "You are a coding agent with these tools.\n" + "".join(sections)
     while len(text.split()) < words:
         text += rule
     return text
@@ -94,12 +96,13 @@ async def later_turns_alone(base: str, model: str, system: str, count: int, max_
     return ttfts
 
 
-async def agent_load(base: str, model: str, label: str, clients: int, turns: int, system: str, temperature: float,
-                     max_tokens: int) -> Outcome:
+async def agent_load(base: str, model: str, label: str, clients: int, turns: int, system: str | list[str],
+                     temperature: float, max_tokens: int) -> Outcome:
+    """`system`: the prompt all clients share, or one per client."""
     outcome = Outcome(label)
 
     async def conversation(client: httpx.AsyncClient, index: int) -> None:
-        messages = [{"role": "system", "content": system}]
+        messages = [{"role": "system", "content": system if isinstance(system, str) else system[index % len(system)]}]
         for turn in range(turns):
             messages.append({"role": "user", "content": QUESTIONS[(index + turn) % len(QUESTIONS)]})
             body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature,
@@ -135,7 +138,12 @@ def main() -> None:
     parser.add_argument("--system-words", type=int, default=1500, help="about 2,000 tokens at the default")
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--context", type=int, default=4096, help="context per client")
+    parser.add_argument("--context", type=int, default=4096, help="context per slot")
+    parser.add_argument("--slots", type=int, help="slots on every contender (default: one per client); fewer than "
+                        "clients makes conversations take turns in the slots")
+    parser.add_argument("--distinct", action="store_true", help="a system prompt of its own for each client (different "
+                        "agents or projects) instead of one shared prompt")
+    parser.add_argument("--disk-off", action="store_true", help="also measure our server with PREFIX_CACHE_DISK=0")
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--llama-server", type=Path, help="also measure llama.cpp's C++ server (path to llama-server)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["default", "reproducible"])
@@ -147,37 +155,45 @@ def main() -> None:
 
     model = args.model.resolve()
     base = f"http://127.0.0.1:{args.port}"
+    slots = args.slots or args.clients
     ours_env = {"MODEL_DIR": str(model.parent), "DEFAULT_MODEL": model.name, "PRELOAD_MODEL": "true",
-                "THREADS": str(args.threads), "CONTEXT_SIZE": str(args.context), "PARALLEL_SLOTS": str(args.clients),
+                "THREADS": str(args.threads), "CONTEXT_SIZE": str(args.context), "PARALLEL_SLOTS": str(slots),
                 "LOG_LEVEL": "WARNING"}
     ours = [sys.executable, "-m", "local_llm_api", "serve", "--port", str(args.port)]
     contenders = {
         "default": ("local-llm-api (prefix reuse for every request, the default)", ours, ours_env, f"{base}/health"),
         "reproducible": ("local-llm-api, REPRODUCIBLE=true", ours, {**ours_env, "REPRODUCIBLE": "true"}, f"{base}/health"),
     }
+    if args.disk_off:
+        contenders["disk-off"] = ("local-llm-api, PREFIX_CACHE_DISK=0", ours, {**ours_env, "PREFIX_CACHE_DISK": "0"},
+                                  f"{base}/health")
     if args.baseline:  # its package shadows the installed one
         contenders["baseline"] = (f"local-llm-api at {args.baseline.name}", ours,
                                   {**ours_env, "PYTHONPATH": str(args.baseline.resolve())}, f"{base}/health")
     if args.llama_server:
-        contenders["llama.cpp"] = (f"llama.cpp server, C++ ({args.clients} slots)", [
+        contenders["llama.cpp"] = (f"llama.cpp server, C++ ({slots} slots)", [
             str(args.llama_server), "-m", str(model), "--port", str(args.port), "-t", str(args.threads), "-tb",
-            str(args.threads), "-c", str(args.context * args.clients), "-np", str(args.clients)], {}, f"{base}/health")
-    system = system_prompt(args.system_words)
+            str(args.threads), "-c", str(args.context * slots), "-np", str(slots)], {}, f"{base}/health")
+    system: str | list[str] = ([system_prompt(args.system_words, agent) for agent in range(args.clients)]
+                               if args.distinct else system_prompt(args.system_words))
+    alone_system = system if isinstance(system, str) else system[0]
     outcomes = []
     with tempfile.TemporaryDirectory() as workdir:
         os.chdir(workdir)  # keep any .env of the checkout out of the servers' settings
         for key, (label, command, env, health) in contenders.items():
             if key in args.skip:
                 continue
+            env = {**env, "DATA_DIR": f"{workdir}/data-{key}"} if command is ours else env  # each its own disk tier
             with serving(command, env, health, label):
                 asyncio.run(agent_load(base, model.name, label, 1, 1, "Warm up.", args.temperature, 2))
                 outcome = asyncio.run(agent_load(base, model.name, label, args.clients, args.turns, system,
                                                  args.temperature, args.max_tokens))
-                outcome.alone = asyncio.run(later_turns_alone(base, model.name, system, args.alone, 4))
+                outcome.alone = asyncio.run(later_turns_alone(base, model.name, alone_system, args.alone, 4))
             outcomes.append(outcome)
             print(outcome.row(), flush=True)
-    title = (f"model {model.name}, {args.threads} threads, {args.clients} clients x {args.turns} turns, system prompt "
-             f"of {args.system_words} words, temperature {args.temperature}, {args.max_tokens}-token answers")
+    title = (f"model {model.name}, {args.threads} threads, {args.clients} clients x {args.turns} turns on {slots} slots, "
+             f"{'a system prompt of its own for each client' if args.distinct else 'one system prompt'} of "
+             f"{args.system_words} words, temperature {args.temperature}, {args.max_tokens}-token answers")
     lines = [title, "",
              "| server | TTFT p50 (s) | TTFT p95 (s) | tokens/s | prompt tokens evaluated | prompt tokens from cache | "
              "a later turn alone: TTFT (s) |",

@@ -38,6 +38,14 @@ def test_agent_bench() -> None:
     assert "a later turn alone: TTFT (s) |" in out and "| server | turn 1 | turn 2 |" in out
 
 
+def test_agent_bench_with_more_agents_than_slots() -> None:
+    out = run("agent_bench.py", "--port", str(free_port()), "--model", str(bundled_model_path()), "--threads", "1",
+              "--clients", "3", "--slots", "2", "--distinct", "--disk-off", "--skip", "reproducible", "--turns", "2",
+              "--system-words", "60", "--max-tokens", "4", "--alone", "1")
+    assert "3 clients x 2 turns on 2 slots, a system prompt of its own for each client" in out
+    assert "| local-llm-api, PREFIX_CACHE_DISK=0 |" in out
+
+
 def test_copy_bench() -> None:
     out = run("copy_bench.py", "--port", str(free_port()), "--model", str(bundled_model_path()), "--threads", "1",
               "--clients", "1", "2", "--rounds", "1", "--max-tokens", "8")
@@ -98,3 +106,10 @@ def test_vision_bench() -> None:
     out = run("vision_bench.py", "--port", str(free_port()), "--model", str(model), "--mmproj", str(projector),
               "--threads", "1", "--pictures", "1", "--size", "64")
     assert "| local-llm-api | 31 |" in out  # 16 image tokens and the question's, as llama-server counts them
+
+
+def test_long_prompt_bench() -> None:
+    out = run("long_prompt_bench.py", "--port", str(free_port()), "--model", str(bundled_model_path()), "--threads", "1",
+              "--context", "4096", "--system-words", "1000", "--bucket", "512")
+    assert "| context positions | tokens read | seconds | tokens/s |" in out and "| 0-512 |" in out
+    assert "After a restart, from the disk tier" in out and "llama.cpp taking the state" in out

@@ -167,11 +167,18 @@ class BatchEngine(Engine):
         if store is None or found is None or min(found[1], len(prompt) - 1) < reuse + DISK_MIN_TOKENS:
             return reuse
         entry, shared = found
+        started = time.perf_counter()
         state = store.read(entry)
         if state is None:
             return reuse
+        read = time.perf_counter()
         buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
-        if not self._lib.llama_state_seq_set_data(self._context.ctx, buffer, len(state), slot.seq_id):
+        accepted = self._lib.llama_state_seq_set_data(self._context.ctx, buffer, len(state), slot.seq_id)
+        # Where a load's time goes: the file (read and checked) against llama.cpp taking the state, which is all a
+        # RAM tier would leave (docs/benchmarks.md, the long prompt).
+        log.debug("disk tier: %d tokens (%d bytes) loaded: file %.1f ms, state set %.1f ms", len(entry.tokens), len(state),
+                  (read - started) * 1000, (time.perf_counter() - read) * 1000)
+        if not accepted:
             log.warning("llama.cpp refused the stored state of %d tokens; reading the prompt instead", len(entry.tokens))
             self._lib.llama_memory_seq_rm(self._context.memory, slot.seq_id, 0, -1)
             slot.cached.clear()
