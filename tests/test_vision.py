@@ -210,6 +210,22 @@ def test_openai_sdk_responses(vision: Vision) -> None:
     assert refused.value.body["param"] == "input[0].content[0].file_id"
 
 
+def test_responses_image_in_a_function_call_output(vision: Vision, client: httpx.Client) -> None:
+    """Codex CLI's view_image: the tool's output carries the picture as an input_image."""
+    items = [{"role": "user", "content": "Look at screenshot.png"},
+             {"type": "function_call", "call_id": "call_1", "name": "view_image", "arguments": '{"path": "screenshot.png"}'},
+             {"type": "function_call_output", "call_id": "call_1",
+              "output": [{"type": "input_image", "image_url": data_uri(RED)}]}]
+    tools = [{"type": "function", "name": "view_image", "parameters": {"type": "object", "properties": {"path": {"type": "string"}}}}]
+    response = client.post("/v1/responses", json={"model": vision.model, "input": items, "tools": tools,
+                                                   "max_output_tokens": 16, "store": False})
+    assert response.status_code == 200, response.text
+    text_only = client.post("/v1/responses", json={"model": vision.model, "input": items[:2] + [
+        {"type": "function_call_output", "call_id": "call_1", "output": ""}], "tools": tools, "max_output_tokens": 16,
+        "store": False})
+    assert response.json()["usage"]["input_tokens"] == text_only.json()["usage"]["input_tokens"] + vision.image_tokens
+
+
 def test_anthropic_sdk_messages_with_images_in_turns_and_tool_results(vision: Vision) -> None:
     sdk = anthropic.Anthropic(base_url=vision.url, api_key="unused", max_retries=0)
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b64(BLUE)}}
