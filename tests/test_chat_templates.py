@@ -71,7 +71,7 @@ def transformers_messages(messages: list[Message], iterates: bool) -> list[dict[
 
 def ours(template: str, case: dict[str, Any], tools: list[Tool]) -> str:
     backend = SimpleNamespace(facts=ModelFacts(context_size=4096, embedding_size=8, vocab_size=10, chat_template=template,
-                                               bos_token="<s>", eos_token="</s>"))
+                                               bos_token="<s>", eos_token="</s>"), image_text="", renders_image_parts=True)
     req = ChatRequest(messages=case["messages"], tools=tools, template_kwargs=case.get("kwargs", {}),
                       reasoning=case.get("reasoning"), add_generation_prompt=not case.get("prefill"),
                       continue_final_message=bool(case.get("prefill")))
