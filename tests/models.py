@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from local_llm_api.cli import bundled_model_path
@@ -35,21 +36,27 @@ tokenizer.save_pretrained(out)
 """
 
 
-def smollm2_transformers_folder() -> Path:
-    """The Transformers copy of SmolLM2, made on first use (under a minute)."""
-    target = CACHE / HF_SMOLLM2
+def built(name: str, make: Callable[[Path], None]) -> Path:
+    """CACHE/name, made by `make` into a folder of its own on first use and moved in place once whole (a build that
+    was cut off is made again)."""
+    target = CACHE / name
     if (target / ".complete").exists():
         return target
-    source = bundled_model_path()
-    partial = CACHE / f"{HF_SMOLLM2}.partial"
+    partial = CACHE / f"{name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    subprocess.run([sys.executable, "-c", CONVERT, str(source.parent), source.name, str(partial)], check=True,
-                   stdout=subprocess.DEVNULL)
+    make(partial)
     (partial / ".complete").touch()
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
     return target
+
+
+def smollm2_transformers_folder() -> Path:
+    """The Transformers copy of SmolLM2, made on first use (under a minute)."""
+    source = bundled_model_path()
+    return built(HF_SMOLLM2, lambda out: subprocess.run(
+        [sys.executable, "-c", CONVERT, str(source.parent), source.name, str(out)], check=True, stdout=subprocess.DEVNULL))
 
 
 TINY_LLAVA = "tiny-llava"
@@ -87,35 +94,19 @@ tokenizer.save_pretrained(out)
 
 def tiny_llava_folder() -> Path:
     """The tiny vision model, made on first use (seconds) and kept beside the SmolLM2 copy."""
-    target = CACHE / TINY_LLAVA
-    if (target / ".complete").exists():
-        return target
     source = smollm2_transformers_folder()
-    partial = CACHE / f"{TINY_LLAVA}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    subprocess.run([sys.executable, "-c", BUILD_LLAVA, str(source), str(partial)], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
-    (partial / ".complete").touch()
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
-    return target
+    return built(TINY_LLAVA, lambda out: subprocess.run([sys.executable, "-c", BUILD_LLAVA, str(source), str(out)],
+                                                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
 
 def tiny_llava_gguf() -> tuple[Path, Path]:
     """The same tiny vision model as GGUF files for llama.cpp: the language model (`tiny-llava.gguf`, SmolLM2's
     vocabulary with `<image>`) and its projector (`mmproj-tiny-llava.gguf`: the CLIP tower and the MLP, llama.cpp's
     `mlp` projector type), written with the `gguf` package from the Transformers weights."""
-    folder = CACHE / f"{TINY_LLAVA}-gguf"
-    model, projector = folder / f"{TINY_LLAVA}.gguf", folder / f"mmproj-{TINY_LLAVA}.gguf"
-    if (folder / ".complete").exists():
-        return model, projector
     source = tiny_llava_folder()
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    _write_llava_gguf(source, model, projector)
-    (folder / ".complete").touch()
-    return model, projector
+    folder = built(f"{TINY_LLAVA}-gguf", lambda out: _write_llava_gguf(source, out / f"{TINY_LLAVA}.gguf",
+                                                                       out / f"mmproj-{TINY_LLAVA}.gguf"))
+    return folder / f"{TINY_LLAVA}.gguf", folder / f"mmproj-{TINY_LLAVA}.gguf"
 
 
 def _write_llava_gguf(source: Path, model: Path, projector: Path) -> None:

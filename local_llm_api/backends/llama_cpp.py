@@ -138,6 +138,7 @@ def prefix_store(path: Path, settings: Settings, **kv_settings: object) -> Prefi
 
 class LlamaCppBackend(EngineBackend):
     kind = "llama-cpp"
+    renders_image_parts = False  # a template is given the media marker as text where an image goes (as llama-server)
 
     def __init__(self, entry: ModelEntry, settings: Settings) -> None:
         lib = _import_llama_cpp()
@@ -272,19 +273,18 @@ class LlamaCppBackend(EngineBackend):
     def facts(self) -> ModelFacts:
         return self._facts
 
-    def tokenize(self, text: str, *, add_special: bool, parse_special: bool | None = None) -> list[int]:
-        # Chat templates usually write the BOS token themselves; never add it twice.
+    def _adds_bos(self, text: str) -> bool:
+        """The model adds BOS, and the text does not start with it (chat templates usually write it: never twice)."""
         bos = self._facts.bos_token
-        add_bos = add_special and self._add_bos and not (bos and text.startswith(bos))
-        special = add_special if parse_special is None else parse_special
-        return self._model.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+        return self._add_bos and not (bos and text.startswith(bos))
 
-    renders_image_parts = False  # a template is given the media marker as text where an image goes (as llama-server)
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool | None = None) -> list[int]:
+        special = add_special if parse_special is None else parse_special
+        return self._model.tokenize(text.encode("utf-8"), add_bos=add_special and self._adds_bos(text), special=special)
 
     def read_images(self, text: str, images: list[ImageInput]) -> tuple[list[int], object]:
         assert self._projector is not None
-        bos = self._facts.bos_token
-        return self._projector.tokenize(text, images, self._add_bos and not (bos and text.startswith(bos)))
+        return self._projector.tokenize(text, images, self._adds_bos(text))
 
     @functools.cached_property
     def _control_texts(self) -> tuple[str, ...]:

@@ -11,7 +11,6 @@ In the prompt the engine sees, an image's tokens are ids below zero drawn from t
 from __future__ import annotations
 
 import ctypes
-import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +18,6 @@ from typing import Any
 
 from ..images import ImageInput, rgb
 from .base import ModelLoadError, image_token_ids
-
-log = logging.getLogger("local_llm_api.llama_vision")
-
 
 class Projector:
     """A loaded projector: turns a prompt with images into chunks, and reads an image chunk into a sequence."""
@@ -55,7 +51,7 @@ class Projector:
             bitmaps[i] = mtmd.mtmd_bitmap_init(picture.width, picture.height,
                                                (ctypes.c_uint8 * len(pixels)).from_buffer_copy(pixels))
         chunks = mtmd.mtmd_input_chunks_init()
-        media = LlamaImages(self, chunks, len(images))
+        media = LlamaImages(self, chunks)
         encoded = text.encode("utf-8")
         prompt = mtmd.mtmd_input_text(encoded, len(encoded), add_special, True)
         try:
@@ -111,7 +107,6 @@ class LlamaImages:
 
     projector: Projector
     chunks: Any
-    count: int
     chunks_at: dict[int, ImageChunk] = field(default_factory=dict)  # by the position the image starts at
 
     def __del__(self) -> None:

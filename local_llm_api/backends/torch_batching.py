@@ -212,9 +212,8 @@ class TorchBatchEngine(Engine):
                 sequence.embeddings = prompt_embeddings(self._model, media)
                 self._counters["images"] += media.count
             return {"inputs_embeds": sequence.embeddings[:, sequence.fed : sequence.fed + count]}
-        chunk = sequence.history[sequence.fed : sequence.fed + count] if media is not None else \
-            sequence.prompt[sequence.fed : sequence.fed + count]
-        return {"input_ids": torch.tensor([chunk], device=self._device)}
+        # `history` is the prompt by the model's own ids (an image's tokens too), then the answer.
+        return {"input_ids": torch.tensor([sequence.history[sequence.fed : sequence.fed + count]], device=self._device)}
 
     def _decode(self) -> None:
         rows = self._rows

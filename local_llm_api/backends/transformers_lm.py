@@ -161,15 +161,18 @@ class TransformersBackend(EngineBackend):
     def facts(self) -> ModelFacts:
         return self._facts
 
-    def tokenize(self, text: str, *, add_special: bool, parse_special: bool | None = None) -> list[int]:
+    def _adds_bos(self, text: str) -> bool:
+        """Special tokens are added unless the text starts with BOS (chat templates often write it themselves)."""
         bos = self._facts.bos_token
-        add = add_special and not (bos and text.startswith(bos))  # chat templates often write BOS themselves
+        return not (bos and text.startswith(bos))
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool | None = None) -> list[int]:
+        add = add_special and self._adds_bos(text)
         special = add_special if parse_special is None else parse_special
         return list(self._tokenizer(text, add_special_tokens=add, split_special_tokens=not special)["input_ids"])
 
     def read_images(self, text: str, images: list[ImageInput]) -> tuple[list[int], object]:
-        bos = self._facts.bos_token
-        return read_images(self._processor, self._image_token_id, text, images, not (bos and text.startswith(bos)))
+        return read_images(self._processor, self._image_token_id, text, images, self._adds_bos(text))
 
     def control_texts(self) -> tuple[str, ...]:
         added = getattr(self._tokenizer, "added_tokens_decoder", {}) or {}

@@ -92,15 +92,19 @@ def template_messages(messages: list[Message], plan: OutputPlan, info: TemplateI
     renders calls, tool results as `tool` messages where it knows the role. A template that knows none of it reads
     calls and results as text, and the tools in a system message."""
     image = {"type": "image"} if image_parts else {"type": "text", "text": image_text}
+
+    def shown(parts: tuple[str | ImageInput, ...]) -> Any:
+        if info.iterates_content:
+            return [{"type": "text", "text": p} if isinstance(p, str) else image for p in parts]
+        return "\n".join(p if isinstance(p, str) else image_text for p in parts if p != "")
+
     syntax = (plan.tool_format or tool_format(template)).syntax
     structured_results = info.knows_tool_role or info.renders_tool_calls
     out = []
     for message in messages:
         content: Any = message.content
-        if message.parts is not None and info.iterates_content:
-            content = [{"type": "text", "text": p} if isinstance(p, str) else image for p in message.parts]
-        elif message.images:
-            content = "\n".join(p if isinstance(p, str) else image_text for p in message.parts or () if p != "")
+        if message.parts is not None and (info.iterates_content or message.images):
+            content = shown(message.parts)
         item: dict[str, Any] = {"role": message.role, "content": content}
         if message.name:
             item["name"] = message.name
@@ -116,10 +120,7 @@ def template_messages(messages: list[Message], plan: OutputPlan, info: TemplateI
             item["content"] = (message.content + "\n" if message.content else "") + syntax.call_text(written)
         if message.role == "tool" and not structured_results:  # a tool's result (and its pictures) as the user's text
             text = f"<tool_response>\n{message.content}\n</tool_response>"
-            if message.images and info.iterates_content:
-                item = {"role": "user", "content": [{"type": "text", "text": text}] + [image for _ in message.images]}
-            else:
-                item = {"role": "user", "content": "\n".join([text, *(image_text for _ in message.images)])}
+            item = {"role": "user", "content": shown((text, *message.images)) if message.images else text}
         elif message.tool_call_id:
             item["tool_call_id"] = message.tool_call_id
         out.append(item)
