@@ -149,6 +149,8 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=["default", "reproducible"])
     parser.add_argument("--baseline", type=Path, help="also measure our server from another checkout (e.g. a git "
                         "worktree of an earlier commit) with the default settings: a before/after comparison in one run")
+    parser.add_argument("--llama-server-fa-off", action="store_true", help="also measure llama-server with -fa off "
+                        "(its default is on: the same attention kernels as ours on a CPU, FLASH_ATTN=auto)")
     parser.add_argument("--alone", type=int, default=6, help="later turns sent alone after the load")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     args = parser.parse_args()
@@ -174,6 +176,9 @@ def main() -> None:
         contenders["llama.cpp"] = (f"llama.cpp server, C++ ({slots} slots)", [
             str(args.llama_server), "-m", str(model), "--port", str(args.port), "-t", str(args.threads), "-tb",
             str(args.threads), "-c", str(args.context * slots), "-np", str(slots)], {}, f"{base}/health")
+        if args.llama_server_fa_off:
+            label, command, env, health = contenders["llama.cpp"]
+            contenders["llama.cpp-fa-off"] = (f"{label[:-1]}, -fa off)", [*command, "-fa", "off"], env, health)
     system: str | list[str] = ([system_prompt(args.system_words, agent) for agent in range(args.clients)]
                                if args.distinct else system_prompt(args.system_words))
     alone_system = system if isinstance(system, str) else system[0]

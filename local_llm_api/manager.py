@@ -22,7 +22,7 @@ from enum import Enum
 from pathlib import Path
 
 from .backends.base import Backend, ModelLoadError
-from .backends.llama_cpp import KV_TYPES, per_slot_context
+from .backends.llama_cpp import KV_TYPES, attention_scratch_per_token, flash_attention, gpu_layers_of, per_slot_context
 from .catalog import Capability, Catalog, ModelEntry
 from .config import BackendChoice, Settings
 from .errors import APIError, invalid_request, model_not_found, not_found
@@ -203,7 +203,8 @@ class ModelManager:
         trained = facts.context_length or 0
         if entry.backend == BackendChoice.llama_cpp:
             return per_slot_context(requested, trained, math.ceil(facts.kv_values_per_token * self._kv_value_bytes(entry)),
-                                    entry.size_bytes, self.settings, entry.name) if trained else requested or None
+                                    entry.size_bytes, self.settings, entry.name,
+                                    self._attention_scratch(entry)) if trained else requested or None
         return min(requested or trained, trained or 1 << 62) or None
 
     def chat_template(self, entry: ModelEntry) -> str | None:
@@ -244,12 +245,21 @@ class ModelManager:
     def footprint(self, entry: ModelEntry) -> int:
         """Bytes a model takes once loaded: its weights, and for a generative model the KV cache of every slot
         (allocated up front by llama.cpp, plus its embedding context; grown on demand by Transformers, counted at
-        its most). Reads the model's header: call it off the event loop."""
+        its most) and, without flash attention, a step's attention scores. Reads the model's header: call it off
+        the event loop."""
         if "chat" not in entry.capabilities:
             return entry.size_bytes
         per_slot = self.context_length(entry) or 0
         slots = self.settings.parallel_slots + (1 if entry.backend == BackendChoice.llama_cpp else 0)  # +1: embeddings
-        return entry.size_bytes + math.ceil(per_slot * slots * describe(entry).kv_values_per_token * self._kv_value_bytes(entry))
+        kv = per_slot * slots * describe(entry).kv_values_per_token * self._kv_value_bytes(entry)
+        return entry.size_bytes + math.ceil(kv) + per_slot * self._attention_scratch(entry)
+
+    def _attention_scratch(self, entry: ModelEntry) -> int:
+        """A GGUF model's attention scores without flash attention, per token of a slot's context (0 with it)."""
+        if entry.backend != BackendChoice.llama_cpp:
+            return 0
+        attention = flash_attention(self.settings, gpu_layers_of(entry, self.settings))
+        return attention_scratch_per_token(describe(entry).metadata, self.settings, attention)
 
     async def _make_room(self, entry: ModelEntry) -> int:
         """Unload least recently used idle models until `entry` fits the limits, or refuse with 503; return what the

@@ -151,17 +151,22 @@ def test_two_writers_sharing_a_folder_leave_only_whole_files(tmp_path: Path) -> 
 
 
 def test_a_quantised_kv_cache_serves_and_counts_its_smaller_memory(tmp_path: Path, model_dir: Path) -> None:
-    footprints = {}
-    for kv_type in ("f16", "q8_0"):
-        with running_server(tmp_path, model_dir, DATA_DIR=str(tmp_path / kv_type), KV_CACHE_TYPE=kv_type,
-                            **DISK) as server, server.client() as client:
+    footprints, contexts = {}, {}
+    # f16 with flash attention (as q8_0 has it) to compare the caches alone; f16 with FLASH_ATTN=auto, which is off
+    # on a CPU, counts the attention scores of a step as well.
+    for name, kv_type, attention in (("f16", "f16", "on"), ("q8_0", "q8_0", "auto"), ("f16-auto", "f16", "auto")):
+        with running_server(tmp_path, model_dir, DATA_DIR=str(tmp_path / name), KV_CACHE_TYPE=kv_type,
+                            FLASH_ATTN=attention, **DISK) as server, server.client() as client:
             answer = ask(client, "What does item 7 cost?")
             assert answer["choices"][0]["message"]["content"]
             [info] = [m for m in client.get("/models").json()["data"] if m["state"] == "loaded"]
-            footprints[kv_type] = info["memory_bytes"] - info["size_bytes"]  # the KV cache of every slot
-        # The stored state is this setting's own: the two servers' files are in different folders.
+            footprints[name] = info["memory_bytes"] - info["size_bytes"]  # the KV cache of every slot
+            contexts[name] = info["context_size"]
+        # The stored state is this setting's own: the servers' files are in different folders.
     kv_f16, kv_q8 = footprints["f16"], footprints["q8_0"]
     assert 0.5 < kv_q8 / kv_f16 < 0.56  # 34 bytes per 32 values against 64
-    folders = {p.parent.name for p in (tmp_path / "f16").glob("prefix-cache/*/*.kv")} | {
-        p.parent.name for p in (tmp_path / "q8_0").glob("prefix-cache/*/*.kv")}
-    assert len(folders) == 2
+    assert contexts["f16"] == contexts["f16-auto"]
+    batch_size, heads = 512, 9  # SmolLM2-135M: 9 query heads; a step's scores in f32
+    assert footprints["f16-auto"] - kv_f16 == contexts["f16"] * batch_size * heads * 4
+    folders = {p.parent.name for name in footprints for p in (tmp_path / name).glob("prefix-cache/*/*.kv")}
+    assert len(folders) == 3

@@ -291,6 +291,24 @@ def test_context_size_zero_is_the_training_context_where_memory_allows() -> None
     assert per_slot_context(None, 131072, 10**6, 0, budget, "m") == MIN_CONTEXT  # never below MIN_CONTEXT
     assert per_slot_context(65536, 131072, 1000, 0, budget, "m") == 65536  # asked for: given
     assert per_slot_context(None, 4096, 0, 0, budget, "m") == 4096  # the cache's size unknown: the training context
+    # Without flash attention a step's scores count too, per token of one slot's context.
+    assert per_slot_context(None, 131072, 10000, 10**8, budget, "m", 20000) == (10**9 - 10**8) // 60000 // 256 * 256
+
+
+def test_flash_attention_auto_is_off_on_the_cpu_with_an_f16_cache() -> None:
+    from local_llm_api.backends.llama_cpp import attention_scratch_per_token, flash_attention
+    from local_llm_api.config import FlashAttention
+
+    cpu = 0  # GPU_LAYERS=0: attention on the CPU whatever the build
+    assert flash_attention(load_settings(None, reproducible=False), cpu) == FlashAttention.off
+    assert flash_attention(load_settings(None, flash_attn="on"), cpu) == FlashAttention.on  # asked for: kept
+    assert flash_attention(load_settings(None, kv_cache_type="q8_0"), cpu) == FlashAttention.auto  # needs it
+    # The same logits for a token whatever the step's shape: what REPRODUCIBLE=true asks for.
+    assert flash_attention(load_settings(None, reproducible=True), cpu) == FlashAttention.auto
+    meta = {"general.architecture": "llama", "llama.attention.head_count": 9}
+    settings = load_settings(None, batch_size=256)
+    assert attention_scratch_per_token(meta, settings, FlashAttention.off) == 256 * 9 * 4  # f32 scores, every head
+    assert attention_scratch_per_token(meta, settings, FlashAttention.on) == 0
 
 
 def test_discovery_sees_changes_to_a_remembered_folder(tmp_path: Path) -> None:

@@ -69,7 +69,8 @@ class ModelInfo(BaseModel):
     tool_format: ToolCallFormat | None = None  # chat models: how their tool calls are written and read
     context_size: int | None
     memory_bytes: int | None = Field(None, description="What it takes (or would take) loaded, as MEMORY_BUDGET counts "
-                                     "it: weights plus the KV cache of every slot at KV_CACHE_TYPE.")
+                                     "it: weights plus the KV cache of every slot at KV_CACHE_TYPE (and, for a GGUF "
+                                     "model without flash attention, a step's attention scores).")
     keep_alive_seconds: float
     active_requests: int = 0
     loaded_at: float | None = None

@@ -78,16 +78,18 @@ def pooling_type(meta: dict[str, str]) -> int:
 
 
 def per_slot_context(requested: int | None, trained: int, kv_bytes_per_token: int, weights: int, settings: Settings,
-                     name: str) -> int:
+                     name: str, scratch_per_token: int = 0) -> int:
     """Tokens of KV cache per slot: the size asked for; else (CONTEXT_SIZE=0, the default) the model's training
-    context where memory allows: llama.cpp allocates every slot's cache up front (plus one for embeddings), so the
+    context where memory allows: llama.cpp allocates every slot's cache up front (plus one for embeddings) and,
+    without flash attention, a step's attention scores (`scratch_per_token` per token of a slot's context), so the
     context is cut to what fits MEMORY_BUDGET, or half this machine's memory without one, beside the weights."""
     if requested:
         return requested
     if not kv_bytes_per_token:
         return trained
     budget = int(settings.memory_budget) or psutil.virtual_memory().total // 2
-    fits = max(budget - weights, 0) // (kv_bytes_per_token * (settings.parallel_slots + 1)) // 256 * 256
+    per_token = kv_bytes_per_token * (settings.parallel_slots + 1) + scratch_per_token
+    fits = max(budget - weights, 0) // per_token // 256 * 256
     if fits >= trained:
         return trained
     context = max(fits, min(trained, MIN_CONTEXT))
@@ -100,6 +102,41 @@ def per_slot_context(requested: int | None, trained: int, kv_bytes_per_token: in
 # KV_CACHE_TYPE: ggml's type id, and bytes per value (q8_0 and q4_0 store blocks of 32 values in 34 and 18 bytes).
 KV_TYPES = {KvCacheType.f16: (1, 2.0), KvCacheType.q8_0: (8, 34 / 32), KvCacheType.q4_0: (2, 18 / 32)}
 FLASH_ATTN_TYPES = {FlashAttention.auto: -1, FlashAttention.off: 0, FlashAttention.on: 1}
+
+
+def gpu_layers_of(entry: ModelEntry, settings: Settings) -> int:
+    spec = entry.spec
+    return spec.gpu_layers if spec and spec.gpu_layers is not None else settings.gpu_layers
+
+
+def flash_attention(settings: Settings, gpu_layers: int) -> FlashAttention:
+    """FLASH_ATTN resolved for the generation context. `auto` is off where attention runs on the CPU with an f16 KV
+    cache: llama.cpp's CPU flash-attention kernel reads the whole cache once per query row, so a step of a few tokens
+    at a long context (a stream's next token, an agent's next turn) costs 1.5-3x what the matrix-product path does,
+    and a long read no less (measured, docs/benchmarks.md). Without it a step of one token computes a token's logits
+    a little differently from a step of several, so REPRODUCIBLE=true keeps it; a quantised cache needs it; on a GPU
+    llama.cpp decides."""
+    if settings.flash_attn != FlashAttention.auto or settings.kv_cache_type != KvCacheType.f16 or settings.reproducible:
+        return settings.flash_attn
+    if gpu_layers != 0:
+        try:
+            if _import_llama_cpp().llama_supports_gpu_offload():
+                return FlashAttention.auto
+        except ModelLoadError:
+            pass
+    return FlashAttention.off
+
+
+def attention_scratch_per_token(meta: dict[str, Any], settings: Settings, attention: FlashAttention) -> int:
+    """Without flash attention llama.cpp holds a step's attention scores (f32, every query head, BATCH_SIZE tokens
+    against a slot's whole context): this many bytes per token of a slot's context."""
+    if attention != FlashAttention.off:
+        return 0
+    try:
+        heads = int(meta.get(f"{meta.get('general.architecture', '')}.attention.head_count", 0))
+    except (TypeError, ValueError):
+        return 0
+    return settings.batch_size * heads * 4
 
 
 def kv_bytes_per_token(meta: dict[str, str], bytes_per_value: float = 2.0) -> int:
@@ -152,9 +189,10 @@ class LlamaCppBackend(EngineBackend):
         self._lib = lib
         self._internals = internals
         self._threads = settings.threads or max(1, (os.cpu_count() or 2) // 2)
-        self._kv_type, self._flash_attn = settings.kv_cache_type, settings.flash_attn
+        self._kv_type = settings.kv_cache_type
         model_params = lib.llama_model_default_params()
-        gpu_layers = spec.gpu_layers if spec and spec.gpu_layers is not None else settings.gpu_layers
+        gpu_layers = gpu_layers_of(entry, settings)
+        self._flash_attn = attention = flash_attention(settings, gpu_layers)
         model_params.n_gpu_layers = 0x7FFFFFFF if gpu_layers == -1 else gpu_layers
         try:
             self._model = internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
@@ -164,7 +202,10 @@ class LlamaCppBackend(EngineBackend):
         meta = model.metadata()
         per_sequence = per_slot_context((spec.context_size if spec else None) or settings.context_size, model.n_ctx_train(),
                                         kv_bytes_per_token(meta, KV_TYPES[settings.kv_cache_type][1]),
-                                        path.stat().st_size, settings, entry.name)
+                                        path.stat().st_size, settings, entry.name,
+                                        attention_scratch_per_token(meta, settings, attention))
+        log.info("%s: flash attention %s", entry.name, attention.value if attention != FlashAttention.auto
+                 else "as llama.cpp chooses (GPU)")
         slots = settings.parallel_slots
         try:
             context = self._context(n_ctx=per_sequence * slots, n_seq_max=slots, batch=settings.batch_size, embeddings=False)
@@ -187,7 +228,7 @@ class LlamaCppBackend(EngineBackend):
         self._projector = self._load_projector(entry, settings, gpu_layers != 0, context)
         self.constraints = ConstraintFactory(lambda: _lltokenizer(model))
         store = prefix_store(path, settings, per_sequence=per_sequence, gpu_layers=gpu_layers, version=lib.__version__,
-                             kv_type=settings.kv_cache_type.value, flash_attn=settings.flash_attn.value)
+                             kv_type=settings.kv_cache_type.value, flash_attn=attention.value)
         self._engine = BatchEngine(
             llama_cpp=lib,
             context=context,
@@ -229,7 +270,8 @@ class LlamaCppBackend(EngineBackend):
         self.image_text = projector.marker
         return projector
 
-    def _context(self, *, n_ctx: int, n_seq_max: int, batch: int, embeddings: bool) -> Any:
+    def _context(self, *, n_ctx: int, n_seq_max: int, batch: int, embeddings: bool,
+                 attention: FlashAttention | None = None) -> Any:
         params = self._lib.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = params.n_ubatch = batch
@@ -237,7 +279,7 @@ class LlamaCppBackend(EngineBackend):
         params.n_threads = params.n_threads_batch = self._threads
         params.kv_unified = False  # each slot its own KV stream of CONTEXT_SIZE tokens
         params.type_k = params.type_v = KV_TYPES[self._kv_type][0]
-        params.flash_attn_type = FLASH_ATTN_TYPES[self._flash_attn]
+        params.flash_attn_type = FLASH_ATTN_TYPES[attention or self._flash_attn]
         params.embeddings = embeddings
         if embeddings:
             params.pooling_type = pooling_type(self._model.metadata())
@@ -316,7 +358,9 @@ class LlamaCppBackend(EngineBackend):
     def _embed(self, inputs: list[list[int]]) -> list[list[float]]:
         if self._embedding_context is None:
             size = self._facts.context_size  # any input that fits the model's context fits one micro-batch
-            self._embedding_context = self._context(n_ctx=size, n_seq_max=1, batch=size, embeddings=True)
+            # Flash attention as llama.cpp chooses: without it, a batch of a whole context would hold size x size scores.
+            self._embedding_context = self._context(n_ctx=size, n_seq_max=1, batch=size, embeddings=True,
+                                                    attention=FlashAttention.auto)
             self._embedding_batch = self._internals.LlamaBatch(n_tokens=size, embd=0, n_seq_max=1, verbose=False)
         context, batch = self._embedding_context, self._embedding_batch
         vectors = []
