@@ -91,10 +91,12 @@ class Settings(BaseSettings):
                                        "token) or `q4_0` (about a quarter); the memory budget and the context that "
                                        "fits it count it. Quantised types need flash attention (not `FLASH_ATTN=off`).")
     flash_attn: FlashAttention = Field(FlashAttention.auto, description="Flash attention for GGUF models (llama.cpp's "
-                                       "`-fa`): `auto` is off where attention runs on the CPU with an f16 cache (faster "
-                                       "there: a stream's next token and an agent's next turn 1.5-3x at a long context; a "
-                                       "step's attention scores take BATCH_SIZE x heads x 4 bytes per token of a slot's "
-                                       "context) and on with REPRODUCIBLE=true, a quantised cache or a GPU; `on` or `off`.")
+                                       "`-fa`): `auto` is off where attention runs on the CPU with an f16 cache and slots "
+                                       "of 4,096 tokens or more (faster there past a few hundred tokens of context: an "
+                                       "agent's next turn 2-3x; a step's attention scores take BATCH_SIZE x heads x 4 "
+                                       "bytes per token of a slot's context), otherwise llama.cpp's choice (on where the "
+                                       "device has it), and always with REPRODUCIBLE=true or a quantised cache; `on` or "
+                                       "`off`.")
     prefix_cache: bool = Field(True, description="Reuse a slot's KV cache for a prompt that shares its prefix.")
     prefix_cache_disk: ByteSize = Field(ByteSize(4 * 2**30), description="The prefix cache's disk tier (GGUF models): "
                                         "the KV state of prompt prefixes of 1,024 tokens or more is written under "

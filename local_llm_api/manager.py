@@ -258,8 +258,10 @@ class ModelManager:
         """A GGUF model's attention scores without flash attention, per token of a slot's context (0 with it)."""
         if entry.backend != BackendChoice.llama_cpp:
             return 0
-        attention = flash_attention(self.settings, gpu_layers_of(entry, self.settings))
-        return attention_scratch_per_token(describe(entry).metadata, self.settings, attention)
+        facts = describe(entry)
+        requested = (entry.spec.context_size if entry.spec else None) or self.settings.context_size
+        attention = flash_attention(self.settings, gpu_layers_of(entry, self.settings), requested or facts.context_length or 0)
+        return attention_scratch_per_token(facts.metadata, self.settings, attention)
 
     async def _make_room(self, entry: ModelEntry) -> int:
         """Unload least recently used idle models until `entry` fits the limits, or refuse with 503; return what the

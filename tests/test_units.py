@@ -299,12 +299,14 @@ def test_flash_attention_auto_is_off_on_the_cpu_with_an_f16_cache() -> None:
     from local_llm_api.backends.llama_cpp import attention_scratch_per_token, flash_attention
     from local_llm_api.config import FlashAttention
 
-    cpu = 0  # GPU_LAYERS=0: attention on the CPU whatever the build
-    assert flash_attention(load_settings(None, reproducible=False), cpu) == FlashAttention.off
-    assert flash_attention(load_settings(None, flash_attn="on"), cpu) == FlashAttention.on  # asked for: kept
-    assert flash_attention(load_settings(None, kv_cache_type="q8_0"), cpu) == FlashAttention.auto  # needs it
+    cpu, long, short = 0, 8192, 2048  # GPU_LAYERS=0: attention on the CPU whatever the build
+    assert flash_attention(load_settings(None, reproducible=False), cpu, long) == FlashAttention.off
+    # Slots of short chats keep it: below about 100 tokens of context it is the faster kernel.
+    assert flash_attention(load_settings(None, reproducible=False), cpu, short) == FlashAttention.auto
+    assert flash_attention(load_settings(None, flash_attn="on"), cpu, long) == FlashAttention.on  # asked for: kept
+    assert flash_attention(load_settings(None, kv_cache_type="q8_0"), cpu, long) == FlashAttention.auto  # needs it
     # The same logits for a token whatever the step's shape: what REPRODUCIBLE=true asks for.
-    assert flash_attention(load_settings(None, reproducible=True), cpu) == FlashAttention.auto
+    assert flash_attention(load_settings(None, reproducible=True), cpu, long) == FlashAttention.auto
     meta = {"general.architecture": "llama", "llama.attention.head_count": 9}
     settings = load_settings(None, batch_size=256)
     assert attention_scratch_per_token(meta, settings, FlashAttention.off) == 256 * 9 * 4  # f32 scores, every head

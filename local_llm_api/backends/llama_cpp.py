@@ -109,15 +109,22 @@ def gpu_layers_of(entry: ModelEntry, settings: Settings) -> int:
     return spec.gpu_layers if spec and spec.gpu_layers is not None else settings.gpu_layers
 
 
-def flash_attention(settings: Settings, gpu_layers: int) -> FlashAttention:
-    """FLASH_ATTN resolved for the generation context. `auto` is off where attention runs on the CPU with an f16 KV
-    cache: llama.cpp's CPU flash-attention kernel reads the whole cache once per query row, so a step of a few tokens
-    at a long context (a stream's next token, an agent's next turn) costs 1.5-3x what the matrix-product path does,
-    and a long read no less (measured, docs/benchmarks.md). Without it a step of one token computes a token's logits
-    a little differently from a step of several, so REPRODUCIBLE=true keeps it; a quantised cache needs it; on a GPU
-    llama.cpp decides."""
+LONG_CONTEXT = 4096  # slots of this many tokens or more are there for long prompts: flash attention off on a CPU
+
+
+def flash_attention(settings: Settings, gpu_layers: int, slot_context: int) -> FlashAttention:
+    """FLASH_ATTN resolved for the generation context, whose slots hold `slot_context` tokens (as asked for, or the
+    model's training context). `auto` is off where attention runs on the CPU with an f16 KV cache and the slots are
+    sized for long prompts: there llama.cpp's CPU flash-attention kernel, which reads the whole cache once per query
+    row, costs 1.2-3x what the matrix-product path does in a step of a few tokens past a few hundred tokens of context
+    (a stream's next token, an agent's next turn), and a long read no less; below about 100 tokens it is the faster
+    one, so slots of short chats keep it (measured, docs/benchmarks.md). Without it a step of one token computes a
+    token's logits a little differently from a step of several, so REPRODUCIBLE=true keeps it; a quantised cache
+    needs it; on a GPU llama.cpp decides."""
     if settings.flash_attn != FlashAttention.auto or settings.kv_cache_type != KvCacheType.f16 or settings.reproducible:
         return settings.flash_attn
+    if slot_context < LONG_CONTEXT:
+        return FlashAttention.auto
     if gpu_layers != 0:
         try:
             if _import_llama_cpp().llama_supports_gpu_offload():
@@ -192,7 +199,6 @@ class LlamaCppBackend(EngineBackend):
         self._kv_type = settings.kv_cache_type
         model_params = lib.llama_model_default_params()
         gpu_layers = gpu_layers_of(entry, settings)
-        self._flash_attn = attention = flash_attention(settings, gpu_layers)
         model_params.n_gpu_layers = 0x7FFFFFFF if gpu_layers == -1 else gpu_layers
         try:
             self._model = internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
@@ -200,7 +206,9 @@ class LlamaCppBackend(EngineBackend):
             raise ModelLoadError(f"llama.cpp could not load '{path.name}': {exc}") from exc
         model = self._model
         meta = model.metadata()
-        per_sequence = per_slot_context((spec.context_size if spec else None) or settings.context_size, model.n_ctx_train(),
+        requested = (spec.context_size if spec else None) or settings.context_size
+        self._flash_attn = attention = flash_attention(settings, gpu_layers, requested or model.n_ctx_train())
+        per_sequence = per_slot_context(requested, model.n_ctx_train(),
                                         kv_bytes_per_token(meta, KV_TYPES[settings.kv_cache_type][1]),
                                         path.stat().st_size, settings, entry.name,
                                         attention_scratch_per_token(meta, settings, attention))
