@@ -113,3 +113,34 @@ def test_long_prompt_bench() -> None:
               "--context", "4096", "--system-words", "1000", "--bucket", "512")
     assert "| context positions | tokens read | seconds | tokens/s |" in out and "| 0-512 |" in out
     assert "After a restart, from the disk tier" in out and "llama.cpp taking the state" in out
+
+
+def test_record_agent_sessions(tmp_path: Path) -> None:
+    from .agents.clients import npm_bin
+
+    npm_bin("codex")  # installed once (or this test skipped with the reason), before the script needs it
+    out = run("record_agent_sessions.py", "--out", str(tmp_path))
+    assert "codex.json.gz: 4 requests" in out and "claude-code.json.gz: 4 requests" in out
+    import gzip
+    import json
+
+    claude = json.loads(gzip.decompress((tmp_path / "claude-code.json.gz").read_bytes()))
+    assert claude["client"].startswith("@anthropic-ai/claude-code@") and claude["requests"][0]["body"]["tools"]
+
+
+def test_replay_bench(tmp_path: Path) -> None:
+    # The recorded sessions of benchmarks/data, read by a model that answers any prompt at once with one token
+    # (SmolLM2 would read their 9,000-12,000 tokens for minutes).
+    from .agents.scripted_model import TEMPLATE, build_model
+
+    model = build_model(tmp_path / "replayer.gguf", [("<|replayed|>",)], TEMPLATE, otherwise="<|replayed|>")
+    out = run("replay_bench.py", "--port", str(free_port()), "--model", str(model), "--threads", "1", "--sessions", "2",
+              "--slots", "2", "--context", "16384", "--max-tokens", "4")
+    assert "2 sessions of codex (4 requests), claude-code (4 requests) on 2 slots" in out
+    assert "| local-llm-api |" in out and out.split("| local-llm-api |")[1].split("\n")[0].rstrip().endswith("| 0 |")
+
+
+def test_attention_bench() -> None:
+    out = run("attention_bench.py", "--model", str(bundled_model_path()), "--threads", "1", "--slots", "2",
+              "--lengths", "8", "16")
+    assert "| 16 |" in out and "- flash attention on: " in out and "- flash attention off: " in out

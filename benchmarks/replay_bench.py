@@ -1,0 +1,204 @@
+"""Replay recorded agent sessions: what the real Codex CLI and Claude Code sent (benchmarks/data/agent-sessions,
+written by `record_agent_sessions.py`), as several users of them at once.
+
+Each session replays one client's recorded requests in order, its next request as soon as the previous answer
+ends (the bodies as the client sent them: its instructions, tools and history; the model's name and the answer's
+length put in). Sessions alternate between the clients, and each session's first prompt gets its session number,
+so sessions of one client share the client's long instructions and tools (as users of one agent do) and differ
+from their first message on. Reported per contender: time to first output (text, thinking or a tool call's
+arguments) p50 and p95, by turn too, and output tokens/s over the run (the servers' own usage counts).
+
+    python benchmarks/replay_bench.py --model models/SmolLM2-135M-Instruct.Q4_1.gguf --threads 2 --sessions 8 \\
+        --slots 4 --llama-server path/to/llama-server
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import gzip
+import json
+import statistics
+import sys
+import tempfile
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_bench import engine_counters, percentile, serving  # a sibling script, not a package
+
+DATA = Path(__file__).resolve().parent / "data" / "agent-sessions"
+FIRST_OUTPUT = {"response.output_text.delta", "response.reasoning_text.delta", "response.function_call_arguments.delta",
+                "content_block_delta"}  # Responses and Messages events that carry generated text
+
+
+@dataclass
+class Session:
+    name: str
+    first_prompt: str
+    requests: list[dict]  # {"path", "query", "body"}
+
+    @classmethod
+    def load(cls, path: Path) -> Session:
+        data = json.loads(gzip.decompress(path.read_bytes()))
+        return cls(path.name.removesuffix(".json.gz"), data["prompts"][0], data["requests"])
+
+    def bodies(self, number: int, model: str, max_tokens: int) -> list[tuple[str, dict]]:
+        """This session's requests as user `number` sends them."""
+        out = []
+        for request in self.requests:
+            text = json.dumps(request["body"]).replace(self.first_prompt, f"{self.first_prompt} (session {number})")
+            body = json.loads(text)
+            body["model"] = model
+            body["stream"] = True
+            body["max_output_tokens" if request["path"] == "/v1/responses" else "max_tokens"] = max_tokens
+            query = f"?{request['query']}" if request["query"] else ""
+            out.append((request["path"] + query, copy.deepcopy(body)))
+        return out
+
+
+@dataclass
+class Outcome:
+    label: str
+    ttft: list[float] = field(default_factory=list)
+    by_turn: dict[int, list[float]] = field(default_factory=dict)
+    tokens: int = 0
+    seconds: float = 0.0
+    evaluated: int | None = None
+    cached: int | None = None
+    failures: list[str] = field(default_factory=list)
+
+    def row(self) -> str:
+        return (f"| {self.label} | {statistics.median(self.ttft):.2f} | {percentile(self.ttft, 0.95):.2f} | "
+                f"{self.tokens / self.seconds:.2f} | {'n/a' if self.evaluated is None else self.evaluated} | "
+                f"{'n/a' if self.cached is None else self.cached} | {len(self.failures)} |")
+
+    def turn_row(self) -> str:
+        cells = [f"{statistics.median(v):.2f} / {percentile(v, 0.95):.2f}" for _, v in sorted(self.by_turn.items())]
+        return f"| {self.label} | " + " | ".join(cells) + " |"
+
+
+def output_tokens(event: dict) -> int | None:
+    """The answer's length from a final event's usage (Responses: response.completed; Messages: message_delta)."""
+    if event.get("type") == "response.completed":
+        return (event["response"].get("usage") or {}).get("output_tokens")
+    if event.get("type") == "message_delta":
+        return (event.get("usage") or {}).get("output_tokens")
+    return None
+
+
+async def replay_one(client: httpx.AsyncClient, url: str, body: dict) -> tuple[int, float]:
+    """Send one recorded request; (output tokens, seconds to the first generated output)."""
+    started = time.perf_counter()
+    first: float | None = None
+    tokens = 0
+    async with client.stream("POST", url, json=body) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"{response.status_code}: {(await response.aread())[:300]!r}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            try:
+                event = json.loads(line[6:])
+            except ValueError:
+                continue
+            if first is None and event.get("type") in FIRST_OUTPUT:
+                first = time.perf_counter() - started
+            tokens = output_tokens(event) or tokens
+    return tokens, first if first is not None else time.perf_counter() - started
+
+
+async def replay(base: str, model: str, label: str, sessions: list[Session], count: int, max_tokens: int) -> Outcome:
+    outcome = Outcome(label)
+
+    async def user(client: httpx.AsyncClient, number: int) -> None:
+        session = sessions[number % len(sessions)]
+        for turn, (path, body) in enumerate(session.bodies(number, model, max_tokens)):
+            try:
+                tokens, ttft = await replay_one(client, base + path, body)
+            except (RuntimeError, httpx.HTTPError) as exc:
+                outcome.failures.append(f"{session.name} #{number} request {turn}: {exc}")
+                return
+            outcome.tokens += tokens
+            outcome.ttft.append(ttft)
+            outcome.by_turn.setdefault(turn, []).append(ttft)
+
+    counters = ("prompt_tokens_total", "cached_prompt_tokens_total")
+    before = await engine_counters(base, *counters)
+    limits = httpx.Limits(max_connections=count + 4, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=3600, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(user(client, i) for i in range(count)))
+        outcome.seconds = time.perf_counter() - started
+    after = await engine_counters(base, *counters)
+    if before is not None and after is not None:
+        outcome.cached = after[1] - before[1]
+        outcome.evaluated = after[0] - before[0] - outcome.cached
+    return outcome
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sessions", type=int, default=8, help="users at once, alternating between the clients")
+    parser.add_argument("--clients", nargs="+", default=["codex", "claude-code"], help="recorded sessions to replay")
+    parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument("--context", type=int, default=24576, help="context per slot (Claude Code's prompt is ~21,000)")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--port", type=int, default=8767)
+    parser.add_argument("--llama-server", type=Path, help="also measure llama.cpp's C++ server (path to llama-server)")
+    parser.add_argument("--chat-template", type=Path, default=DATA.parent / "chatml-tools.jinja", help="the template "
+                        "both servers use (SmolLM2's own renders no tools: llama-server would leave them out)")
+    parser.add_argument("--skip-ours", action="store_true")
+    parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
+    args = parser.parse_args()
+
+    model = args.model.resolve()
+    sessions = [Session.load(DATA / f"{name}.json.gz") for name in args.clients]
+    base = f"http://127.0.0.1:{args.port}"
+    workdir = tempfile.TemporaryDirectory()
+    config = Path(workdir.name) / "models.yaml"
+    template = args.chat_template.resolve()
+    config.write_text(f"models:\n  - name: {model.name}\n    path: {model}\n"
+                      f"    chat_template: {json.dumps(template.read_text())}\n")
+    ours = [sys.executable, "-m", "local_llm_api", "serve", "--port", str(args.port)]
+    contenders = {} if args.skip_ours else {"ours": (
+        "local-llm-api", ours, {"MODEL_DIR": str(model.parent), "DEFAULT_MODEL": model.name, "PRELOAD_MODEL": "true",
+                                "THREADS": str(args.threads), "CONTEXT_SIZE": str(args.context),
+                                "PARALLEL_SLOTS": str(args.slots), "LOG_LEVEL": "WARNING",
+                                "MODELS_CONFIG": str(config)})}
+    if args.llama_server:
+        contenders["llama.cpp"] = ("llama.cpp server, C++", [
+            str(args.llama_server), "-m", str(model), "--port", str(args.port), "-t", str(args.threads), "-tb",
+            str(args.threads), "-c", str(args.context * args.slots), "-np", str(args.slots), "--jinja",
+            "--chat-template-file", str(template)], {})
+    outcomes = []
+    with workdir:
+        os.chdir(workdir.name)  # keep any .env of the checkout out of the servers' settings
+        for key, (label, command, env) in contenders.items():
+            env = {**env, "DATA_DIR": f"{workdir.name}/data-{key}"} if command is ours else env
+            with serving(command, env, f"{base}/health", label):
+                outcome = asyncio.run(replay(base, model.name, label, sessions, args.sessions, args.max_tokens))
+            outcomes.append(outcome)
+            print(outcome.row(), *outcome.failures[:3], sep="\n", flush=True)
+    recorded = ", ".join(f"{s.name} ({len(s.requests)} requests)" for s in sessions)
+    lines = [f"model {model.name}, {args.threads} threads, {args.sessions} sessions of {recorded} on {args.slots} slots "
+             f"of {args.context} tokens, {args.max_tokens}-token answers, template {template.name}", "",
+             "| server | time to first output p50 (s) | p95 (s) | output tokens/s | prompt tokens evaluated | "
+             "prompt tokens from cache | failed sessions |", "| --- | --- | --- | --- | --- | --- | --- |",
+             *(o.row() for o in outcomes), "", "Time to first output by request of the session, p50 / p95 (s):", "",
+             "| server | " + " | ".join(f"request {i + 1}" for i in range(max(len(s.requests) for s in sessions))) + " |",
+             "| --- |" + " --- |" * max(len(s.requests) for s in sessions), *(o.turn_row() for o in outcomes)]
+    print("\n" + "\n".join(lines))
+    if args.markdown:
+        args.markdown.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
