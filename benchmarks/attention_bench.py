@@ -102,7 +102,7 @@ def main() -> None:
 
     model = _internals.LlamaModel(path_model=str(args.model), params=llama_cpp.llama_model_default_params(), verbose=False)
     random.seed(0)
-    tokens = [random.randrange(1000, min(40000, model.n_vocab())) for _ in range(max(args.lengths) + 64)]
+    tokens = [random.randrange(1000, min(40000, model.n_vocab())) for _ in range(max(*args.lengths, 216) + 64)]
     per_slot = max(args.lengths) + 64
     contexts = {name: Context(llama_cpp, model, flash, args.slots, per_slot, args.threads) for name, flash in SETTINGS.items()}
     print(f"model {args.model.name}, {args.threads} threads, {args.slots} sequences of {per_slot} tokens; median step "

@@ -117,10 +117,10 @@ def flash_attention(settings: Settings, gpu_layers: int, slot_context: int) -> F
     model's training context). `auto` is off where attention runs on the CPU with an f16 KV cache and the slots are
     sized for long prompts: there llama.cpp's CPU flash-attention kernel, which reads the whole cache once per query
     row, costs 1.5-2.6x what the matrix-product path does at 3,200 tokens of context (a stream's next token, an
-    agent's next turn), and a long read no less; below about 400 tokens a stream's next token is up to 15% faster
-    with it, so slots sized for short chats keep it (benchmarks/attention_bench.py, docs/benchmarks.md). Without it a step of one token computes a
-    token's logits a little differently from a step of several, so REPRODUCIBLE=true keeps it; a quantised cache
-    needs it; on a GPU llama.cpp decides."""
+    agent's next turn); below about 400 tokens a stream's next token is up to 15% faster with it, so slots sized
+    for short chats keep it (benchmarks/attention_bench.py). Without it a step of one token computes a token's
+    logits a little differently from a step of several, so REPRODUCIBLE=true keeps it; a quantised cache needs it;
+    on a GPU llama.cpp decides."""
     if settings.flash_attn != FlashAttention.auto or settings.kv_cache_type != KvCacheType.f16 or settings.reproducible:
         return settings.flash_attn
     if slot_context < LONG_CONTEXT:
