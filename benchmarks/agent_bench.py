@@ -25,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,19 +115,26 @@ async def agent_load(base: str, model: str, label: str, clients: int, turns: int
             # The history keeps a fixed answer, so that every contender reads the same prompts.
             messages.append({"role": "assistant", "content": f"Answer {turn + 1}: see the manual."})
 
+    outcome.seconds, outcome.evaluated, outcome.cached = await concurrently(base, conversation, clients, 1800)
+    return outcome
+
+
+async def concurrently(base: str, user: Callable[[httpx.AsyncClient, int], Awaitable[None]], count: int,
+                       timeout: float) -> tuple[float, int | None, int | None]:
+    """Run `count` users at once; (seconds, prompt tokens the server evaluated, prompt tokens from its cache), the
+    token counts None where the server does not report them."""
     counters = ("prompt_tokens_total", "cached_prompt_tokens_total")  # in all, and read from the cache
     before = await engine_counters(base, *counters)
     # No kept-alive connections: llama-server closes idle ones on its side, and a reused one then fails.
-    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=0)
-    async with httpx.AsyncClient(timeout=1800, limits=limits) as client:
+    limits = httpx.Limits(max_connections=count + 4, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
         started = time.perf_counter()
-        await asyncio.gather(*(conversation(client, i) for i in range(clients)))
-        outcome.seconds = time.perf_counter() - started
+        await asyncio.gather(*(user(client, i) for i in range(count)))
+        seconds = time.perf_counter() - started
     after = await engine_counters(base, *counters)
-    if before is not None and after is not None:
-        outcome.cached = after[1] - before[1]
-        outcome.evaluated = after[0] - before[0] - outcome.cached
-    return outcome
+    if before is None or after is None:
+        return seconds, None, None
+    return seconds, after[0] - before[0] - (after[1] - before[1]), after[1] - before[1]
 
 
 def main() -> None:

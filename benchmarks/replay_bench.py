@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import gzip
 import json
 import statistics
@@ -30,7 +29,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_bench import engine_counters, percentile, serving  # a sibling script, not a package
+from agent_bench import concurrently  # sibling scripts, not a package
+from serve_bench import percentile, serving
 
 DATA = Path(__file__).resolve().parent / "data" / "agent-sessions"
 FIRST_OUTPUT = {"response.output_text.delta", "response.reasoning_text.delta", "response.function_call_arguments.delta",
@@ -58,7 +58,7 @@ class Session:
             body["stream"] = True
             body["max_output_tokens" if request["path"] == "/v1/responses" else "max_tokens"] = max_tokens
             query = f"?{request['query']}" if request["query"] else ""
-            out.append((request["path"] + query, copy.deepcopy(body)))
+            out.append((request["path"] + query, body))
         return out
 
 
@@ -128,17 +128,7 @@ async def replay(base: str, model: str, label: str, sessions: list[Session], cou
             outcome.ttft.append(ttft)
             outcome.by_turn.setdefault(turn, []).append(ttft)
 
-    counters = ("prompt_tokens_total", "cached_prompt_tokens_total")
-    before = await engine_counters(base, *counters)
-    limits = httpx.Limits(max_connections=count + 4, max_keepalive_connections=0)
-    async with httpx.AsyncClient(timeout=3600, limits=limits) as client:
-        started = time.perf_counter()
-        await asyncio.gather(*(user(client, i) for i in range(count)))
-        outcome.seconds = time.perf_counter() - started
-    after = await engine_counters(base, *counters)
-    if before is not None and after is not None:
-        outcome.cached = after[1] - before[1]
-        outcome.evaluated = after[0] - before[0] - outcome.cached
+    outcome.seconds, outcome.evaluated, outcome.cached = await concurrently(base, user, count, 3600)
     return outcome
 
 
