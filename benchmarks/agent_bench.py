@@ -67,6 +67,8 @@ class Outcome:
     cached: int | None = None
     alone: list[float] = field(default_factory=list)  # TTFT of later turns sent with nothing else running
     by_turn: dict[int, list[float]] = field(default_factory=dict)  # TTFT of each turn number (0: the first)
+    # Each request: client, turn, and seconds from the load's start to its sending, first token and end.
+    timeline: list[tuple[int, int, float, float, float]] = field(default_factory=list)
 
     def turn_row(self) -> str:
         cells = [f"{statistics.median(v):.2f} / {percentile(v, 0.95):.2f}" for _, v in sorted(self.by_turn.items())]
@@ -101,6 +103,7 @@ async def agent_load(base: str, model: str, label: str, clients: int, turns: int
                      temperature: float, max_tokens: int) -> Outcome:
     """`system`: the prompt all clients share, or one per client."""
     outcome = Outcome(label)
+    started = time.perf_counter()
 
     async def conversation(client: httpx.AsyncClient, index: int) -> None:
         messages = [{"role": "system", "content": system if isinstance(system, str) else system[index % len(system)]}]
@@ -108,7 +111,9 @@ async def agent_load(base: str, model: str, label: str, clients: int, turns: int
             messages.append({"role": "user", "content": QUESTIONS[(index + turn) % len(QUESTIONS)]})
             body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature,
                     "stream": True}
+            sent = time.perf_counter() - started
             tokens, ttft = await one_request(client, f"{base}/v1/chat/completions", body)
+            outcome.timeline.append((index, turn, sent, sent + ttft, time.perf_counter() - started))
             outcome.tokens += tokens
             outcome.ttft.append(ttft)
             outcome.by_turn.setdefault(turn, []).append(ttft)
@@ -161,6 +166,8 @@ def main() -> None:
                         "(its default is on: the same attention kernels as ours on a CPU, FLASH_ATTN=auto)")
     parser.add_argument("--alone", type=int, default=6, help="later turns sent alone after the load")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    parser.add_argument("--timeline", type=Path, help="also write each request's client, turn and times (sent, "
+                        "first token, end: seconds from the load's start) per contender to this JSON file")
     args = parser.parse_args()
 
     model = args.model.resolve()
@@ -217,6 +224,8 @@ def main() -> None:
     print("\n" + "\n".join(lines))
     if args.markdown:
         args.markdown.write_text("\n".join(lines) + "\n")
+    if args.timeline:  # where each request waited: which turns went ahead of which
+        args.timeline.write_text(json.dumps({o.label: sorted(o.timeline) for o in outcomes}, indent=1))
 
 
 if __name__ == "__main__":

@@ -146,6 +146,8 @@ def main() -> None:
     parser.add_argument("--chat-template", type=Path, default=DATA.parent / "chatml-tools.jinja", help="the template "
                         "both servers use (SmolLM2's own renders no tools: llama-server would leave them out)")
     parser.add_argument("--skip-ours", action="store_true")
+    parser.add_argument("--baseline", type=Path, help="also replay on our server from another checkout (e.g. a git "
+                        "worktree of an earlier commit): a before/after comparison in one run")
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     args = parser.parse_args()
 
@@ -158,11 +160,13 @@ def main() -> None:
     config.write_text(f"models:\n  - name: {model.name}\n    path: {model}\n"
                       f"    chat_template: {json.dumps(template.read_text())}\n")
     ours = [sys.executable, "-m", "local_llm_api", "serve", "--port", str(args.port)]
-    contenders = {} if args.skip_ours else {"ours": (
-        "local-llm-api", ours, {"MODEL_DIR": str(model.parent), "DEFAULT_MODEL": model.name, "PRELOAD_MODEL": "true",
-                                "THREADS": str(args.threads), "CONTEXT_SIZE": str(args.context),
-                                "PARALLEL_SLOTS": str(args.slots), "LOG_LEVEL": "WARNING",
-                                "MODELS_CONFIG": str(config)})}
+    ours_env = {"MODEL_DIR": str(model.parent), "DEFAULT_MODEL": model.name, "PRELOAD_MODEL": "true",
+                "THREADS": str(args.threads), "CONTEXT_SIZE": str(args.context), "PARALLEL_SLOTS": str(args.slots),
+                "LOG_LEVEL": "WARNING", "MODELS_CONFIG": str(config)}
+    contenders = {} if args.skip_ours else {"ours": ("local-llm-api", ours, ours_env)}
+    if args.baseline:  # its package shadows the installed one
+        contenders["baseline"] = (f"local-llm-api at {args.baseline.name}", ours,
+                                  {**ours_env, "PYTHONPATH": str(args.baseline.resolve())})
     if args.llama_server:
         contenders["llama.cpp"] = ("llama.cpp server, C++", [
             str(args.llama_server), "-m", str(model), "--port", str(args.port), "-t", str(args.threads), "-tb",

@@ -190,6 +190,69 @@ def test_full_queue_answers_429(tmp_path: Path, model_dir: Path) -> None:
             assert c.post("/v1/chat/completions", json={"messages": STORY, "max_tokens": 2}).status_code == 200
 
 
+def test_a_returning_conversation_goes_ahead_of_a_cold_prompt(tmp_path: Path, model_dir: Path) -> None:
+    # More conversations than slots: when the slot frees, the next turn of a conversation whose prompt is cached
+    # (a few tokens to read) goes before a long cold prompt that came earlier, instead of waiting for its read.
+    chat = [{"role": "system", "content": "You are a careful assistant. " * 40}, {"role": "user", "content": "Hello"}]
+    cold = [{"role": "user", "content": "rivers and mountains " * 300 + "Summarise."}]
+    with running_server(tmp_path, model_dir, REPRODUCIBLE="false", PARALLEL_SLOTS="1") as srv, \
+            srv.client() as a, srv.client() as b, srv.client() as c, srv.client() as d:
+        finished: list[str] = []
+
+        def ask(client: httpx.Client, name: str, messages: list[dict]) -> dict:
+            reply = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 4})
+            assert reply.status_code == 200, reply.text
+            finished.append(name)
+            return reply.json()
+
+        body = {"messages": chat, "max_tokens": 1000, "logit_bias": NO_END, "stream": True}
+        with a.stream("POST", "/v1/chat/completions", json=body) as running, ThreadPoolExecutor(2) as pool:
+            lines = running.iter_lines()
+            next(lines)  # the slot is taken, and holds the conversation's prompt
+            waiting = [pool.submit(ask, b, "cold", cold)]
+            while engine(d)["queued"] < 1:
+                time.sleep(0.02)
+            turn = chat + [{"role": "assistant", "content": "Hi."}, {"role": "user", "content": "Go on."}]
+            waiting.append(pool.submit(ask, c, "turn", turn))
+            while engine(d)["queued"] < 2:
+                time.sleep(0.02)
+            for _ in range(30):  # both wait a while longer (the order weighs the time waited), then the slot frees
+                next(lines)
+            running.close()
+            replies = [future.result() for future in waiting]
+        assert finished == ["turn", "cold"]
+        assert replies[1]["usage"]["prompt_tokens_details"]["cached_tokens"] > 200
+
+
+def test_a_long_prompt_waits_in_the_queue_while_another_is_read_and_short_ones_go_first(tmp_path: Path,
+                                                                                        model_dir: Path) -> None:
+    # Prompts are read shortest first, a step's worth at a time: while one long prompt is read, a second waits in
+    # the queue instead of in a slot where it could only wait behind it, and a short prompt that arrives meanwhile
+    # takes a free slot and is answered before the long one.
+    def long(topic: str) -> list[dict]:
+        return [{"role": "user", "content": f"{topic} " * 400 + "Summarise."}]
+
+    with running_server(tmp_path, model_dir, REPRODUCIBLE="false", PARALLEL_SLOTS="3") as srv, \
+            srv.client() as a, srv.client() as b, srv.client() as c, srv.client() as d, ThreadPoolExecutor(3) as pool:
+        finished: list[str] = []
+
+        def ask(client: httpx.Client, name: str, messages: list[dict]) -> None:
+            reply = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 1})
+            assert reply.status_code == 200, reply.text
+            finished.append(name)
+
+        first = pool.submit(ask, a, "long", long("rivers and mountains"))
+        while engine(d)["running"] < 1:
+            time.sleep(0.02)
+        second = pool.submit(ask, b, "second long", long("apples and pears"))
+        while engine(d)["queued"] < 1:
+            time.sleep(0.02)
+        assert engine(d)["running"] == 1 and not finished  # two slots free, the second long prompt still queued
+        ask(c, "short", [{"role": "user", "content": "Name a colour."}])
+        first.result(), second.result()
+        assert finished == ["short", "long", "second long"]
+
+
 def test_cancelled_sequence_leaves_the_batch(client: httpx.Client, server: Server) -> None:
     with server.client() as streaming:
         body = {"messages": STORY, "max_tokens": 1000, "logit_bias": NO_END, "stream": True}

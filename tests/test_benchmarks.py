@@ -3,6 +3,7 @@ always be reproduced with the commands given there."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -38,12 +39,15 @@ def test_agent_bench() -> None:
     assert "a later turn alone: TTFT (s) |" in out and "| server | turn 1 | turn 2 |" in out
 
 
-def test_agent_bench_with_more_agents_than_slots() -> None:
+def test_agent_bench_with_more_agents_than_slots(tmp_path: Path) -> None:
     out = run("agent_bench.py", "--port", str(free_port()), "--model", str(bundled_model_path()), "--threads", "1",
               "--clients", "3", "--slots", "2", "--distinct", "--disk-off", "--skip", "reproducible", "--turns", "2",
-              "--system-words", "60", "--max-tokens", "4", "--alone", "1")
+              "--system-words", "60", "--max-tokens", "4", "--alone", "1", "--timeline", str(tmp_path / "t.json"))
     assert "3 clients x 2 turns on 2 slots, a system prompt of its own for each client" in out
     assert "| local-llm-api, PREFIX_CACHE_DISK=0 |" in out
+    timeline = json.loads((tmp_path / "t.json").read_text())["local-llm-api, PREFIX_CACHE_DISK=0"]
+    assert sorted((client, turn) for client, turn, *_ in timeline) == [(c, t) for c in range(3) for t in range(2)]
+    assert all(sent <= first <= end for *_, sent, first, end in timeline)
 
 
 def test_copy_bench() -> None:
@@ -135,9 +139,10 @@ def test_replay_bench(tmp_path: Path) -> None:
 
     model = build_model(tmp_path / "replayer.gguf", [("<|replayed|>",)], TEMPLATE, otherwise="<|replayed|>")
     out = run("replay_bench.py", "--port", str(free_port()), "--model", str(model), "--threads", "1", "--sessions", "2",
-              "--slots", "2", "--context", "16384", "--max-tokens", "4")
+              "--slots", "2", "--context", "16384", "--max-tokens", "4", "--baseline", str(ROOT))
     assert "2 sessions of codex (4 requests), claude-code (4 requests) on 2 slots" in out
-    assert "| local-llm-api |" in out and out.split("| local-llm-api |")[1].split("\n")[0].rstrip().endswith("| 0 |")
+    for label in ("local-llm-api", f"local-llm-api at {ROOT.name}"):
+        assert out.split(f"| {label} |")[1].split("\n")[0].rstrip().endswith("| 0 |")
 
 
 def test_attention_bench() -> None:

@@ -384,3 +384,57 @@ def test_loose_objects_are_closed_for_grammars_only_where_they_say_nothing() -> 
     assert "additionalProperties" not in closed["properties"]["pattern"]
     assert closed["$defs"]["item"]["additionalProperties"] is False
     assert closed["default"] == {"properties": {}}  # data, not a schema
+
+
+def test_the_queue_admits_the_longest_wait_for_the_work_brought_first() -> None:
+    # More conversations than slots: a returning turn whose prompt is cached (ANSWER_WORK: its answer's work only)
+    # goes ahead of a cold prompt of 2,000 tokens that came earlier, until that one has waited long enough.
+    import time
+
+    from local_llm_api.backends.engine import Engine, Sequence
+
+    class Queue(Engine):
+        def __init__(self) -> None:
+            super().__init__(n_slots=1, max_queue=8, token_bytes=lambda t: b"", is_end=lambda t: False, name="q")
+            self.discarded: list[Sequence] = []
+
+        def _new_sequence(self, *args: object) -> Sequence:
+            raise NotImplementedError
+
+        def _running_count(self) -> int:
+            return 0
+
+        def _step(self) -> None:
+            pass
+
+        def _fail_running(self, error: BaseException) -> None:
+            pass
+
+        def _to_read(self, sequence: Sequence) -> int:
+            return 0 if sequence.prompt[0] == 1 else len(sequence.prompt)  # prompts starting with 1 are cached
+
+        def _discard(self, sequence: Sequence) -> None:
+            self.discarded.append(sequence)
+
+    def queued(engine: Queue, *sequences: tuple[list[int], float]) -> list[Sequence]:
+        now = time.perf_counter()
+        made = [Sequence(prompt, None, None, lambda c: None, arrived=now - waited)  # type: ignore[arg-type]
+                for prompt, waited in sequences]
+        engine._waiting.extend(made)
+        return made
+
+    engine = Queue()
+    cold, warm = queued(engine, ([2] * 2000, 10.0), ([1] * 2000, 1.0))
+    assert engine._pop_waiting() is warm and warm.to_read == 0 and cold.to_read == 2000
+    engine._waiting.clear()
+    cold, warm = queued(engine, ([2] * 2000, 40.0), ([1] * 2000, 1.0))  # waited 40 s for 2,064: passes a 1-s wait
+    assert engine._pop_waiting() is cold
+    engine._waiting.clear()
+    first, second = queued(engine, ([2] * 50, 2.0), ([3] * 50, 1.0))  # the same work: arrival order
+    gone, = queued(engine, ([1] * 10, 5.0))
+    gone.cancelled = True
+    assert engine._pop_waiting(lambda s: s is not first) is second  # what the engine cannot admit yet is passed over
+    engine._put_back(second)
+    assert engine._pop_waiting() is first and engine.discarded == [gone]
+    engine._put_back(first)  # back in its arrival place
+    assert list(engine._waiting) == [first, second]

@@ -1,13 +1,15 @@
 """Continuous batching for llama.cpp: many sequences share one context and one decode per step.
 
 One engine thread per model. Each step it
-1. admits waiting sequences (FIFO) into free slots, choosing the slot whose cached tokens share the
-   longest prefix with the prompt (prefix caching: a multi-turn chat re-evaluates only the new turn),
-2. builds one batch: the next token of every running sequence, then prompt chunks of sequences still
-   reading their prompt (chunked prefill: while others stream, as many prompt tokens as fit in a step of
-   PREFILL_STEP_MS, `prefill_budget.py`, so that prompts arriving together are read together and no stream
-   freezes), its rows
-   in slot order (llama.cpp makes one pass over the weights per run of consecutive slots),
+1. admits waiting sequences into free slots (those that waited longest for the prompt tokens they must read
+   first, `Engine._pop_waiting`; each once the step will read its prompt), choosing the slot whose cached
+   tokens share the longest prefix with the prompt (prefix caching: a multi-turn chat re-evaluates only the
+   new turn),
+2. builds one batch: the next token of every running sequence, then prompt chunks of sequences still reading
+   their prompt, the shortest rest first (chunked prefill: while others stream, as many prompt tokens as fit
+   in a step of PREFILL_STEP_MS, `prefill_budget.py`, so that prompts arriving together are read together and
+   no stream freezes), its rows in slot order (llama.cpp makes one pass over the weights per run of
+   consecutive slots),
 3. decodes it, and samples each sequence that needs a token with its own sampler chain.
 A streaming sequence may feed guessed tokens after its next one (prompt lookup, `prompt_lookup.py`) when
 that raises the step's expected output per second: the step's logits check them all at once, and each guess
@@ -257,13 +259,24 @@ class BatchEngine(Engine):
         return [s for s in self.slots if s.sequence is not None]
 
     def _admit(self) -> None:
-        """Give free slots to waiting sequences in arrival order, each to the slot with the longest shared prefix;
-        a longer prefix in another slot's cache (running or not) is copied into it first."""
+        """Give free slots to waiting sequences (in `_pop_waiting`'s order) whose prompts the next step reads, each
+        to the slot with the longest shared prefix; a longer prefix in another slot's cache (running or not) is
+        copied into it first. Prompts are read shortest first (`_fill_batch`): a sequence that would only sit in a
+        slot behind other prompts' reading stays in the queue, and the slot stays free for a shorter one (the next
+        turn of a conversation, while a new agent's long prompt is read)."""
+        running = self._running()
+        budget = self._prompt_budget(running)
+        reading = [len(sequence.pending) for sequence in self._sequences(running) if sequence.first_token_at is None]
+
+        def read_next_step(sequence: Sequence) -> bool:
+            assert sequence.to_read is not None
+            return sum(pending for pending in reading if pending <= sequence.to_read) < budget
+
         while self._waiting:
             free = [s for s in self.slots if s.sequence is None]
             if not free:
                 return
-            sequence = self._pop_waiting()
+            sequence = self._pop_waiting(read_next_step)
             if sequence is None:
                 return
             assert isinstance(sequence, LlamaSequence)
@@ -309,6 +322,18 @@ class BatchEngine(Engine):
             sequence.cached_tokens = reuse
             self._counters["prompt"] += len(prompt)
             self._counters["cached"] += reuse
+            reading.append(len(sequence.pending))
+
+    def _to_read(self, sequence: Sequence) -> int:
+        """The prompt tokens past the longest prefix a slot (its own or one to copy) or the disk tier holds."""
+        prompt = sequence.prompt
+        if not self._reuses_prefix(sequence):
+            return len(prompt)
+        held = max(common_prefix(slot.cached, prompt) for slot in self.slots)
+        stored = self._store.best(prompt) if self._store is not None else None
+        if stored is not None:
+            held = max(held, stored[1])
+        return len(prompt) - min(held, len(prompt) - 1)
 
     def _busy_neighbours(self, slot: Slot) -> int:
         """How many of the slots with the sequence ids next to this one's are running a sequence."""
@@ -337,13 +362,10 @@ class BatchEngine(Engine):
         n = 0
         self._prompt_in_step = 0
         running = self._running()
-        # Streaming sequences first (one token each), then prompts in arrival order.
-        running.sort(key=lambda s: (s.sequence.first_token_at is None, s.sequence.arrived))  # type: ignore[union-attr]
-        # While others stream, prompts get what fits in a bounded step beside the streams' tokens, so that their
-        # next token is not held up long.
-        streams = [s.sequence for s in running if s.sequence.first_token_at is not None]  # type: ignore[union-attr]
-        prefill_budget = (self._prefill.tokens(sum(len(q.pending) for q in streams))  # type: ignore[union-attr]
-                          if streams else self._batch_size)
+        prefill_budget = self._prompt_budget(running)
+        # Streaming sequences first (one token each), then prompts, the shortest rest first (a conversation's next
+        # turn is read in a step, not after a new agent's long prompt; of equal ones, the first to arrive).
+        running.sort(key=self._feeding_order)
         for slot in running:
             sequence = slot.sequence
             assert sequence is not None
@@ -364,6 +386,24 @@ class BatchEngine(Engine):
         self._add_guesses(fed, n)
         self._write_batch(fed)
         return fed
+
+    def _prompt_budget(self, running: list[Slot]) -> int:
+        """The prompt tokens the next step may read: while others stream, what fits in a bounded step beside the
+        streams' tokens, so that their next token is not held up long; with none streaming, the batch."""
+        streams = [sequence for sequence in self._sequences(running) if sequence.first_token_at is not None]
+        return self._prefill.tokens(sum(len(sequence.pending) for sequence in streams)) if streams else self._batch_size
+
+    @staticmethod
+    def _sequences(running: list[Slot]) -> list[LlamaSequence]:
+        return [slot.sequence for slot in running if slot.sequence is not None]
+
+    @staticmethod
+    def _feeding_order(slot: Slot) -> tuple[bool, int, float]:
+        """Streams first, then sequences reading their prompt by the tokens they have left, then by arrival."""
+        sequence = slot.sequence
+        assert sequence is not None
+        reading = sequence.first_token_at is None
+        return reading, len(sequence.pending) if reading else 0, sequence.arrived
 
     def _write_batch(self, fed: list[Fed]) -> None:
         """Write the batch rows in slot order. llama.cpp splits a batch over separate KV streams into one pass over

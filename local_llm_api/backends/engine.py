@@ -46,6 +46,11 @@ def common_prefix(a: list[int], b: list[int]) -> int:
         n += 1
     return n
 
+# What a waiting request's answer weighs beside the prompt tokens it must read, in prompt tokens, when the queue is
+# ordered (`Engine._pop_waiting`): a step or two of a CPU's prompt reading, so that of two requests whose prompts
+# are cached, the one that waited longer goes first.
+ANSWER_WORK = 64
+
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -63,6 +68,7 @@ class Sequence:
     constraint: TokenConstraint | None = None  # the grammar its output must match, if any
     cached_tokens: int = 0  # prompt tokens it started with from the prefix cache (reported in the usage)
     media: object | None = None  # the prompt's images as the backend read them (ids below zero mark their tokens)
+    to_read: int | None = None  # while it waits: the prompt tokens it must read, as when first seen (`_pop_waiting`)
 
     @property
     def shapes_logits(self) -> bool:
@@ -242,18 +248,38 @@ class Engine(ABC):
         sequence.emit(error)
 
     def _put_back(self, sequence: Sequence) -> None:
-        """A sequence popped but not admitted yet goes back to the head of the queue."""
+        """A sequence popped but not admitted yet goes back to the queue, in its arrival place."""
         with self._wake:
-            self._waiting.appendleft(sequence)
+            later = [i for i, other in enumerate(self._waiting) if other.arrived > sequence.arrived]
+            self._waiting.insert(later[0] if later else len(self._waiting), sequence)
 
-    def _pop_waiting(self) -> Sequence | None:
-        """The next waiting sequence that is still wanted, in arrival order."""
+    def _to_read(self, sequence: Sequence) -> int:
+        """How many of a waiting sequence's prompt tokens it would read if admitted now, the rest coming from the
+        engine's caches (each engine says what they hold)."""
+        return len(sequence.prompt)
+
+    def _pop_waiting(self, admissible: Callable[[Sequence], bool] | None = None) -> Sequence | None:
+        """The waiting sequence to admit next, still wanted (and `admissible`, when given): the highest response
+        ratio, the time it has waited over the work it brings (the prompt tokens it must read, weighed when first
+        seen, plus ANSWER_WORK for its answer). A returning agent whose prompt is cached goes ahead of cold prompts
+        (in arrival order it waited behind each new agent's read of thousands of tokens), while a cold prompt's
+        ratio grows as it waits, so that none is passed for ever. Equal ratios go in arrival order."""
         with self._wake:
-            while self._waiting:
-                sequence = self._waiting.popleft()
-                if not sequence.cancelled:
-                    return sequence
+            for sequence in [s for s in self._waiting if s.cancelled]:
+                self._waiting.remove(sequence)
                 self._discard(sequence)
+            waiting = list(self._waiting)
+        for sequence in waiting:  # outside the lock: a long prompt's lookup must not hold up new requests
+            if sequence.to_read is None:
+                sequence.to_read = self._to_read(sequence)
+        now = time.perf_counter()
+        ranked = sorted(waiting, key=lambda s: (now - s.arrived) / ((s.to_read or 0) + ANSWER_WORK), reverse=True)
+        for sequence in ranked:  # (a stable sort: equal ratios stay in arrival order)
+            if admissible is None or admissible(sequence):
+                with self._wake:
+                    if sequence in self._waiting:  # (not taken back by its request meanwhile)
+                        self._waiting.remove(sequence)
+                        return sequence
         return None
 
     @staticmethod

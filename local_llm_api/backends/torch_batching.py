@@ -2,7 +2,8 @@
 forward pass per step.
 
 One engine thread per model. Each step it
-1. admits waiting sequences (FIFO) while fewer than PARALLEL_SLOTS are in play,
+1. admits waiting sequences (those that waited longest for the prompt tokens they must read past the kept
+   prefixes first, `Engine._pop_waiting`) while fewer than PARALLEL_SLOTS are in play,
 2. feeds one prompt chunk (while others stream, what a pass of PREFILL_STEP_MS reads by the measured cost of a
    token, at least PREFILL_CHUNK, `prefill_budget.py`; the whole prompt otherwise) of the
    oldest sequence still reading its prompt, in a cache of its own; when the prompt is done, samples its
@@ -300,6 +301,14 @@ class TorchBatchEngine(Engine):
         return token, self._logprob_of(sequence, logprobs, token)
 
     # ---------------------------------------------------------------- kept prefixes
+
+    def _to_read(self, sequence: Sequence) -> int:
+        """The prompt tokens past the longest kept prefix it would start from."""
+        prompt = sequence.prompt
+        if not self._kept or not self._reuses_prefix(sequence):
+            return len(prompt)
+        shared = min(max(common_prefix(kept.tokens, prompt) for kept in self._kept), len(prompt) - 1)
+        return len(prompt) - (shared if shared >= MIN_SHARED_PREFIX else 0)
 
     def _start_from_kept(self, sequence: TorchSequence) -> None:
         """Start the sequence's own cache from a copy of the longest kept prefix of its prompt (not all of it:
