@@ -6,10 +6,10 @@ One engine thread per model. Each step it
    tokens share the longest prefix with the prompt (prefix caching: a multi-turn chat re-evaluates only the
    new turn),
 2. builds one batch: the next token of every running sequence, then prompt chunks of sequences still reading
-   their prompt, the shortest rest first (chunked prefill: while others stream, as many prompt tokens as fit
-   in a step of PREFILL_STEP_MS, `prefill_budget.py`, so that prompts arriving together are read together and
-   no stream freezes), its rows in slot order (llama.cpp makes one pass over the weights per run of
-   consecutive slots),
+   their prompt, the shortest rest first, the first to come keeping half (chunked prefill: while others
+   stream, as many prompt tokens as fit in a step of PREFILL_STEP_MS, `prefill_budget.py`, so that prompts
+   arriving together are read together and no stream freezes), its rows in slot order (llama.cpp makes one
+   pass over the weights per run of consecutive slots),
 3. decodes it, and samples each sequence that needs a token with its own sampler chain.
 A streaming sequence may feed guessed tokens after its next one (prompt lookup, `prompt_lookup.py`) when
 that raises the step's expected output per second: the step's logits check them all at once, and each guess
@@ -266,11 +266,15 @@ class BatchEngine(Engine):
         turn of a conversation, while a new agent's long prompt is read)."""
         running = self._running()
         budget = self._prompt_budget(running)
-        reading = [len(sequence.pending) for sequence in self._sequences(running) if sequence.first_token_at is None]
+        # (arrival, prompt tokens left) of the sequences reading their prompt
+        reading = [(sequence.arrived, len(sequence.pending)) for sequence in self._sequences(running)
+                   if sequence.first_token_at is None]
 
         def read_next_step(sequence: Sequence) -> bool:
+            """Whether the prompts read before it, shorter and come earlier, leave it some of the next step."""
             assert sequence.to_read is not None
-            return sum(pending for pending in reading if pending <= sequence.to_read) < budget
+            ahead = sum(left for arrived, left in reading if left <= sequence.to_read and arrived <= sequence.arrived)
+            return ahead < budget
 
         while self._waiting:
             free = [s for s in self.slots if s.sequence is None]
@@ -322,7 +326,7 @@ class BatchEngine(Engine):
             sequence.cached_tokens = reuse
             self._counters["prompt"] += len(prompt)
             self._counters["cached"] += reuse
-            reading.append(len(sequence.pending))
+            reading.append((sequence.arrived, len(sequence.pending)))
 
     def _to_read(self, sequence: Sequence) -> int:
         """The prompt tokens past the longest prefix a slot (its own or one to copy) or the disk tier holds."""
@@ -366,11 +370,20 @@ class BatchEngine(Engine):
         # Streaming sequences first (one token each), then prompts, the shortest rest first (a conversation's next
         # turn is read in a step, not after a new agent's long prompt; of equal ones, the first to arrive).
         running.sort(key=self._feeding_order)
+        # The prompt that came first keeps half of the step's prompt tokens when shorter ones go ahead of it: a
+        # stream of short prompts never holds a long one back for ever.
+        readers = [slot for slot in running if slot.sequence.first_token_at is None]  # type: ignore[union-attr]
+        first = min(readers, key=lambda slot: slot.sequence.arrived) if readers else None  # type: ignore[union-attr]
+        kept = (min(len(first.sequence.pending), prefill_budget // 2)  # type: ignore[union-attr]
+                if first is not None and first is not readers[0] else 0)
         for slot in running:
             sequence = slot.sequence
             assert sequence is not None
             reading_prompt = sequence.first_token_at is None
-            room = min(self._batch_size - n, prefill_budget) if reading_prompt else self._batch_size - n
+            if reading_prompt:
+                room = max(0, min(self._batch_size - n, prefill_budget - (0 if slot is first else kept)))
+            else:
+                room = self._batch_size - n
             take = sequence.pending[:room]
             if sequence.media is not None:  # up to its next image, which `_read_image` reads in a step of its own
                 take = take[: next((i for i, t in enumerate(take) if t < 0), len(take))]
