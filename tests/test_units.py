@@ -440,15 +440,16 @@ def test_the_queue_admits_the_longest_wait_for_the_work_brought_first() -> None:
     assert list(engine._waiting) == [first, second]
 
 
-def test_prompts_are_read_shortest_first_and_the_first_to_come_keeps_half_a_step() -> None:
+def test_prompts_are_read_shortest_first_and_the_first_admitted_keeps_half_a_step() -> None:
     # The batch's prompt tokens (64 here: PREFILL_CHUNK while a stream runs) go to the shortest rest first, but the
-    # prompt that came first keeps half of them, so that short prompts arriving step after step never stall it.
+    # prompt admitted first keeps half of them, so that short prompts arriving step after step never stall it.
     from local_llm_api.backends.batching import BatchEngine, LlamaSequence, Slot
     from local_llm_api.backends.prefill_budget import PrefillBudget
 
     def slot(seq_id: int, arrived: float, pending: int, streaming: bool = False) -> Slot:
         sequence = LlamaSequence([1] * pending, None, None, lambda c: None, arrived=arrived,  # type: ignore[arg-type]
-                                 first_token_at=arrived if streaming else None, pending=[1] * pending)
+                                 first_token_at=arrived if streaming else None, pending=[1] * pending,
+                                 admitted=arrived)
         return Slot(seq_id, sequence=sequence)
 
     engine = object.__new__(BatchEngine)  # the batch's own logic: no model behind it
@@ -461,6 +462,6 @@ def test_prompts_are_read_shortest_first_and_the_first_to_come_keeps_half_a_step
     engine.slots[0].sequence.pending = [1]  # type: ignore[union-attr]  (its next token, sampled)
     fed = {item.slot.seq_id: len(item.tokens) for item in engine._fill_batch()}
     assert fed == {0: 1, 2: 8, 1: 56}
-    first_short, later_long = slot(1, 0.0, 10), slot(2, 1.0, 1000)  # the first to come is also the shortest
+    first_short, later_long = slot(1, 0.0, 10), slot(2, 1.0, 1000)  # the first admitted is also the shortest
     engine.slots = [slot(0, 0.0, 1, streaming=True), first_short, later_long]
     assert {item.slot.seq_id: len(item.tokens) for item in engine._fill_batch()} == {0: 1, 1: 10, 2: 54}

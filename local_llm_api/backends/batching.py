@@ -2,11 +2,11 @@
 
 One engine thread per model. Each step it
 1. admits waiting sequences into free slots (those that waited longest for the prompt tokens they must read
-   first, `Engine._pop_waiting`; each once the step will read its prompt), choosing the slot whose cached
+   first, `Engine._pop_waiting`; a long prompt once no other is read), choosing the slot whose cached
    tokens share the longest prefix with the prompt (prefix caching: a multi-turn chat re-evaluates only the
    new turn),
 2. builds one batch: the next token of every running sequence, then prompt chunks of sequences still reading
-   their prompt, the shortest rest first, the first to come keeping half (chunked prefill: while others
+   their prompt, the shortest rest first, the first admitted keeping half (chunked prefill: while others
    stream, as many prompt tokens as fit in a step of PREFILL_STEP_MS, `prefill_budget.py`, so that prompts
    arriving together are read together and no stream freezes), its rows in slot order (llama.cpp makes one
    pass over the weights per run of consecutive slots),
@@ -50,6 +50,7 @@ class LlamaSequence(Sequence):
     sampler: Any = None  # llama_cpp._internals.LlamaSampler, the sequence's own chain
     pending: list[int] = field(default_factory=list)  # tokens to feed next: prompt rest, then the last sample
     lookup: PromptLookup | None = None  # drafts guesses from its prompt and output (None: speculation off)
+    admitted: float = 0.0  # when it took its slot
 
 
 @dataclass(eq=False)
@@ -259,22 +260,20 @@ class BatchEngine(Engine):
         return [s for s in self.slots if s.sequence is not None]
 
     def _admit(self) -> None:
-        """Give free slots to waiting sequences (in `_pop_waiting`'s order) whose prompts the next step reads, each
+        """Give free slots to waiting sequences (in `_pop_waiting`'s order) whose prompts would be read now, each
         to the slot with the longest shared prefix; a longer prefix in another slot's cache (running or not) is
-        copied into it first. Prompts are read shortest first (`_fill_batch`): a sequence that would only sit in a
-        slot behind other prompts' reading stays in the queue, and the slot stays free for a shorter one (the next
-        turn of a conversation, while a new agent's long prompt is read)."""
+        copied into it first. Prompts are read shortest first (`_fill_batch`), so two long prompts (more than a
+        step's worth each) read at once would only slow each other: while one is read, the next waits in the
+        queue, and the slot stays free for short ones (the next turn of a conversation, while a new agent's long
+        prompt is read)."""
         running = self._running()
         budget = self._prompt_budget(running)
-        # (arrival, prompt tokens left) of the sequences reading their prompt
-        reading = [(sequence.arrived, len(sequence.pending)) for sequence in self._sequences(running)
-                   if sequence.first_token_at is None]
+        reading = [len(sequence.pending) for sequence in self._sequences(running) if sequence.first_token_at is None]
 
         def read_next_step(sequence: Sequence) -> bool:
-            """Whether the prompts read before it, shorter and come earlier, leave it some of the next step."""
+            """Whether its prompt would be read now: it is short (under a step's worth), or no long one is read."""
             assert sequence.to_read is not None
-            ahead = sum(left for arrived, left in reading if left <= sequence.to_read and arrived <= sequence.arrived)
-            return ahead < budget
+            return sequence.to_read < budget or all(left < budget for left in reading)
 
         while self._waiting:
             free = [s for s in self.slots if s.sequence is None]
@@ -326,7 +325,8 @@ class BatchEngine(Engine):
             sequence.cached_tokens = reuse
             self._counters["prompt"] += len(prompt)
             self._counters["cached"] += reuse
-            reading.append((sequence.arrived, len(sequence.pending)))
+            sequence.admitted = time.perf_counter()
+            reading.append(len(sequence.pending))
 
     def _to_read(self, sequence: Sequence) -> int:
         """The prompt tokens past the longest prefix a slot (its own or one to copy) or the disk tier holds."""
@@ -370,10 +370,10 @@ class BatchEngine(Engine):
         # Streaming sequences first (one token each), then prompts, the shortest rest first (a conversation's next
         # turn is read in a step, not after a new agent's long prompt; of equal ones, the first to arrive).
         running.sort(key=self._feeding_order)
-        # The prompt that came first keeps half of the step's prompt tokens when shorter ones go ahead of it: a
+        # The prompt admitted first keeps half of the step's prompt tokens when shorter ones go ahead of it: a
         # stream of short prompts never holds a long one back for ever.
         readers = [slot for slot in running if slot.sequence.first_token_at is None]  # type: ignore[union-attr]
-        first = min(readers, key=lambda slot: slot.sequence.arrived) if readers else None  # type: ignore[union-attr]
+        first = min(readers, key=lambda slot: slot.sequence.admitted) if readers else None  # type: ignore[union-attr]
         kept = (min(len(first.sequence.pending), prefill_budget // 2)  # type: ignore[union-attr]
                 if first is not None and first is not readers[0] else 0)
         for slot in running:
