@@ -178,6 +178,10 @@ def main() -> None:
         for key, (label, command, env) in contenders.items():
             env = {**env, "DATA_DIR": f"{workdir.name}/data-{key}"} if command is ours else env
             with serving(command, env, f"{base}/health", label):
+                # The health route answers before a preloaded model is ready: one short request waits for it, so that
+                # the prompt-token counters are read from a loaded engine.
+                httpx.post(f"{base}/v1/chat/completions", timeout=300, json={
+                    "model": model.name, "messages": [{"role": "user", "content": "Warm up."}], "max_tokens": 2})
                 outcome = asyncio.run(replay(base, model.name, label, sessions, args.sessions, args.max_tokens))
             outcomes.append(outcome)
             print(outcome.row(), *outcome.failures[:3], sep="\n", flush=True)
