@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +78,14 @@ def place_model(model_dir: Path) -> Path:
         except OSError:
             target.write_bytes(source.read_bytes())
     return target
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
+    """Poll `condition` until it holds; fail after `timeout` seconds instead of hanging."""
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"{what} never held"
+        time.sleep(0.02)
 
 
 def start_server(tmp: Path, model_dir: Path, wait_for_model: bool = True, prefix: Sequence[str] = (),

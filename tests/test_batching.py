@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from .conftest import MODEL, NO_END, Server, running_server
+from .conftest import MODEL, NO_END, Server, running_server, wait_until
 from .models import HF_SMOLLM2
 
 STORY = [{"role": "user", "content": "Write a long story about a dragon."}]
@@ -210,12 +210,10 @@ def test_a_returning_conversation_goes_ahead_of_a_cold_prompt(tmp_path: Path, mo
             lines = running.iter_lines()
             next(lines)  # the slot is taken, and holds the conversation's prompt
             waiting = [pool.submit(ask, b, "cold", cold)]
-            while engine(d)["queued"] < 1:
-                time.sleep(0.02)
+            wait_until(lambda: engine(d)["queued"] >= 1, what="the cold prompt queued")
             turn = chat + [{"role": "assistant", "content": "Hi."}, {"role": "user", "content": "Go on."}]
             waiting.append(pool.submit(ask, c, "turn", turn))
-            while engine(d)["queued"] < 2:
-                time.sleep(0.02)
+            wait_until(lambda: engine(d)["queued"] >= 2, what="both queued")
             for _ in range(30):  # both wait a while longer (the order weighs the time waited), then the slot frees
                 next(lines)
             running.close()
@@ -242,11 +240,9 @@ def test_a_long_prompt_waits_in_the_queue_while_another_is_read_and_short_ones_g
             finished.append(name)
 
         first = pool.submit(ask, a, "long", long("rivers and mountains"))
-        while engine(d)["running"] < 1:
-            time.sleep(0.02)
+        wait_until(lambda: engine(d)["running"] >= 1, what="the first long prompt admitted")
         second = pool.submit(ask, b, "second long", long("apples and pears"))
-        while engine(d)["queued"] < 1:
-            time.sleep(0.02)
+        wait_until(lambda: engine(d)["queued"] >= 1, what="the second long prompt queued")
         assert engine(d)["running"] == 1 and not finished  # two slots free, the second long prompt still queued
         ask(c, "short", [{"role": "user", "content": "Name a colour."}])
         first.result(), second.result()

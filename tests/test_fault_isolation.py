@@ -13,15 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import MODEL, NO_END, Server, place_model, running_server
+from .conftest import MODEL, NO_END, Server, place_model, running_server, wait_until
 from .models import MINILM, minilm_folder, place_tree
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, f"{what} never held"
-        time.sleep(0.05)
 
 
 def model_info(server: Server) -> dict:

@@ -266,6 +266,8 @@ class BatchEngine(Engine):
         step's worth each) read at once would only slow each other: while one is read, the next waits in the
         queue, and the slot stays free for short ones (the next turn of a conversation, while a new agent's long
         prompt is read)."""
+        if not self._waiting:  # (every step: the budget below is weighed only when someone waits)
+            return
         running = self._running()
         budget = self._prompt_budget(running)
         reading = [len(sequence.pending) for sequence in self._sequences(running) if sequence.first_token_at is None]
