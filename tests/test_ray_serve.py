@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -173,24 +174,30 @@ def test_a_client_that_goes_away_cancels_its_sequence(ray_server: Server) -> Non
 
 
 def test_a_replica_killed_under_load(ray_server: Server) -> None:
-    victim, info = sorted(health(ray_server)["replicas"].items())[0]
+    processes = {replica: info["system"]["process_id"] for replica, info in health(ray_server)["replicas"].items()}
     body = {"model": MODEL, "max_tokens": 60, "logit_bias": NO_END}
+    # The victim is the replica of the first stream to bring text: that stream is surely in flight when it dies (a
+    # replica picked beforehand and killed once /health showed it busy could finish its share while /health answered).
+    streaming: queue.Queue[str] = queue.Queue()
 
     def one(number: int) -> tuple[int, str, str]:
         stream = number % 2 == 0
         request = {**body, "stream": stream, "messages": [{"role": "user", "content": f"Write story number {number}."}]}
+        if stream:
+            request["max_tokens"] = 200  # long enough to be cut off by the kill
         with httpx.stream("POST", f"{ray_server.url}/v1/chat/completions", json=request,
                           headers={"Authorization": f"Bearer {KEY}"}, timeout=90) as response:
-            return response.status_code, response.headers.get("content-type", ""), response.read().decode()
+            chunks = []
+            for chunk in response.iter_bytes():
+                if stream and not chunks and b'"content"' in chunk:
+                    streaming.put(response.headers["x-replica-id"])
+                chunks.append(chunk)
+            return response.status_code, response.headers.get("content-type", ""), b"".join(chunks).decode()
 
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         futures = [pool.submit(one, n) for n in range(12)]
-        # Kill once the victim is busy with some of them.
-        deadline = time.monotonic() + 60
-        while not health(ray_server)["replicas"][victim]["engines"][MODEL]["running"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        os.kill(info["system"]["process_id"], signal.SIGKILL)
+        victim = streaming.get(timeout=60)
+        os.kill(processes[victim], signal.SIGKILL)
         killed = time.monotonic()
         results = [f.result(timeout=120) for f in futures]  # none hangs
     failed = 0
