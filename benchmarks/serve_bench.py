@@ -47,6 +47,8 @@ class Result:
     seconds: float = 0.0
     ttft: list[float] = field(default_factory=list)
     wave: list[float] = field(default_factory=list)  # each client's first request's TTFT (they arrive together)
+    # (client, request, sent, first token, end), seconds from the load's start: where each request waited
+    timeline: list[tuple[int, int, float, float, float]] = field(default_factory=list)
     peak_rss_mb: float = 0.0
 
     @property
@@ -141,11 +143,14 @@ async def closed_loop(base_url: str, model: str, concurrency: int, requests_per_
         body["logit_bias"] = {str(t): -100 for t in NO_END_TOKENS}
     result = Result(name, concurrency)
 
-    async def client_loop(client: httpx.AsyncClient) -> None:
+    async def client_loop(client: httpx.AsyncClient, number: int) -> None:
         for i in range(requests_per_client):
+            sent = time.perf_counter() - started
             tokens, ttft = await one_request(client, f"{base_url}/v1/chat/completions", body)
             result.tokens += tokens
             result.ttft.append(ttft)
+            result.timeline.append((number, i, round(sent, 3), round(sent + ttft, 3),
+                                    round(time.perf_counter() - started, 3)))
             if i == 0:
                 result.wave.append(ttft)
 
@@ -156,7 +161,7 @@ async def closed_loop(base_url: str, model: str, concurrency: int, requests_per_
         await one_request(client, f"{base_url}/v1/chat/completions", {**body, "max_tokens": 4})  # warm-up
         with PeakMemory(pid) as memory:
             started = time.perf_counter()
-            await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+            await asyncio.gather(*(client_loop(client, n) for n in range(concurrency)))
             result.seconds = time.perf_counter() - started
         result.peak_rss_mb = memory.peak / 2**20
     return result
@@ -292,10 +297,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1, help="repeat each measurement; the spread is reported")
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     parser.add_argument("--plot", type=Path, help="write a PNG plot of throughput and TTFT")
+    parser.add_argument("--timeline", type=Path, help="also write each request's client, number and times (sent, first "
+                        "token, end; seconds from the load's start) as JSON, by contender and concurrency")
     args = parser.parse_args()
     model = args.model.resolve()
     args.markdown = args.markdown and args.markdown.resolve()
     args.plot = args.plot and args.plot.resolve()
+    args.timeline = args.timeline and args.timeline.resolve()
     base = f"http://127.0.0.1:{args.port}"
     slots = max(args.concurrency)
     ours_env = {"MODEL_DIR": str(model.parent), "DEFAULT_MODEL": model.name, "PRELOAD_MODEL": "true",
@@ -368,6 +376,9 @@ def main() -> None:
         args.markdown.write_text("\n".join(lines) + "\n")
     if args.plot and results:
         plot(results, args.plot)
+    if args.timeline:  # which requests sit at the median: the first wave, a later wave, or one arriving alone
+        args.timeline.write_text(json.dumps([{"contender": r.name, "concurrency": r.concurrency,
+                                              "requests": sorted(r.timeline)} for r in results], indent=1))
 
 
 if __name__ == "__main__":
