@@ -106,6 +106,14 @@ class ModelManager:
             return self.resolve(target, aliased=False)
         raise model_not_found(name)
 
+    def _loaded_by_name(self, name: str | None) -> ModelEntry | None:
+        """The entry of a loaded model named exactly (its file is still there): the catalog's walk of MODEL_DIR, a
+        worker thread's hop and a share of the interpreter that the engines' threads want, spared on each request."""
+        model = self.loaded.get(name or self.settings.default_model or self.settings.transformers_default_model)
+        if model is None or (model.entry.path is not None and not model.entry.path.exists()):
+            return None
+        return model.entry
+
     def default_model_name(self) -> str:
         if self.settings.default_model or self.settings.transformers_default_model:
             return self.settings.default_model or self.settings.transformers_default_model
@@ -357,7 +365,7 @@ class ModelManager:
     async def use(self, name: str | None, capability: Capability | None) -> AsyncIterator[LoadedModel]:
         """The loaded model for one request (any model when `capability` is None), loading it first when allowed;
         counted as busy meanwhile."""
-        entry = await asyncio.to_thread(self.resolve, name)  # reads MODEL_DIR: off the event loop
+        entry = self._loaded_by_name(name) or await asyncio.to_thread(self.resolve, name)  # reads MODEL_DIR
         self._refuse_while_downloading(entry)
         if capability is not None and capability not in entry.capabilities:
             kind = "an embedding model" if entry.embedding_only else f"a {entry.backend.value} model"

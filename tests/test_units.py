@@ -116,6 +116,30 @@ def test_model_names_resolve_by_name_stem_and_unique_prefix(tmp_path: Path) -> N
         assert refused.value.status == 404 and refused.value.body.code == "invalid_model_name"
 
 
+def test_a_loaded_model_named_exactly_is_found_without_walking_model_dir(tmp_path: Path) -> None:
+    root = make_dir(tmp_path, "llama3-8b-instruct.Q4_K_M.gguf", "phi-3.gguf")
+    manager = ModelManager(load_settings(model_dir=root, default_model="phi-3.gguf"))
+    for name in ("llama3-8b-instruct.Q4_K_M.gguf", "phi-3.gguf"):
+        manager.loaded[name] = LoadedModel(manager.resolve(name), backend=None)  # type: ignore[arg-type]
+
+    def walked(*_: object, **__: object) -> None:
+        raise AssertionError("MODEL_DIR was walked")
+
+    async def used(name: str | None) -> str:
+        async with manager.use(name, None) as model:
+            return model.entry.name
+
+    manager.resolve = walked  # type: ignore[method-assign]
+    assert asyncio.run(used("llama3-8b-instruct.Q4_K_M.gguf")) == "llama3-8b-instruct.Q4_K_M.gguf"
+    assert asyncio.run(used(None)) == "phi-3.gguf"  # DEFAULT_MODEL
+    del manager.resolve  # a prefix, or a file gone from MODEL_DIR: the catalog decides
+    assert asyncio.run(used("llama3-8b")) == "llama3-8b-instruct.Q4_K_M.gguf"
+    (root / "phi-3.gguf").unlink()
+    with pytest.raises(APIError) as gone:
+        asyncio.run(used("phi-3.gguf"))
+    assert gone.value.status == 404
+
+
 def test_settings_names_and_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("API_KEY", " one , two,")
     monkeypatch.setenv("LOG_LEVEL", "debug")

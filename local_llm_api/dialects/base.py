@@ -62,7 +62,10 @@ def unknown_fields(value: object, path: str = "") -> list[str]:
     if isinstance(value, Request):
         for key in value.model_extra or {}:
             found[f"{path}.{key}" if path else key] = None
+        given = value.model_fields_set  # a field left at its default holds nothing unknown
         for name, field in type(value).model_fields.items():
+            if name not in given:
+                continue
             inner = f"{path}.{field.alias or name}" if path else field.alias or name
             found.update(dict.fromkeys(unknown_fields(getattr(value, name), inner)))
     elif isinstance(value, (list, tuple)):
