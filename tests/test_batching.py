@@ -3,6 +3,7 @@ no cross-talk between sequences, and the engine's figures in /health and /metric
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -66,6 +67,21 @@ def test_requests_sharing_a_system_prompt_copy_it_from_another_slot(tmp_path: Pa
         # Read once, copied twice: the prompt tokens evaluated are about one system prompt and three questions.
         evaluated = stats["prompt_tokens_total"] - stats["cached_prompt_tokens_total"]
         assert evaluated < 2 * system_tokens, stats
+
+
+def test_a_short_prompt_held_by_a_running_slot_is_copied_not_read_again(tmp_path: Path, model_dir: Path) -> None:
+    # A prompt of a few dozen tokens (a benchmark's, a chat's opening) sent again while the first is still answered:
+    # on a CPU, copying the running slot's KV stream (a few ms) costs less than reading even a few tokens again.
+    with running_server(tmp_path, model_dir, REPRODUCIBLE="false", PARALLEL_SLOTS="4") as srv, srv.client() as client:
+        body = {"messages": STORY, "max_tokens": 400, "logit_bias": NO_END, "stream": True}
+        with client.stream("POST", "/v1/chat/completions", json=body) as running:
+            next(line for line in running.iter_lines() if re.search(r'"content":"[^"]', line))  # its prompt is read
+            before = engine(client)["shared_prompt_tokens_total"]
+            again = client.post("/v1/chat/completions", json={"messages": STORY, "max_tokens": 2}).json()
+        prompt = again["usage"]["prompt_tokens"]
+        assert prompt < 64  # under the fixed threshold this replaced
+        assert engine(client)["shared_prompt_tokens_total"] - before == prompt - 1
+        assert again["usage"]["prompt_tokens_details"]["cached_tokens"] == prompt - 1
 
 
 def test_a_prompt_without_a_real_hit_takes_the_least_recently_used_slot(tmp_path: Path, model_dir: Path) -> None:

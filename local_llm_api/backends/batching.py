@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
@@ -74,7 +75,9 @@ class Fed:
     draft_rows: list[int] = field(default_factory=list)  # the guesses' rows, whose logits check the next guess
 
 
-# Below this many tokens, reading a prefix again costs less than copying a slot's KV stream (a few ms).
+# Below this many tokens (or half the prompt) shared with a slot's cache, the slot is chosen as if nothing were
+# shared: a chat template's opening tokens are no hit worth giving up another cache for. It is also the fewest shared
+# tokens worth a copy from another slot until the engine has measured what reading a prompt token costs.
 MIN_SHARED_PREFIX = 64
 # The disk tier keeps prefixes of at least this many tokens (shorter ones read again in well under a second), and
 # a stored prefix is loaded when it gives at least this many tokens more than the slots hold.
@@ -104,6 +107,7 @@ class BatchEngine(Engine):
         n_vocab: int,
         constraints: ConstraintFactory | None = None,
         prefix_store: PrefixStore | None = None,
+        slot_copy_seconds: float = 0.0,
     ) -> None:
         super().__init__(n_slots=n_slots, max_queue=max_queue, token_bytes=token_bytes, is_end=is_end, name=name,
                          constraints=constraints)
@@ -111,6 +115,7 @@ class BatchEngine(Engine):
         # Files are written off the engine thread: it only copies a slot's state out of llama.cpp.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefix-store") if self._store is not None else None
         self._copies_pending: set[int] = set()  # slots whose copied stream llama.cpp writes at the next decode
+        self._slot_copy_seconds = slot_copy_seconds  # what copying a slot's KV stream whole is estimated to take
         self._n_vocab = n_vocab
         self._lib = llama_cpp
         self._context = context
@@ -310,7 +315,7 @@ class BatchEngine(Engine):
                 loaded = self._load(slot, prompt, max(reuse, shared))
                 if loaded != max(reuse, shared):  # from disk, which gave more than any slot: no copy (it would land
                     reuse = loaded  # at the next decode, over what was loaded)
-                elif donor is not slot and shared >= reuse + MIN_SHARED_PREFIX:
+                elif donor is not slot and shared >= reuse + self._worth_copying():
                     # Slots are separate KV streams: llama.cpp copies the donor's whole stream (at the next decode,
                     # before the batch), then the part past the shared prefix is dropped below.
                     self._lib.llama_memory_seq_cp(self._context.memory, donor.seq_id, slot.seq_id, -1, -1)
@@ -346,6 +351,16 @@ class BatchEngine(Engine):
         return sum(0 <= i < len(self.slots) and self.slots[i].sequence is not None
                    for i in (slot.seq_id - 1, slot.seq_id + 1))
 
+    def _worth_copying(self) -> int:
+        """The fewest shared tokens worth copying another slot's KV stream for (llama.cpp copies a slot's whole stream,
+        its size set by the slot's context, not by the prefix): as many as cost the copy's time to read, by the
+        steps measured so far. On a few CPU cores that is a handful (a 42-token prompt took 185 ms to read, the copy
+        of its slot 5-8 ms); on a GPU, with long slots, hundreds."""
+        per_token = self._prefill.seconds_per_token()
+        if per_token is None or not self._slot_copy_seconds:
+            return MIN_SHARED_PREFIX
+        return max(1, math.ceil(self._slot_copy_seconds / per_token))
+
     def _prefill_to_share(self, prompt: list[int]) -> bool:
         """Whether a running sequence is still reading a long prefix of `prompt` that no cache holds yet: the
         request that arrived with it waits for that read and copies it, instead of reading it again."""
@@ -353,7 +368,7 @@ class BatchEngine(Engine):
         for slot in self._running():
             sequence = slot.sequence
             assert isinstance(sequence, LlamaSequence)
-            if sequence.pending and common_prefix(sequence.prompt, prompt) >= have + MIN_SHARED_PREFIX:
+            if sequence.pending and common_prefix(sequence.prompt, prompt) >= have + self._worth_copying():
                 return True
         return False
 

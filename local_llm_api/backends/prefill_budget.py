@@ -25,6 +25,12 @@ class PrefillBudget:
         """A step that read prompt tokens: all the tokens it fed (prompts, streams' tokens, guesses) and its time."""
         self._cost.record(tokens, seconds)
 
+    def seconds_per_token(self) -> float | None:
+        """What reading a prompt token costs by the steps so far: the fitted part per token, else their average
+        with the fixed part (None before a step has read a prompt)."""
+        cost = self._cost.estimate()
+        return cost[1] if cost is not None and cost[1] > 0 else self._cost.average()
+
     def tokens(self, other_tokens: int) -> int:
         """Prompt tokens the next step may read beside `other_tokens` (the streams' tokens in it)."""
         cost = self._cost.estimate()
