@@ -464,6 +464,83 @@ def test_the_queue_admits_the_longest_wait_for_the_work_brought_first() -> None:
     assert list(engine._waiting) == [first, second]
 
 
+def test_an_idle_engine_reads_a_wave_of_requests_in_one_step() -> None:
+    # Requests checked together (their places in the queue held) but queued one by one as each prompt is ready: the
+    # idle engine's first step waits for all of them, or for GATHER_SECONDS when one never comes.
+    from collections import deque
+
+    from local_llm_api.backends.base import GenerationChunk, SamplingParams
+    from local_llm_api.backends.engine import Engine, Sequence
+
+    class Steps(Engine):
+        def __init__(self) -> None:
+            super().__init__(n_slots=4, max_queue=8, token_bytes=lambda t: b"", is_end=lambda t: False, name="steps")
+            self.steps: list[int] = []
+
+        def _new_sequence(self, prompt: list[int], params: SamplingParams, text: object, emit: object) -> Sequence:
+            return Sequence(prompt, params, text, emit)  # type: ignore[arg-type]
+
+        def _running_count(self) -> int:
+            return 0
+
+        def _step(self) -> None:
+            with self._wake:
+                wave, self._waiting = list(self._waiting), deque()
+            self.steps.append(len(wave))
+            for sequence in wave:
+                sequence.emit(GenerationChunk("", finish_reason="stop"))
+
+        def _fail_running(self, error: BaseException) -> None:
+            pass
+
+        def _discard(self, sequence: Sequence) -> None:
+            pass
+
+    params = SamplingParams(max_tokens=1, temperature=0.7, top_p=1.0, top_k=0, min_p=0.0, repeat_penalty=1.0)
+
+    async def answer(engine: Steps, reservation: object) -> None:
+        async for _ in engine.generate([1, 2, 3], params, reservation):  # type: ignore[arg-type]
+            pass
+
+    async def wave(engine: Steps, ready_one_by_one: int) -> None:
+        places = [engine.check_capacity(1) for _ in range(ready_one_by_one)]
+        tasks = []
+        for place in places:  # each queued once its prompt is ready, a while apart (the engine thread wakes between)
+            tasks.append(asyncio.create_task(answer(engine, place)))
+            await asyncio.sleep(0.05)
+        await asyncio.gather(*tasks)
+
+    engine = Steps()
+    engine._gather_seconds = 600.0  # only the wave's last arrival ends the wait
+    engine.start()
+    try:
+        asyncio.run(wave(engine, 3))
+        assert engine.steps == [3]
+        asyncio.run(wave(engine, 1))  # a request alone: no wait
+        assert engine.steps == [3, 1]
+        engine._gather_seconds = 0.05
+        never = engine.check_capacity(1)  # a request checked whose prompt never comes (it failed, and has not
+        asyncio.run(wave(engine, 1))  # released its place yet): the step goes ahead after GATHER_SECONDS
+        assert engine.steps == [3, 1, 1]
+        never.release()
+    finally:
+        engine.close()
+
+
+def test_a_prefix_is_copied_from_another_slot_when_reading_it_would_cost_more() -> None:
+    from local_llm_api.backends.batching import MIN_SHARED_PREFIX, BatchEngine
+    from local_llm_api.backends.prefill_budget import PrefillBudget
+
+    engine = object.__new__(BatchEngine)
+    engine._prefill, engine._slot_copy_seconds = PrefillBudget(0.15, 64, 512), 0.012  # a 2,048-token slot's copy
+    assert engine._worth_copying() == MIN_SHARED_PREFIX  # nothing read yet: what a token costs is not known
+    engine._prefill.record(42, 0.185)  # a CPU: 4.4 ms a token
+    assert engine._worth_copying() == 3
+    engine._prefill, engine._slot_copy_seconds = PrefillBudget(0.15, 64, 512), 0.04  # a GPU: long slots, fast reads
+    engine._prefill.record(512, 0.02)
+    assert engine._worth_copying() == 1024
+
+
 def test_prompts_are_read_shortest_first_and_the_first_admitted_keeps_half_a_step() -> None:
     # The batch's prompt tokens (64 here: PREFILL_CHUNK while a stream runs) go to the shortest rest first, but the
     # prompt admitted first keeps half of them, so that short prompts arriving step after step never stall it.

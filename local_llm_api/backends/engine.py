@@ -51,6 +51,8 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 # are cached, the one that waited longer goes first.
 ANSWER_WORK = 64
 
+# The most an idle engine waits for the rest of a wave of requests before its first step (see `_run`).
+GATHER_SECONDS = 0.02
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -90,6 +92,7 @@ class Engine(ABC):
         self._constraints = constraints
         self._waiting: deque[Sequence] = deque()
         self._reserved = 0  # places held by requests checked but not queued yet (see check_capacity)
+        self._gather_seconds = GATHER_SECONDS
         self._wake = threading.Condition()
         self._stopping = False
         self._counters = {"prompt": 0, "cached": 0, "shared": 0, "generated": 0, "requests": 0, "drafted": 0,
@@ -167,6 +170,7 @@ class Engine(ABC):
         with self._wake:
             self._reserved -= reservation.left
             reservation.left = 0
+            self._wake.notify()
 
     async def generate(self, prompt: list[int], params: SamplingParams, reservation: Reservation | None = None,
                        media: object | None = None) -> AsyncIterator[GenerationChunk]:
@@ -222,6 +226,13 @@ class Engine(ABC):
             with self._wake:
                 while not self._stopping and not self._waiting and not self._running_count():
                     self._wake.wait()
+                if self._reserved and not self._running_count():
+                    # A wave reaching an idle engine (requests checked together, queued one by one as each is
+                    # ready): the rest are waited for, a bounded moment, and read in the same step. Started with
+                    # the first alone, they would wait for that step to end.
+                    deadline = time.monotonic() + self._gather_seconds
+                    while self._reserved and not self._stopping and (left := deadline - time.monotonic()) > 0:
+                        self._wake.wait(left)
                 if self._stopping:
                     return
             try:

@@ -312,7 +312,11 @@ async def start_chat(req: ChatRequest, manager: ModelManager, settings: Settings
     status before a response starts. The run holds the model until `aclose()`."""
     stack = AsyncExitStack()
     model = await stack.enter_async_context(manager.use(req.model, "chat"))
+    reservation: Reservation | None = None
     try:
+        # The places in the queue first: a full queue refuses before any work is done, and an idle engine knows
+        # that this request is on its way (it gathers a wave of requests into one step: `Engine._run`).
+        reservation = ensure_capacity(model.backend, req.n)
         req = await with_images(req, model, settings)
         # Compiling schemas and tokenizing only read the vocabulary: they need not queue behind generations.
         prepared = await asyncio.to_thread(prepare, model, req, not settings.parse_special_in_content)
@@ -330,8 +334,9 @@ async def start_chat(req: ChatRequest, manager: ModelManager, settings: Settings
                                                               extra_stop=prepared.plan.stop, thinking=control,
                                                               keep_tokens=keep))
                 for i in range(req.n)]
-        reservation = ensure_capacity(backend, jobs)
     except BaseException:
+        if reservation is not None:
+            reservation.release()
         await stack.aclose()
         raise
     return ChatRun(model, prepared.plan, prepared.tokens, jobs, stack, notes(req, reasoning), reservation,

@@ -45,11 +45,11 @@ class TokenCounts:
     completion_tokens: int
 
 
-def ensure_capacity(backend: Backend, jobs: list[ChoiceJob]) -> Reservation:
+def ensure_capacity(backend: Backend, choices: int) -> Reservation:
     """Hold the choices' places in the model's queue; refuse with 429 before anything is streamed when it cannot
     take them now, 400 when it never could. Release the reservation when the request ends."""
     try:
-        return backend.check_capacity(len(jobs))
+        return backend.check_capacity(choices)
     except QueueFullError as exc:
         raise server_busy(str(exc)) from None
     except NeverFitsError as exc:

@@ -75,7 +75,7 @@ async def create_completion(
             budget = token_budget(len(tokens), req.max_tokens, backend.facts.context_size, settings, "prompt")
             jobs += [ChoiceJob(p * n + i, tokens, None, sampling_params(params, settings, backend.facts, budget, i, logprobs=req.logprobs))
                      for i in range(n)]
-        reservation = ensure_capacity(model.backend, jobs)
+        reservation = ensure_capacity(model.backend, len(jobs))
         stack.callback(reservation.release)  # places not used when the request ends are given back
     except BaseException:
         await stack.aclose()
