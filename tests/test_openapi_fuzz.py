@@ -4,7 +4,8 @@ fixed seed, and its coverage phase (every boundary of every field: each schema-v
 way to break one, unexpected methods). All of schemathesis's checks: no 5xx, every status documented, every body as documented, requests
 the document calls valid accepted (or refused for a reason the document allows: an unknown model is a 404),
 requests it calls invalid refused. The exceptions are what a JSON Schema document cannot state: limits of the
-loaded model (its context length, its vocabulary, its embedding size, whether it reads images), references between fields (a
+loaded model (its context length, its vocabulary, its embedding size, whether it reads images, how many choices
+its slots and queue hold at once), references between fields (a
 tool_choice naming one of the tools, two tools of one name, continue_final_message with add_generation_prompt) and the validity of a JSON Schema given as a tool's
 parameters or an output format (the document does not restate JSON Schema's meta-schema) may refuse a request the
 document calls valid, each with a 400 that says so.
@@ -51,7 +52,8 @@ CASES = [pytest.param(operation, mode, id=f"{mode.value}-{operation.label}") for
 BEYOND_THE_DOCUMENT = ("maximum context length", "outside the vocabulary", "-dimensional embeddings and cannot shorten",
                        "which is not among the tools", "Two tools are named", "This JSON schema cannot be used",
                        "a tool the model can call now", "prompt is too long", "has no vision",
-                       "continues the last message: set 'add_generation_prompt' to false")
+                       "continues the last message: set 'add_generation_prompt' to false",
+                       "choices cannot be served at once")
 
 
 def refused_for_what_no_document_states(response: requests.Response) -> bool:
