@@ -72,6 +72,8 @@ class Outcome:
     evaluated: int | None = None
     cached: int | None = None
     failures: list[str] = field(default_factory=list)
+    # (user, request of the session, sent, first output, end), seconds from the replay's start: where each waited
+    timeline: list[tuple[int, int, float, float, float]] = field(default_factory=list)
 
     def row(self) -> str:
         return (f"| {self.label} | {statistics.median(self.ttft):.2f} | {percentile(self.ttft, 0.95):.2f} | "
@@ -115,15 +117,19 @@ async def replay_one(client: httpx.AsyncClient, url: str, body: dict) -> tuple[i
 
 async def replay(base: str, model: str, label: str, sessions: list[Session], count: int, max_tokens: int) -> Outcome:
     outcome = Outcome(label)
+    started = time.perf_counter()
 
     async def user(client: httpx.AsyncClient, number: int) -> None:
         session = sessions[number % len(sessions)]
         for turn, (path, body) in enumerate(session.bodies(number, model, max_tokens)):
+            sent = time.perf_counter() - started
             try:
                 tokens, ttft = await replay_one(client, base + path, body)
             except (RuntimeError, httpx.HTTPError) as exc:
                 outcome.failures.append(f"{session.name} #{number} request {turn}: {exc}")
                 return
+            outcome.timeline.append((number, turn, round(sent, 3), round(sent + ttft, 3),
+                                     round(time.perf_counter() - started, 3)))
             outcome.tokens += tokens
             outcome.ttft.append(ttft)
             outcome.by_turn.setdefault(turn, []).append(ttft)
@@ -149,9 +155,12 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="also replay on our server from another checkout (e.g. a git "
                         "worktree of an earlier commit): a before/after comparison in one run")
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
+    parser.add_argument("--timeline", type=Path, help="also write each request's user, number and times (sent, first "
+                        "output, end; seconds from the replay's start) as JSON, by contender")
     args = parser.parse_args()
 
     model = args.model.resolve()
+    args.timeline = args.timeline and args.timeline.resolve()
     sessions = [Session.load(DATA / f"{name}.json.gz") for name in args.clients]
     base = f"http://127.0.0.1:{args.port}"
     workdir = tempfile.TemporaryDirectory()
@@ -196,6 +205,8 @@ def main() -> None:
     print("\n" + "\n".join(lines))
     if args.markdown:
         args.markdown.write_text("\n".join(lines) + "\n")
+    if args.timeline:  # which requests waited, and behind which
+        args.timeline.write_text(json.dumps({o.label: sorted(o.timeline) for o in outcomes}, indent=1))
 
 
 if __name__ == "__main__":

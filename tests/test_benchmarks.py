@@ -139,10 +139,14 @@ def test_replay_bench(tmp_path: Path) -> None:
 
     model = build_model(tmp_path / "replayer.gguf", [("<|replayed|>",)], TEMPLATE, otherwise="<|replayed|>")
     out = run("replay_bench.py", "--port", str(free_port()), "--model", str(model), "--threads", "1", "--sessions", "2",
-              "--slots", "2", "--context", "16384", "--max-tokens", "4", "--baseline", str(ROOT))
+              "--slots", "2", "--context", "16384", "--max-tokens", "4", "--baseline", str(ROOT),
+              "--timeline", str(tmp_path / "t.json"))
     assert "2 sessions of codex (4 requests), claude-code (4 requests) on 2 slots" in out
     for label in ("local-llm-api", f"local-llm-api at {ROOT.name}"):
         assert out.split(f"| {label} |")[1].split("\n")[0].rstrip().endswith("| 0 |")
+    timeline = json.loads((tmp_path / "t.json").read_text())["local-llm-api"]
+    assert sorted((user, request) for user, request, *_ in timeline) == [(u, r) for u in range(2) for r in range(4)]
+    assert all(sent <= first <= end for *_, sent, first, end in timeline)
 
 
 def test_attention_bench() -> None:
