@@ -364,11 +364,11 @@ class BatchEngine(Engine):
     def _prefill_to_share(self, prompt: list[int]) -> bool:
         """Whether a running sequence is still reading a long prefix of `prompt` that no cache holds yet: the
         request that arrived with it waits for that read and copies it, instead of reading it again."""
-        have = max(common_prefix(s.cached, prompt) for s in self.slots)
+        wanted = max(common_prefix(s.cached, prompt) for s in self.slots) + self._worth_copying()
         for slot in self._running():
             sequence = slot.sequence
             assert isinstance(sequence, LlamaSequence)
-            if sequence.pending and common_prefix(sequence.prompt, prompt) >= have + self._worth_copying():
+            if sequence.pending and common_prefix(sequence.prompt, prompt) >= wanted:
                 return True
         return False
 

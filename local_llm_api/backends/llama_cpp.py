@@ -218,8 +218,8 @@ class LlamaCppBackend(EngineBackend):
         meta = model.metadata()
         requested = (spec.context_size if spec else None) or settings.context_size
         self._flash_attn = attention = flash_attention(settings, gpu_layers, requested or model.n_ctx_train())
-        per_sequence = per_slot_context(requested, model.n_ctx_train(),
-                                        kv_bytes_per_token(meta, KV_TYPES[settings.kv_cache_type][1]),
+        kv_per_token = kv_bytes_per_token(meta, KV_TYPES[settings.kv_cache_type][1])
+        per_sequence = per_slot_context(requested, model.n_ctx_train(), kv_per_token,
                                         path.stat().st_size, settings, entry.name,
                                         attention_scratch_per_token(meta, settings, attention))
         log.info("%s: flash attention %s", entry.name, attention.value if attention != FlashAttention.auto
@@ -267,8 +267,7 @@ class LlamaCppBackend(EngineBackend):
             n_vocab=self._facts.vocab_size,
             constraints=self.constraints,
             prefix_store=store,
-            slot_copy_seconds=per_sequence * kv_bytes_per_token(meta, KV_TYPES[settings.kv_cache_type][1])
-            / KV_COPY_BYTES_PER_SECOND["gpu" if kv_on_gpu(lib, model, gpu_layers) else "ram"],
+            slot_copy_seconds=per_sequence * kv_per_token / KV_COPY_BYTES_PER_SECOND["gpu" if kv_on_gpu(lib, model, gpu_layers) else "ram"],
         )
         self._generation_context = context
         self._embedding_context: Any = None
