@@ -532,13 +532,18 @@ def test_a_prefix_is_copied_from_another_slot_when_reading_it_would_cost_more() 
     from local_llm_api.backends.prefill_budget import PrefillBudget
 
     engine = object.__new__(BatchEngine)
-    engine._prefill, engine._slot_copy_seconds = PrefillBudget(0.15, 64, 512), 0.012  # a 2,048-token slot's copy
-    assert engine._worth_copying() == MIN_SHARED_PREFIX  # nothing read yet: what a token costs is not known
-    engine._prefill.record(42, 0.185)  # a CPU: 4.4 ms a token
-    assert engine._worth_copying() == 3
-    engine._prefill, engine._slot_copy_seconds = PrefillBudget(0.15, 64, 512), 0.04  # a GPU: long slots, fast reads
+    # A CPU: a 2,048-token slot's stream copies in 12 ms, a token's state moves out and in at 5.6 us each way.
+    engine._prefill, engine._slot_copy_seconds, engine._token_copy_seconds = PrefillBudget(0.15, 64, 512), 0.012, 5.6e-6
+    assert engine._worth_copying(2048) == MIN_SHARED_PREFIX  # nothing read yet: what a token costs is not known
+    engine._prefill.record(42, 0.185)  # 4.4 ms a token
+    assert engine._worth_copying(2048) == 3  # a full slot: its stream (12 ms), cheaper than its state (23 ms)
+    assert engine._copy_seconds(2048) == 0.012
+    assert engine._worth_copying(44) == 1  # a slot that holds 44 tokens: their state, 0.5 ms
+    assert engine._copy_seconds(44) == 2 * 44 * 5.6e-6
+    # A GPU: long slots, fast reads; its KV's state would go through host memory, so only the stream is copied.
+    engine._prefill, engine._slot_copy_seconds, engine._token_copy_seconds = PrefillBudget(0.15, 64, 512), 0.04, 0.0
     engine._prefill.record(512, 0.02)
-    assert engine._worth_copying() == 1024
+    assert engine._worth_copying(44) == engine._worth_copying(2048) == 1024
 
 
 def test_prompts_are_read_shortest_first_and_the_first_admitted_keeps_half_a_step() -> None:

@@ -108,6 +108,7 @@ class BatchEngine(Engine):
         constraints: ConstraintFactory | None = None,
         prefix_store: PrefixStore | None = None,
         slot_copy_seconds: float = 0.0,
+        token_copy_seconds: float = 0.0,
     ) -> None:
         super().__init__(n_slots=n_slots, max_queue=max_queue, token_bytes=token_bytes, is_end=is_end, name=name,
                          constraints=constraints)
@@ -116,6 +117,9 @@ class BatchEngine(Engine):
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefix-store") if self._store is not None else None
         self._copies_pending: set[int] = set()  # slots whose copied stream llama.cpp writes at the next decode
         self._slot_copy_seconds = slot_copy_seconds  # what copying a slot's KV stream whole is estimated to take
+        # What moving one token's KV out of llama.cpp and into another slot takes (its sequence state, through host
+        # memory): 0 where that is no quicker than the stream copy (a GPU's KV).
+        self._token_copy_seconds = token_copy_seconds
         self._n_vocab = n_vocab
         self._lib = llama_cpp
         self._context = context
@@ -315,11 +319,8 @@ class BatchEngine(Engine):
                 loaded = self._load(slot, prompt, max(reuse, shared))
                 if loaded != max(reuse, shared):  # from disk, which gave more than any slot: no copy (it would land
                     reuse = loaded  # at the next decode, over what was loaded)
-                elif donor is not slot and shared >= reuse + self._worth_copying():
-                    # Slots are separate KV streams: llama.cpp copies the donor's whole stream (at the next decode,
-                    # before the batch), then the part past the shared prefix is dropped below.
-                    self._lib.llama_memory_seq_cp(self._context.memory, donor.seq_id, slot.seq_id, -1, -1)
-                    self._copies_pending.add(slot.seq_id)
+                elif donor is not slot and shared >= reuse + self._worth_copying(len(donor.cached)):
+                    self._copy(donor, slot)  # the part past the shared prefix is dropped below
                     slot.cached = list(donor.cached)
                     self._counters["shared"] += shared
                     reuse = shared
@@ -351,20 +352,46 @@ class BatchEngine(Engine):
         return sum(0 <= i < len(self.slots) and self.slots[i].sequence is not None
                    for i in (slot.seq_id - 1, slot.seq_id + 1))
 
-    def _worth_copying(self) -> int:
-        """The fewest shared tokens worth copying another slot's KV stream for (llama.cpp copies a slot's whole stream,
-        its size set by the slot's context, not by the prefix): as many as cost the copy's time to read, by the
-        steps measured so far. On a few CPU cores that is a handful (a 42-token prompt took 185 ms to read, the copy
-        of its slot 5-8 ms); on a GPU, with long slots, hundreds."""
+    def _copy_seconds(self, cells: int) -> float:
+        """What copying a slot that holds `cells` tokens into another takes, the quicker way (see `_copy`)."""
+        if self._token_copy_seconds:
+            return min(self._slot_copy_seconds, 2 * cells * self._token_copy_seconds)  # 2: out of llama.cpp, then in
+        return self._slot_copy_seconds
+
+    def _copy(self, donor: Slot, slot: Slot) -> None:
+        """Put `donor`'s KV into `slot`. Slots are separate KV streams: llama.cpp's sequence copy copies the donor's
+        whole stream (at the next decode, before the batch), its size set by the slot's context, not by the prefix;
+        where the donor holds few of its tokens, moving its sequence state out and into the slot (what the disk tier
+        loads) moves only those, now."""
+        if (self._token_copy_seconds and donor.seq_id not in self._copies_pending  # (its state lands at that decode)
+                and self._copy_seconds(len(donor.cached)) < self._slot_copy_seconds):
+            ctx = self._context.ctx
+            size = self._lib.llama_state_seq_get_size(ctx, donor.seq_id)
+            buffer = (ctypes.c_uint8 * size)()
+            written = self._lib.llama_state_seq_get_data(ctx, buffer, size, donor.seq_id)
+            if written and self._lib.llama_state_seq_set_data(ctx, buffer, written, slot.seq_id):
+                log.debug("slot %d: slot %d's %d tokens moved in as their state", slot.seq_id, donor.seq_id,
+                          len(donor.cached))
+                return
+            log.warning("slot %d's state could not be moved into slot %d: its stream is copied", donor.seq_id,
+                        slot.seq_id)
+        self._lib.llama_memory_seq_cp(self._context.memory, donor.seq_id, slot.seq_id, -1, -1)
+        self._copies_pending.add(slot.seq_id)
+
+    def _worth_copying(self, cells: int) -> int:
+        """The fewest shared tokens worth copying another slot's KV for, when that slot holds `cells` tokens: as many
+        as cost the copy's time to read, by the steps measured so far. On a few CPU cores that is a handful (a
+        42-token prompt took 185 ms to read, the copy of its slot's stream 5-8 ms, of its state under 1 ms); on a
+        GPU, with long slots, hundreds."""
         per_token = self._prefill.seconds_per_token()
         if per_token is None or not self._slot_copy_seconds:
             return MIN_SHARED_PREFIX
-        return max(1, math.ceil(self._slot_copy_seconds / per_token))
+        return max(1, math.ceil(self._copy_seconds(cells) / per_token))
 
     def _prefill_to_share(self, prompt: list[int]) -> bool:
         """Whether a running sequence is still reading a long prefix of `prompt` that no cache holds yet: the
         request that arrived with it waits for that read and copies it, instead of reading it again."""
-        wanted = max(common_prefix(s.cached, prompt) for s in self.slots) + self._worth_copying()
+        wanted = max(common_prefix(s.cached, prompt) for s in self.slots) + self._worth_copying(len(prompt))
         for slot in self._running():
             sequence = slot.sequence
             assert isinstance(sequence, LlamaSequence)

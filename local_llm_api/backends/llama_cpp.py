@@ -110,7 +110,8 @@ def gpu_layers_of(entry: ModelEntry, settings: Settings) -> int:
 
 
 # llama.cpp copies a slot's KV stream whole when another slot shares its prefix: a copy at memory speed, single
-# threaded in RAM (6-9 GB/s measured on a 2-core machine; 4 assumed), far faster within a GPU.
+# threaded in RAM (6-9 GB/s measured on a 2-core machine; 4 assumed), far faster within a GPU. In RAM a slot that
+# holds few tokens is copied as its sequence state instead (those tokens only, out and back in at the same speed).
 KV_COPY_BYTES_PER_SECOND = {"ram": 4e9, "gpu": 1e11}
 
 LONG_CONTEXT = 4096  # slots of this many tokens or more are there for long prompts: flash attention off on a CPU
@@ -245,6 +246,7 @@ class LlamaCppBackend(EngineBackend):
         self._add_bos = model.add_bos_token()
         self._projector = self._load_projector(entry, settings, gpu_layers != 0, context)
         self.constraints = ConstraintFactory(lambda: _lltokenizer(model))
+        kv_memory = "gpu" if kv_on_gpu(lib, model, gpu_layers) else "ram"
         store = prefix_store(path, settings, per_sequence=per_sequence, gpu_layers=gpu_layers, version=lib.__version__,
                              kv_type=settings.kv_cache_type.value, flash_attn=attention.value)
         self._engine = BatchEngine(
@@ -267,7 +269,8 @@ class LlamaCppBackend(EngineBackend):
             n_vocab=self._facts.vocab_size,
             constraints=self.constraints,
             prefix_store=store,
-            slot_copy_seconds=per_sequence * kv_per_token / KV_COPY_BYTES_PER_SECOND["gpu" if kv_on_gpu(lib, model, gpu_layers) else "ram"],
+            slot_copy_seconds=per_sequence * kv_per_token / KV_COPY_BYTES_PER_SECOND[kv_memory],
+            token_copy_seconds=0.0 if kv_memory == "gpu" else kv_per_token / KV_COPY_BYTES_PER_SECOND["ram"],
         )
         self._generation_context = context
         self._embedding_context: Any = None
