@@ -66,6 +66,7 @@ class Outcome:
     evaluated: int | None = None  # None: the server does not report them
     cached: int | None = None
     alone: list[float] = field(default_factory=list)  # TTFT of later turns sent with nothing else running
+    cold: float | None = None  # TTFT of one agent's prompt no request had, sent with nothing else running
     by_turn: dict[int, list[float]] = field(default_factory=dict)  # TTFT of each turn number (0: the first)
     # Each request: client, turn, and seconds from the load's start to its sending, first token and end.
     timeline: list[tuple[int, int, float, float, float]] = field(default_factory=list)
@@ -83,6 +84,19 @@ class Outcome:
                 f"{'n/a' if self.evaluated is None else self.evaluated} | {'n/a' if self.cached is None else self.cached} | "
                 f"{alone} |")
 
+    def bound_row(self, clients: int) -> str:
+        """The least any scheduler could reach on this server, from how fast it reads one cold prompt (the quicker of
+        `cold`, alone after the load, and the first turn to start in the load): each agent's first turn needs its
+        whole prompt read, and a server reads prompts no faster than one at its own pace, so the j-th first turn to
+        start waits at least j reads and the load lasts at least `clients` of them. The p95 is the k-th largest TTFT
+        (k: the requests above its index), so at least the (clients - k + 1)-th first turn's bound."""
+        assert self.cold is not None
+        read = min(self.cold, min(self.by_turn[0]))
+        above = len(self.ttft) - 1 - round(0.95 * (len(self.ttft) - 1))
+        return (f"| {self.label} | {self.cold:.2f} / {min(self.by_turn[0]):.2f} | {(clients - above) * read:.2f} | "
+                f"{max(self.by_turn[0]):.2f} | {clients * read:.2f} | {self.seconds:.2f} | "
+                f"{self.tokens / (clients * read):.1f} |")
+
 
 async def later_turns_alone(base: str, model: str, system: str, count: int, max_tokens: int) -> list[float]:
     """Time to first token of later turns sent one at a time: each has a first question no earlier request had,
@@ -97,6 +111,16 @@ async def later_turns_alone(base: str, model: str, system: str, count: int, max_
             body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True}
             ttfts.append((await one_request(client, f"{base}/v1/chat/completions", body))[1])
     return ttfts
+
+
+async def cold_alone(base: str, model: str, system: str) -> float:
+    """Time to first token of one agent's first turn whose prompt no request had, sent with nothing else running:
+    the server's cold read of one prompt at its own pace."""
+    body = {"model": model, "messages": [{"role": "system", "content": system},
+                                         {"role": "user", "content": QUESTIONS[0]}],
+            "max_tokens": 1, "temperature": 0, "stream": True}
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        return (await one_request(client, f"{base}/v1/chat/completions", body))[1]
 
 
 async def agent_load(base: str, model: str, label: str, clients: int, turns: int, system: str | list[str],
@@ -164,6 +188,8 @@ def main() -> None:
                         "worktree of an earlier commit) with the default settings: a before/after comparison in one run")
     parser.add_argument("--llama-server-fa-off", action="store_true", help="also measure llama-server with -fa off "
                         "(its default is on: the same attention kernels as ours on a CPU, FLASH_ATTN=auto)")
+    parser.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE", help="also measure our server "
+                        "with this setting (repeatable, one contender each): a trade measured side by side")
     parser.add_argument("--alone", type=int, default=6, help="later turns sent alone after the load")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     parser.add_argument("--timeline", type=Path, help="also write each request's client, turn and times (sent, "
@@ -184,6 +210,9 @@ def main() -> None:
     if args.disk_off:
         contenders["disk-off"] = ("local-llm-api, PREFIX_CACHE_DISK=0", ours, {**ours_env, "PREFIX_CACHE_DISK": "0"},
                                   f"{base}/health")
+    for variant in args.variant:
+        key, _, value = variant.partition("=")
+        contenders[variant] = (f"local-llm-api, {variant}", ours, {**ours_env, key: value}, f"{base}/health")
     if args.baseline:  # its package shadows the installed one
         contenders["baseline"] = (f"local-llm-api at {args.baseline.name}", ours,
                                   {**ours_env, "PYTHONPATH": str(args.baseline.resolve())}, f"{base}/health")
@@ -209,6 +238,9 @@ def main() -> None:
                 outcome = asyncio.run(agent_load(base, model.name, label, args.clients, args.turns, system,
                                                  args.temperature, args.max_tokens))
                 outcome.alone = asyncio.run(later_turns_alone(base, model.name, alone_system, args.alone, 4))
+                if args.distinct:  # a prompt of an agent not in the load
+                    outcome.cold = asyncio.run(cold_alone(base, model.name,
+                                                          system_prompt(args.system_words, args.clients + 1)))
             outcomes.append(outcome)
             print(outcome.row(), flush=True)
     title = (f"model {model.name}, {args.threads} threads, {args.clients} clients x {args.turns} turns on {slots} slots, "
@@ -221,6 +253,11 @@ def main() -> None:
              "Time to first token by turn, p50 / p95 (s):", "",
              "| server | " + " | ".join(f"turn {t + 1}" for t in range(args.turns)) + " |",
              "| --- |" + " --- |" * args.turns, *(o.turn_row() for o in outcomes)]
+    if args.distinct:  # how near each server came to what its own read speed allows
+        lines += ["", "The least its own cold read allows (s; tokens/s the most):", "",
+                  "| server | one cold prompt: alone / first in the load | TTFT p95 at least | last first turn | "
+                  "the load at least | the load took | tokens/s at most |",
+                  "| --- | --- | --- | --- | --- | --- | --- |", *(o.bound_row(args.clients) for o in outcomes)]
     print("\n" + "\n".join(lines))
     if args.markdown:
         args.markdown.write_text("\n".join(lines) + "\n")

@@ -48,12 +48,17 @@ class Session:
         data = json.loads(gzip.decompress(path.read_bytes()))
         return cls(path.name.removesuffix(".json.gz"), data["prompts"][0], data["requests"])
 
-    def bodies(self, number: int, model: str, max_tokens: int) -> list[tuple[str, dict]]:
-        """This session's requests as user `number` sends them."""
+    def bodies(self, number: int, model: str, max_tokens: int,
+               function_tools_only: bool = False) -> list[tuple[str, dict]]:
+        """This session's requests as user `number` sends them; `function_tools_only`: without the tools that are not
+        functions (Codex's `namespace` of multi-agent tools, `web_search`), which llama-server leaves out of the
+        prompt, so that both servers read the same prompt."""
         out = []
         for request in self.requests:
             text = json.dumps(request["body"]).replace(self.first_prompt, f"{self.first_prompt} (session {number})")
             body = json.loads(text)
+            if function_tools_only and "tools" in body:
+                body["tools"] = [tool for tool in body["tools"] if tool.get("type", "function") == "function"]
             body["model"] = model
             body["stream"] = True
             body["max_output_tokens" if request["path"] == "/v1/responses" else "max_tokens"] = max_tokens
@@ -72,8 +77,9 @@ class Outcome:
     evaluated: int | None = None
     cached: int | None = None
     failures: list[str] = field(default_factory=list)
-    # (user, request of the session, sent, first output, end), seconds from the replay's start: where each waited
-    timeline: list[tuple[int, int, float, float, float]] = field(default_factory=list)
+    # (user, request of the session, sent, first output, end: seconds from the replay's start; prompt tokens, of them
+    # from the server's cache: None where it does not say): where each waited, and what it had to read
+    timeline: list[tuple[int, int, float, float, float, int | None, int | None]] = field(default_factory=list)
 
     def row(self) -> str:
         return (f"| {self.label} | {statistics.median(self.ttft):.2f} | {percentile(self.ttft, 0.95):.2f} | "
@@ -94,11 +100,29 @@ def output_tokens(event: dict) -> int | None:
     return None
 
 
-async def replay_one(client: httpx.AsyncClient, url: str, body: dict) -> tuple[int, float]:
-    """Send one recorded request; (output tokens, seconds to the first generated output)."""
+def prompt_tokens(event: dict) -> tuple[int, int | None] | None:
+    """The prompt's length and its part read from the server's cache (Responses: response.completed; Messages:
+    message_start, then message_delta when it says more, whose input tokens leave out those read from the cache)."""
+    if event.get("type") == "response.completed":
+        usage = event["response"].get("usage") or {}
+        if "input_tokens" in usage:
+            return usage["input_tokens"], (usage.get("input_tokens_details") or {}).get("cached_tokens")
+    if event.get("type") in ("message_start", "message_delta"):
+        usage = (event.get("message") or event).get("usage") or {}
+        if "input_tokens" in usage:
+            cached = usage.get("cache_read_input_tokens")
+            return usage["input_tokens"] + (cached or 0), cached
+    return None
+
+
+async def replay_one(client: httpx.AsyncClient, url: str,
+                     body: dict) -> tuple[int, float, tuple[int, int | None] | None]:
+    """Send one recorded request; (output tokens, seconds to the first generated output, its prompt tokens and those
+    from the cache, when the server says)."""
     started = time.perf_counter()
     first: float | None = None
     tokens = 0
+    prompt = None
     async with client.stream("POST", url, json=body) as response:
         if response.status_code != 200:
             raise RuntimeError(f"{response.status_code}: {(await response.aread())[:300]!r}")
@@ -112,30 +136,39 @@ async def replay_one(client: httpx.AsyncClient, url: str, body: dict) -> tuple[i
             if first is None and event.get("type") in FIRST_OUTPUT:
                 first = time.perf_counter() - started
             tokens = output_tokens(event) or tokens
-    return tokens, first if first is not None else time.perf_counter() - started
+            prompt = prompt_tokens(event) or prompt
+    return tokens, first if first is not None else time.perf_counter() - started, prompt
 
 
-async def replay(base: str, model: str, label: str, sessions: list[Session], count: int, max_tokens: int) -> Outcome:
+async def replay(base: str, model: str, label: str, sessions: list[Session], count: int, max_tokens: int,
+                 function_tools_only: bool) -> Outcome:
     outcome = Outcome(label)
     started = time.perf_counter()
 
     async def user(client: httpx.AsyncClient, number: int) -> None:
         session = sessions[number % len(sessions)]
-        for turn, (path, body) in enumerate(session.bodies(number, model, max_tokens)):
+        for turn, (path, body) in enumerate(session.bodies(number, model, max_tokens, function_tools_only)):
             sent = time.perf_counter() - started
             try:
-                tokens, ttft = await replay_one(client, base + path, body)
+                tokens, ttft, prompt = await replay_one(client, base + path, body)
             except (RuntimeError, httpx.HTTPError) as exc:
                 outcome.failures.append(f"{session.name} #{number} request {turn}: {exc}")
                 return
             outcome.timeline.append((number, turn, round(sent, 3), round(sent + ttft, 3),
-                                     round(time.perf_counter() - started, 3)))
+                                     round(time.perf_counter() - started, 3), *(prompt or (None, None))))
             outcome.tokens += tokens
             outcome.ttft.append(ttft)
             outcome.by_turn.setdefault(turn, []).append(ttft)
 
     outcome.seconds, outcome.evaluated, outcome.cached = await concurrently(base, user, count, 3600)
     return outcome
+
+
+def architecture(model: Path) -> str:
+    """The GGUF's architecture name, the prefix of its metadata keys (llama, qwen2, ...)."""
+    import gguf  # a dependency of the server (GGUF metadata); imported here, used by --same-work only
+
+    return str(gguf.GGUFReader(model).fields["general.architecture"].contents())
 
 
 def main() -> None:
@@ -152,11 +185,17 @@ def main() -> None:
     parser.add_argument("--chat-template", type=Path, default=DATA.parent / "chatml-tools.jinja", help="the template "
                         "both servers use (SmolLM2's own renders no tools: llama-server would leave them out)")
     parser.add_argument("--skip-ours", action="store_true")
+    parser.add_argument("--llama-server-fa-off", action="store_true", help="llama-server with -fa off (its default is "
+                        "on; ours turns it off on a CPU for slots this long: the same attention kernels as ours)")
+    parser.add_argument("--same-work", action="store_true", help="give both servers the same work: only the tools "
+                        "that are functions (llama-server leaves the others out of the prompt), and llama-server's "
+                        "slots past the model's training context, as ours allow (its --override-kv)")
     parser.add_argument("--baseline", type=Path, help="also replay on our server from another checkout (e.g. a git "
                         "worktree of an earlier commit): a before/after comparison in one run")
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
-    parser.add_argument("--timeline", type=Path, help="also write each request's user, number and times (sent, first "
-                        "output, end; seconds from the replay's start) as JSON, by contender")
+    parser.add_argument("--timeline", type=Path, help="also write each request's user, number, times (sent, first "
+                        "output, end; seconds from the replay's start), prompt tokens and those from the server's "
+                        "cache as JSON, by contender")
     args = parser.parse_args()
 
     model = args.model.resolve()
@@ -177,10 +216,12 @@ def main() -> None:
         contenders["baseline"] = (f"local-llm-api at {args.baseline.name}", ours,
                                   {**ours_env, "PYTHONPATH": str(args.baseline.resolve())})
     if args.llama_server:
-        contenders["llama.cpp"] = ("llama.cpp server, C++", [
+        past_training = ["--override-kv", f"{architecture(model)}.context_length=int:{args.context}"]
+        contenders["llama.cpp"] = ("llama.cpp server, C++" + (", -fa off" if args.llama_server_fa_off else ""), [
             str(args.llama_server), "-m", str(model), "--port", str(args.port), "-t", str(args.threads), "-tb",
             str(args.threads), "-c", str(args.context * args.slots), "-np", str(args.slots), "--jinja",
-            "--chat-template-file", str(template)], {})
+            "--chat-template-file", str(template), *(past_training if args.same_work else []),
+            *(["-fa", "off"] if args.llama_server_fa_off else [])], {})
     outcomes = []
     with workdir:
         os.chdir(workdir.name)  # keep any .env of the checkout out of the servers' settings
@@ -191,12 +232,14 @@ def main() -> None:
                 # the prompt-token counters are read from a loaded engine.
                 httpx.post(f"{base}/v1/chat/completions", timeout=300, json={
                     "model": model.name, "messages": [{"role": "user", "content": "Warm up."}], "max_tokens": 2})
-                outcome = asyncio.run(replay(base, model.name, label, sessions, args.sessions, args.max_tokens))
+                outcome = asyncio.run(replay(base, model.name, label, sessions, args.sessions, args.max_tokens,
+                                             args.same_work))
             outcomes.append(outcome)
             print(outcome.row(), *outcome.failures[:3], sep="\n", flush=True)
     recorded = ", ".join(f"{s.name} ({len(s.requests)} requests)" for s in sessions)
     lines = [f"model {model.name}, {args.threads} threads, {args.sessions} sessions of {recorded} on {args.slots} slots "
-             f"of {args.context} tokens, {args.max_tokens}-token answers, template {template.name}", "",
+             f"of {args.context} tokens, {args.max_tokens}-token answers, template {template.name}"
+             f"{', the same work for both servers (function tools only)' if args.same_work else ''}", "",
              "| server | time to first output p50 (s) | p95 (s) | output tokens/s | prompt tokens evaluated | "
              "prompt tokens from cache | failed sessions |", "| --- | --- | --- | --- | --- | --- | --- |",
              *(o.row() for o in outcomes), "", "Time to first output by request of the session, p50 / p95 (s):", "",

@@ -41,13 +41,22 @@ def test_agent_bench() -> None:
 
 def test_agent_bench_with_more_agents_than_slots(tmp_path: Path) -> None:
     out = run("agent_bench.py", "--port", str(free_port()), "--model", str(bundled_model_path()), "--threads", "1",
-              "--clients", "3", "--slots", "2", "--distinct", "--disk-off", "--skip", "reproducible", "--turns", "2",
+              "--clients", "3", "--slots", "2", "--distinct", "--disk-off", "--skip", "reproducible", "default",
+              "--variant", "PREFILL_STEP_MS=300", "--turns", "2",
               "--system-words", "60", "--max-tokens", "4", "--alone", "1", "--timeline", str(tmp_path / "t.json"))
     assert "3 clients x 2 turns on 2 slots, a system prompt of its own for each client" in out
-    assert "| local-llm-api, PREFIX_CACHE_DISK=0 |" in out
+    assert "| local-llm-api, PREFIX_CACHE_DISK=0 |" in out and "| local-llm-api, PREFILL_STEP_MS=300 |" in out
+    # The least each server's own cold read allows
+    assert "| one cold prompt: alone / first in the load | TTFT p95 at least |" in out
     timeline = json.loads((tmp_path / "t.json").read_text())["local-llm-api, PREFIX_CACHE_DISK=0"]
     assert sorted((client, turn) for client, turn, *_ in timeline) == [(c, t) for c in range(3) for t in range(2)]
     assert all(sent <= first <= end for *_, sent, first, end in timeline)
+
+
+def test_wave_bench() -> None:
+    out = run("wave_bench.py", "--port", str(free_port()), "--model", str(bundled_model_path()), "--threads", "1",
+              "--clients", "2", "--waves", "2", "--baseline", str(ROOT))
+    assert "| local-llm-api | 2 |" in out and f"| local-llm-api at {ROOT.name} | 2 |" in out
 
 
 def test_copy_bench() -> None:
@@ -140,13 +149,15 @@ def test_replay_bench(tmp_path: Path) -> None:
     model = build_model(tmp_path / "replayer.gguf", [("<|replayed|>",)], TEMPLATE, otherwise="<|replayed|>")
     out = run("replay_bench.py", "--port", str(free_port()), "--model", str(model), "--threads", "1", "--sessions", "2",
               "--slots", "2", "--context", "16384", "--max-tokens", "4", "--baseline", str(ROOT),
-              "--timeline", str(tmp_path / "t.json"))
+              "--timeline", str(tmp_path / "t.json"), "--same-work")
     assert "2 sessions of codex (4 requests), claude-code (4 requests) on 2 slots" in out
+    assert "the same work for both servers (function tools only)" in out
     for label in ("local-llm-api", f"local-llm-api at {ROOT.name}"):
         assert out.split(f"| {label} |")[1].split("\n")[0].rstrip().endswith("| 0 |")
     timeline = json.loads((tmp_path / "t.json").read_text())["local-llm-api"]
     assert sorted((user, request) for user, request, *_ in timeline) == [(u, r) for u in range(2) for r in range(4)]
-    assert all(sent <= first <= end for *_, sent, first, end in timeline)
+    assert all(sent <= first <= end for _, _, sent, first, end, _, _ in timeline)
+    assert all(0 <= cached < prompt for *_, prompt, cached in timeline)  # what each request read, as the server says
 
 
 def test_attention_bench() -> None:
