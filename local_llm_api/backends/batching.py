@@ -160,16 +160,21 @@ class BatchEngine(Engine):
         if (store is None or len(slot.cached) < DISK_MIN_TOKENS or slot.seq_id in self._copies_pending
                 or min(slot.cached) < 0 or store.covers(slot.cached)):  # (prefixes with images stay in RAM)
             return
+        state = self._state_of(slot)
+        if state is None:
+            log.warning("could not read slot %d's state for the disk tier", slot.seq_id)
+            return
+        assert self._writer is not None
+        self._writer.submit(store.write, list(slot.cached), state)
+        self._counters["saved"] += 1
+
+    def _state_of(self, slot: Slot) -> memoryview | None:
+        """A copy of the slot's KV cells as llama.cpp's sequence state (None when llama.cpp gives none)."""
         ctx = self._context.ctx
         size = self._lib.llama_state_seq_get_size(ctx, slot.seq_id)
         buffer = (ctypes.c_uint8 * size)()
         written = self._lib.llama_state_seq_get_data(ctx, buffer, size, slot.seq_id)
-        if not written:
-            log.warning("could not read slot %d's state for the disk tier", slot.seq_id)
-            return
-        assert self._writer is not None
-        self._writer.submit(store.write, list(slot.cached), memoryview(buffer)[:written])
-        self._counters["saved"] += 1
+        return memoryview(buffer)[:written] if written else None
 
     def _load(self, slot: Slot, prompt: list[int], reuse: int) -> int:
         """Fill `slot` from the disk tier when a stored prefix gives DISK_MIN_TOKENS more than `reuse` tokens of
@@ -363,13 +368,11 @@ class BatchEngine(Engine):
         whole stream (at the next decode, before the batch), its size set by the slot's context, not by the prefix;
         where the donor holds few of its tokens, moving its sequence state out and into the slot (what the disk tier
         loads) moves only those, now."""
-        if (self._token_copy_seconds and donor.seq_id not in self._copies_pending  # (its state lands at that decode)
+        if (donor.seq_id not in self._copies_pending  # (its cells land at that decode)
                 and self._copy_seconds(len(donor.cached)) < self._slot_copy_seconds):
-            ctx = self._context.ctx
-            size = self._lib.llama_state_seq_get_size(ctx, donor.seq_id)
-            buffer = (ctypes.c_uint8 * size)()
-            written = self._lib.llama_state_seq_get_data(ctx, buffer, size, donor.seq_id)
-            if written and self._lib.llama_state_seq_set_data(ctx, buffer, written, slot.seq_id):
+            state = self._state_of(donor)
+            if state is not None and self._lib.llama_state_seq_set_data(
+                    self._context.ctx, (ctypes.c_uint8 * len(state)).from_buffer(state), len(state), slot.seq_id):
                 log.debug("slot %d: slot %d's %d tokens moved in as their state", slot.seq_id, donor.seq_id,
                           len(donor.cached))
                 return
